@@ -1,0 +1,80 @@
+"""
+Real third-party peers on loopback for the ``interop`` tests: coturn (a STUN server no one here wrote) and
+Kamailio (an RFC 5626 edge: STUN on the SIP UDP port, CRLF pongs on TCP, a registrar).
+
+Each peer runs as a foreground child on a port the test session chooses, is polled with hand-built STUN until it
+answers (bounded), and is always stopped.  A missing binary or a peer that will not come up FAILS the test with
+the reason: an interop test that skipped would pass on a machine that proves nothing.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Callable, Iterator, List
+
+import pytest
+
+# peerkit sits beside this file; make the import independent of pytest's import mode.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import peerkit  # noqa: E402
+from peerkit import PeerError, RunningPeer  # noqa: E402
+
+LOOPBACK = "127.0.0.1"
+
+
+@pytest.fixture(scope="session")
+def coturn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningPeer]:
+    """One coturn for the session, on 127.0.0.1 and a free port."""
+    try:
+        peer = peerkit.startCoturn(tmp_path_factory.mktemp("coturn"), [LOOPBACK])
+    except PeerError as e:
+        pytest.fail(f"coturn is needed for this interop test: {e}", pytrace=False)
+    try:
+        yield peer
+    finally:
+        peer.stop()
+
+
+@pytest.fixture(scope="session")
+def kamailio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningPeer]:
+    """One Kamailio edge for the session (tests that stop Kamailio use ``kamailioFactory`` instead)."""
+    try:
+        peer = peerkit.startKamailio(tmp_path_factory.mktemp("kamailio"), LOOPBACK)
+    except PeerError as e:
+        pytest.fail(f"Kamailio is needed for this interop test: {e}", pytrace=False)
+    try:
+        yield peer
+    finally:
+        peer.stop()
+
+
+@pytest.fixture
+def kamailioFactory(tmp_path: Path) -> Iterator[Callable[[], RunningPeer]]:
+    """
+    Start a private Kamailio for one test, which the test may stop mid-way (``peer.stop()``) to see the flow
+    fail; every instance is stopped at teardown whatever happened.
+    """
+    started: List[RunningPeer] = []
+
+    def make() -> RunningPeer:
+        try:
+            peer = peerkit.startKamailio(tmp_path / f"kamailio{len(started)}", LOOPBACK)
+        except PeerError as e:
+            pytest.fail(f"Kamailio is needed for this interop test: {e}", pytrace=False)
+        started.append(peer)
+        return peer
+
+    try:
+        yield make
+    finally:
+        for peer in started:
+            peer.stop()
+
+
+@pytest.fixture(scope="session")
+def sharedNetlab() -> Path:
+    """../shared/netlab (SIPp scenarios), referenced by path, never copied."""
+    if not (peerkit.NETLAB_SHARED / "sipp-register.xml").exists():
+        pytest.fail(f"the shared SIPp scenarios are missing under {peerkit.NETLAB_SHARED}", pytrace=False)
+    return peerkit.NETLAB_SHARED
