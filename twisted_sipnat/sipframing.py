@@ -1,0 +1,380 @@
+"""
+Where a SIP message ends in a byte stream, and which bytes between messages are keepalives.
+
+Theory of operation
+===================
+
+On a stream (TCP, TLS) SIP messages follow each other with nothing marking their ends but the message itself:
+the header block ends at the first empty line (``CRLF CRLF``) and the body is exactly ``Content-Length`` bytes
+long (RFC 3261 §7.5, §18.3).  RFC 5626 §3.5.1 puts its keepalives into the gaps *between* messages: the client
+sends a double CRLF (the *ping*), the server answers with a single CRLF (the *pong*).  Because a body may
+itself contain ``CRLF CRLF``, a keepalive can only be recognised by someone who frames the messages; this module
+is that someone, in both directions, without any I/O (the Twisted shell in ``protocols.py`` owns the sockets).
+
+Incoming (:class:`IncomingSplitter`) is a small machine over three states:
+
+============  =======================================  ==========================================
+state         input                                    effect / next state
+============  =======================================  ==========================================
+BETWEEN       ``CR LF`` (role ``"client"``)            :class:`Pong` / BETWEEN
+BETWEEN       ``CR LF CR LF`` (role ``"server"``)      :class:`Ping` / BETWEEN
+BETWEEN       lone ``CR LF`` then a message            dropped (RFC 3261 §7.5 leading CRLF) / HEADERS
+              (role ``"server"``)
+BETWEEN       ``CR`` or ``CR LF`` at the end of data   kept until more bytes decide / BETWEEN
+BETWEEN       any other byte                           start of a message: SIP bytes / HEADERS
+HEADERS       bytes up to and including ``CRLFCRLF``   SIP bytes; parse Content-Length / BODY
+HEADERS       header block longer than the bound       :class:`SIPFramingError` / DEAD
+BODY          ``Content-Length`` bytes                 SIP bytes / BETWEEN
+DEAD          anything                                 :class:`SIPFramingError` again
+============  =======================================  ==========================================
+
+Role ``"client"`` is the side that sends pings, so every CRLF between messages is a pong; a ``CRLFCRLF``
+arriving there is two pongs (it is what answers to two pings look like, and a client never has to answer a
+ping: RFC 5626 gives only the client the ping role).  Role ``"server"`` answers pings; a single CRLF there is
+ignorable noise before a start line, never a pong.  A server-role ``CRLF`` at the end of the data waits: only
+the next bytes tell whether it is half a ping or noise.
+
+SIP bytes are handed out as soon as they are known to belong to a message (the shell passes them straight to
+the SIP protocol's ``dataReceived``), so a :class:`SIPData` may hold part of a message or several messages.
+Only the header block is copied aside, when it spans several ``feed`` calls, to read its Content-Length.
+
+A stream message without Content-Length is taken to have an empty body.  RFC 3261 §18.3 makes the header
+mandatory on streams, so such a sender is broken either way; an empty body is what a message with no body
+(the common case for requests such as REGISTER and for most responses) means, and it keeps the stream in
+step when the sender simply forgot the header.
+
+Errors: a header block or message larger than ``maxMessageSize``, or a Content-Length that is not a decimal
+number, is negative, or appears twice with different values, raises :class:`SIPFramingError` with a
+``reason``.  After that the stream cannot be framed any more, so the splitter is dead and every later ``feed``
+raises too.  The shell closes the connection and logs the reason.  Nothing else is ever raised on any bytes.
+
+Outgoing (:class:`OutgoingTracker`) runs the same framing over what the SIP stack writes, only to tell where
+a whole message ends: those are the only places where a ping may be written (RFC 5626 §4.4.1).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import List, Literal, Optional, Sequence, Union
+
+from twisted_sipnat.errors import NATTraversalError
+
+__all__ = [
+    "SIPFramingError",
+    "SIPData",
+    "Ping",
+    "Pong",
+    "Event",
+    "IncomingSplitter",
+    "OutgoingTracker",
+    "DEFAULT_MAX_MESSAGE_SIZE",
+]
+
+DEFAULT_MAX_MESSAGE_SIZE = 65536
+
+_CRLF = b"\r\n"
+_CRLFCRLF = b"\r\n\r\n"
+_CR = 0x0D
+_LF = 0x0A
+
+# A Content-Length header line (long or compact form, RFC 3261 §7.3.3, §20.14), matched inside a header block
+# from just after the start line: a header name always follows a CRLF and never begins with whitespace (that
+# would make the line a continuation, §7.3.1).  HCOLON allows whitespace before the colon; the value runs to
+# the end of the line including folded continuation lines.
+_CONTENT_LENGTH = re.compile(rb"\r\n(?:content-length|l)[ \t]*:((?:[^\r\n]|\r\n[ \t])*)", re.IGNORECASE)
+_LWS = b" \t\r\n"
+# More digits than this cannot be a length we would accept, and int() of a few thousand digits raises
+# ValueError under Python's integer-string limit: refuse long values before converting.
+_MAX_LENGTH_DIGITS = 12
+
+
+class SIPFramingError(NATTraversalError):
+    """
+    The byte stream cannot be framed into SIP messages (RFC 3261 §18.3): a message is too large or its
+    Content-Length is malformed.  The connection has to be closed.
+
+    ``reason`` says what was wrong, for the log.  ``events`` holds what the same ``feed`` call had found
+    before the error (SIP bytes and keepalives that were still good), so the shell can deliver them before
+    it closes the connection.
+    """
+
+    def __init__(self, reason: str, events: Sequence[Event] = ()) -> None:
+        super().__init__(f"SIP framing error: {reason}")
+        self.reason = reason
+        self.events: List[Event] = list(events)
+
+
+@dataclass(frozen=True, slots=True)
+class SIPData:
+    """Bytes of SIP messages, in stream order; part of a message, a whole one, or several."""
+
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    """A ``CRLFCRLF`` keepalive ping between messages (RFC 5626 §3.5.1); answer it with ``b"\\r\\n"``."""
+
+
+@dataclass(frozen=True, slots=True)
+class Pong:
+    """A ``CRLF`` keepalive pong between messages (RFC 5626 §3.5.1)."""
+
+
+Event = Union[SIPData, Ping, Pong]
+
+_PING = Ping()
+_PONG = Pong()
+
+_BETWEEN = 0
+_HEADERS = 1
+_BODY = 2
+_DEAD = 3
+
+
+def _bodyLength(block: Union[bytes, bytearray], start: int, end: int, limit: int) -> int:
+    """
+    Read the body length from the header block ``block[start:end]`` (which ends with its ``CRLFCRLF``).
+
+    ``limit`` is how many body bytes the size bound still allows.  Raises :class:`SIPFramingError` for a
+    malformed, negative, conflicting or too large Content-Length.  No header means an empty body (see the
+    module docstring).
+    """
+    length: Optional[int] = None
+    # endpos excludes the final CRLF so the empty line cannot be read as a continuation of the last header.
+    for match in _CONTENT_LENGTH.finditer(block, start, end - 2):
+        raw = match.group(1)
+        value = bytes(raw).replace(b"\r\n", b"").strip(_LWS)
+        if value.startswith(b"-") and value[1:].isdigit():
+            raise SIPFramingError(f"negative Content-Length {value[:20].decode('ascii')}")
+        if not value or len(value) > _MAX_LENGTH_DIGITS or not value.isdigit():
+            shown = bytes(raw[:40]).decode("ascii", "backslashreplace")
+            raise SIPFramingError(f"malformed Content-Length {shown!r}")
+        this = int(value)
+        if length is not None and this != length:
+            raise SIPFramingError(f"conflicting Content-Length values {length} and {this}")
+        length = this
+    if length is None:
+        return 0
+    if length > limit:
+        raise SIPFramingError(f"Content-Length {length} exceeds the message size limit")
+    return length
+
+
+class _Framer:
+    """
+    The message framing shared by both directions: header block search with a bounded copy, body counting.
+
+    ``_consumeMessage`` advances through ``data`` from ``i`` while inside a message and returns the new
+    offset; the message is complete when ``_state`` is back to ``_BETWEEN``.
+    """
+
+    __slots__ = ("_state", "_head", "_bodyLeft", "_maxMessageSize", "_reason")
+
+    def __init__(self, maxMessageSize: int) -> None:
+        if maxMessageSize < 4:
+            raise ValueError(f"maxMessageSize must be at least 4, not {maxMessageSize}")
+        self._state = _BETWEEN
+        self._head = bytearray()
+        self._bodyLeft = 0
+        self._maxMessageSize = maxMessageSize
+        self._reason = ""
+
+    def _die(self, reason: str) -> SIPFramingError:
+        self._state = _DEAD
+        self._reason = reason
+        self._head = bytearray()
+        return SIPFramingError(reason)
+
+    def _consumeMessage(self, data: bytes, i: int) -> int:
+        """Consume message bytes from ``data[i:]``; return the offset after them.  Raises on bad framing."""
+        n = len(data)
+        if self._state == _HEADERS:
+            head = self._head
+            limit = self._maxMessageSize
+            if not head:
+                # Fast path: the whole header block is in this chunk; search and parse it in place.
+                end = data.find(_CRLFCRLF, i, i + limit)
+                if end >= 0:
+                    end += 4
+                    size = end - i
+                    try:
+                        self._bodyLeft = _bodyLength(data, i, end, limit - size)
+                    except SIPFramingError as e:
+                        raise self._die(e.reason) from None
+                    self._state = _BODY if self._bodyLeft else _BETWEEN
+                    i = end
+                    return self._consumeBody(data, i)
+                if n - i >= limit:
+                    raise self._die(f"header block longer than {limit} bytes")
+            # Slow path: the header block spans chunks; keep a bounded copy to find its end and parse it.
+            old = len(head)
+            take = min(n - i, limit - old)
+            head += data[i : i + take]
+            end = head.find(_CRLFCRLF, max(0, old - 3))
+            if end < 0:
+                if len(head) >= limit:
+                    raise self._die(f"header block longer than {limit} bytes")
+                return i + take
+            end += 4
+            try:
+                self._bodyLeft = _bodyLength(head, 0, end, limit - end)
+            except SIPFramingError as e:
+                raise self._die(e.reason) from None
+            self._head = bytearray()
+            self._state = _BODY if self._bodyLeft else _BETWEEN
+            i += end - old
+        return self._consumeBody(data, i)
+
+    def _consumeBody(self, data: bytes, i: int) -> int:
+        if self._state == _BODY:
+            take = min(self._bodyLeft, len(data) - i)
+            self._bodyLeft -= take
+            i += take
+            if not self._bodyLeft:
+                self._state = _BETWEEN
+        return i
+
+
+class IncomingSplitter(_Framer):
+    """
+    Split a received SIP byte stream into SIP bytes and the RFC 5626 keepalives between messages.
+
+    ``role`` is ``"client"`` (we send pings, so CRLFs between messages are :class:`Pong`\\ s) or ``"server"``
+    (``CRLFCRLF`` between messages is a :class:`Ping`, a lone CRLF before a start line is dropped).
+    ``maxMessageSize`` bounds one message, header block and body together (and so the bytes this object ever
+    buffers).  See the module docstring for the whole machine.
+    """
+
+    __slots__ = ("_server", "_pendingCR", "_pendingCRLF")
+
+    def __init__(self, role: Literal["client", "server"], maxMessageSize: int = DEFAULT_MAX_MESSAGE_SIZE) -> None:
+        if role not in ("client", "server"):
+            raise ValueError(f"role must be 'client' or 'server', not {role!r}")
+        super().__init__(maxMessageSize)
+        self._server = role == "server"
+        # Between messages, at the end of the last chunk: a CR whose LF has not arrived yet, and (server role)
+        # a CRLF that is either the first half of a ping or noise before a start line.
+        self._pendingCR = False
+        self._pendingCRLF = False
+
+    @property
+    def role(self) -> str:
+        return "server" if self._server else "client"
+
+    @property
+    def atBoundary(self) -> bool:
+        """True when no message is partly received (keepalive bytes may still be pending)."""
+        return self._state == _BETWEEN
+
+    def feed(self, data: bytes) -> List[Event]:
+        """
+        Take the next received bytes; return what they contain, in stream order.
+
+        Raises :class:`SIPFramingError` (and only that) when the stream cannot be framed; the events found
+        before the error are on the exception's ``events``.
+        """
+        if self._state == _DEAD:
+            raise SIPFramingError(self._reason)
+        events: List[Event] = []
+        if self._pendingCR:
+            self._pendingCR = False
+            data = b"\r" + data
+        n = len(data)
+        i = 0
+        run = 0  # start of the SIP bytes not yet handed out
+        try:
+            while i < n:
+                if self._state != _BETWEEN:
+                    i = self._consumeMessage(data, i)
+                    continue
+                # Between messages: keepalive CRLFs, or the first byte of a message.
+                if data[i] == _CR:
+                    if i + 1 == n:
+                        if i > run:
+                            events.append(SIPData(data[run:i]))
+                        self._pendingCR = True
+                        return events
+                    if data[i + 1] == _LF:
+                        if i > run:
+                            events.append(SIPData(data[run:i]))
+                        i += 2
+                        run = i
+                        if not self._server:
+                            events.append(_PONG)
+                        elif self._pendingCRLF:
+                            self._pendingCRLF = False
+                            events.append(_PING)
+                        else:
+                            self._pendingCRLF = True
+                        continue
+                # A message starts here; a lone server-role CRLF before it was noise (RFC 3261 §7.5).
+                self._pendingCRLF = False
+                self._state = _HEADERS
+        except SIPFramingError as e:
+            if i > run:
+                events.append(SIPData(data[run:i]))
+            e.events = events
+            raise
+        if n > run:
+            events.append(SIPData(data if run == 0 else data[run:]))
+        return events
+
+
+class OutgoingTracker(_Framer):
+    """
+    Follow what the SIP stack writes to a stream and tell where whole messages end.
+
+    Those ends are the only places where a keepalive may be written between the stack's bytes.  CRLFs that
+    the stack itself writes between messages (its own pings or pongs) keep the stream at a boundary once they
+    are complete.  Raises :class:`SIPFramingError` like :class:`IncomingSplitter` when the stack's output
+    cannot be framed.
+    """
+
+    __slots__ = ("_pendingCR",)
+
+    def __init__(self, maxMessageSize: int = DEFAULT_MAX_MESSAGE_SIZE) -> None:
+        super().__init__(maxMessageSize)
+        self._pendingCR = False
+
+    @property
+    def atBoundary(self) -> bool:
+        """True when nothing partial is pending: no partly written message and no half-written CRLF."""
+        return self._state == _BETWEEN and not self._pendingCR
+
+    def feed(self, data: bytes) -> List[int]:
+        """
+        Take the next bytes the SIP stack writes; return the offsets within ``data`` at which the stream is
+        at a boundary again (after a whole message or a whole CRLF), in increasing order.
+        """
+        if self._state == _DEAD:
+            raise SIPFramingError(self._reason)
+        offsets: List[int] = []
+        n = len(data)
+        i = 0
+        if self._pendingCR and n:
+            self._pendingCR = False
+            if data[0] == _LF:
+                i = 1
+                offsets.append(1)
+            else:
+                # The CR was the first byte of a message after all.
+                self._state = _HEADERS
+                self._head = bytearray(b"\r")
+        while i < n:
+            if self._state != _BETWEEN:
+                i = self._consumeMessage(data, i)
+                if self._state == _BETWEEN:
+                    offsets.append(i)
+                continue
+            if data[i] == _CR:
+                if i + 1 == n:
+                    self._pendingCR = True
+                    break
+                if data[i + 1] == _LF:
+                    i += 2
+                    offsets.append(i)
+                    continue
+            self._state = _HEADERS
+        return offsets
