@@ -1,0 +1,44 @@
+"""zope.interface declarations: what the controller expects of the SIP stack's observer."""
+
+from __future__ import annotations
+
+from zope.interface import Attribute, Interface
+
+
+class IBindingObserver(Interface):
+    """
+    The SIP stack's view of one flow (one registration through one socket).
+
+    Contexts in the controller are keyed by the observer, so one object per flow.
+    """
+
+    def flowFailure(reason: object) -> None:
+        """
+        The flow failed; called once per failure, after which the flow's keepalives have stopped.
+
+        ``reason`` is a :class:`twisted.python.failure.Failure` wrapping a
+        :class:`~twisted_sipnat.errors.FlowFailure`: ``STUNTimeout``, ``MappedAddressChanged``, ``PongTimeout``
+        or ``FlowConnectionLost``.  RFC 5626 §4.4: the stack re-registers (after the §4.5 backoff) and calls
+        ``refreshNATBinding`` again.
+        """
+
+
+class ISharedSocket(Interface):
+    """
+    A socket the SIP stack and the controller share: what the controller needs to write keepalives on it
+    without stepping on the SIP stack.  :class:`~twisted_sipnat.protocols.SharedDatagramProtocol` and
+    :class:`~twisted_sipnat.protocols.SharedStreamProtocol` provide it; the controller adapts any other
+    ``socket`` (a Twisted transport, or a protocol with a ``transport``) to it.
+    """
+
+    isStream = Attribute("True for TCP/TLS (CRLF ping/pong), False for UDP (STUN or CRLF datagrams).")
+    arbiter = Attribute("The twisted_sipnat.arbitration.Arbiter that decides when a keepalive may be written.")
+
+    def writeKeepalive(data: bytes, addr: object) -> None:
+        """Write keepalive bytes now, bypassing arbitration (the controller already asked the arbiter)."""
+
+    def peerAddress() -> object:
+        """For a stream: ``(host, port)`` of the connection's peer; ``None`` for a datagram socket."""
+
+    def localAddress() -> object:
+        """The local ``IAddress`` of the socket, or ``None`` if unknown."""

@@ -1,0 +1,148 @@
+"""
+:class:`NATSettings`: the per-domain NAT traversal configuration (the seed's per-domain NAT settings).
+
+Validated on construction, so a bad value is refused where it is written, with the key named, rather than
+surfacing as a strange timer later.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+from dataclasses import dataclass, field
+from typing import Optional, Sequence, Tuple, Union
+
+from ._version import __version__
+from .errors import InvalidSettingsError
+
+#: A STUN server after parsing: ``(host, port)``; ``port`` is ``None`` for a host name given without one,
+#: which means "DNS SRV ``_stun._udp.host`` first, then A/AAAA on 3478" (RFC 8489 §8).
+ServerSpec = Tuple[str, Optional[int]]
+ServerEntry = Union[str, Tuple[str, int], Tuple[str, None]]
+
+DEFAULT_STUN_PORT = 3478
+DEFAULT_SOFTWARE = f"twisted_sipnat/{__version__}"
+_UNSET = object()
+
+
+def isIPLiteral(host: str) -> bool:
+    """``True`` for an IPv4 or IPv6 literal: those are used as they are, never resolved."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def parseServer(entry: object, key: str = "stunServers") -> ServerSpec:
+    """
+    Normalise one ``stunServers`` entry: a ``(host, port)`` pair, or an RFC 7064 URI ``stun:host[:port]``
+    (IPv6 hosts in brackets).  ``stuns:`` (STUN over TLS) is refused: this library speaks STUN over UDP on the
+    SIP socket.  An IP literal without a port gets 3478, a name keeps ``None`` so SRV can be tried.
+    """
+    if isinstance(entry, str):
+        text = entry.strip()
+        scheme, sep, rest = text.partition(":")
+        if not sep or scheme.lower() not in ("stun", "stuns"):
+            raise InvalidSettingsError(key, entry, "expected (host, port) or a stun:host[:port] URI (RFC 7064)")
+        if scheme.lower() == "stuns":
+            raise InvalidSettingsError(key, entry, "stuns: (STUN over TLS) is not supported on a SIP socket")
+        if rest.startswith("["):
+            host, bracket, tail = rest[1:].partition("]")
+            if not bracket:
+                raise InvalidSettingsError(key, entry, "unterminated IPv6 bracket")
+            portText = tail[1:] if tail.startswith(":") else ("" if not tail else None)
+            if portText is None:
+                raise InvalidSettingsError(key, entry, "junk after the IPv6 address")
+        else:
+            host, _, portText = rest.partition(":")
+        port: Optional[int] = None
+        if portText:
+            if not portText.isdigit():
+                raise InvalidSettingsError(key, entry, "the port is not a number")
+            port = int(portText)
+        return _checkedServer(host, port, entry, key)
+    if isinstance(entry, (tuple, list)) and len(entry) == 2:
+        host, port = entry
+        if not isinstance(host, str):
+            raise InvalidSettingsError(key, entry, "the host must be a string")
+        if port is not None and (isinstance(port, bool) or not isinstance(port, int)):
+            raise InvalidSettingsError(key, entry, "the port must be an int")
+        return _checkedServer(host, port, entry, key)
+    raise InvalidSettingsError(key, entry, "expected (host, port) or a stun:host[:port] URI (RFC 7064)")
+
+
+def _checkedServer(host: str, port: Optional[int], entry: object, key: str) -> ServerSpec:
+    host = host.strip()
+    if not host:
+        raise InvalidSettingsError(key, entry, "empty host")
+    if port is not None and not 0 < port < 65536:
+        raise InvalidSettingsError(key, entry, "the port must be 1-65535")
+    if isIPLiteral(host):
+        host = str(ipaddress.ip_address(host))  # RFC 5952 form for IPv6
+        if port is None:
+            port = DEFAULT_STUN_PORT
+    return (host, port)
+
+
+def _positiveOrZero(key: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise InvalidSettingsError(key, value, "must be a finite number of seconds >= 0")
+    return float(value)
+
+
+@dataclass(frozen=True, kw_only=True)
+class NATSettings:
+    """
+    How to traverse the NAT for one SIP domain.
+
+    ``stunServers`` are tried in order (failover on timeout or error); empty means the next hop itself answers
+    STUN (an RFC 5626 edge proxy).  Keepalive intervals are the RFC 5626 §4.4.1 bases: each keepalive goes out
+    after a fresh random 80-100 % of it; ``0`` disables keepalives on that transport.  ``username`` and
+    ``password`` are STUN short-term credentials (RFC 8489 §9.1).  ``rto`` is the initial retransmission
+    timeout (RFC 8489 §6.2.1, 500 ms).
+    """
+
+    stunServers: Sequence[ServerEntry] = ()
+    udpKeepaliveInterval: float = 25.0
+    tcpKeepaliveInterval: float = 120.0
+    udpKeepaliveMethod: str = "stun"
+    pongTimeout: float = 10.0
+    username: Optional[str] = None
+    password: Optional[str] = None
+    software: Optional[str] = DEFAULT_SOFTWARE
+    rto: float = 0.5
+    servers: Tuple[ServerSpec, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        entries = self.stunServers
+        if isinstance(entries, (str, bytes)) or not isinstance(entries, (list, tuple)):
+            raise InvalidSettingsError("stunServers", entries, "must be a sequence of servers")
+        servers = tuple(parseServer(e) for e in entries)
+        object.__setattr__(self, "stunServers", tuple(entries))
+        object.__setattr__(self, "servers", servers)
+        for key in ("udpKeepaliveInterval", "tcpKeepaliveInterval"):
+            object.__setattr__(self, key, _positiveOrZero(key, getattr(self, key)))
+        pong = _positiveOrZero("pongTimeout", self.pongTimeout)
+        if pong == 0:
+            raise InvalidSettingsError("pongTimeout", self.pongTimeout, "must be > 0")
+        object.__setattr__(self, "pongTimeout", pong)
+        rto = _positiveOrZero("rto", self.rto)
+        if rto == 0:
+            raise InvalidSettingsError("rto", self.rto, "must be > 0")
+        object.__setattr__(self, "rto", rto)
+        if self.udpKeepaliveMethod not in ("stun", "crlf"):
+            raise InvalidSettingsError("udpKeepaliveMethod", self.udpKeepaliveMethod, 'must be "stun" or "crlf"')
+        if (self.username is None) != (self.password is None):
+            raise InvalidSettingsError("username", self.username, "username and password go together")
+        for key in ("username", "password", "software"):
+            value = getattr(self, key)
+            if value is not None and not isinstance(value, str):
+                raise InvalidSettingsError(key, value, "must be a string or None")
+        if self.software is not None and len(self.software.encode("utf-8")) > 763:
+            raise InvalidSettingsError("software", self.software, "SOFTWARE is at most 763 bytes (RFC 8489 §14.14)")
+
+    @property
+    def hasCredentials(self) -> bool:
+        """``True`` when requests are signed and responses must carry valid MESSAGE-INTEGRITY."""
+        return self.username is not None
