@@ -1,0 +1,147 @@
+"""
+The keepalive policy of one flow, sans-IO (RFC 5626 §4.4).
+
+Theory of operation
+-------------------
+A :class:`FlowKeeper` decides *when* a flow's next keepalive is due, what is being waited for, and how to judge
+what comes back.  It never writes: the shell asks :attr:`FlowKeeper.nextTime`, calls :meth:`FlowKeeper.fire` at
+that instant, and acts on the result:
+
+===================  ===============================================================================
+``fire`` returns      meaning for the shell
+===================  ===============================================================================
+:data:`KEEPALIVE`     send one keepalive now (a STUN Binding transaction, a CRLF datagram or a CRLFCRLF ping)
+:data:`PONG_TIMEOUT`  the flow failed: no pong within ``pongTimeout`` (§4.4.1)
+``None``              nothing to do (a STUN keepalive is still retransmitting, or it was not yet time)
+===================  ===============================================================================
+
+Every keepalive is followed by a fresh random delay of 80-100 % of the base interval (§4.4.1: the Flow-Timer
+value when the registrar gave one, else the configured interval), so flows that started together drift apart
+instead of bursting in step.  The delay counts from the instant the keepalive was *due*, so a keepalive the
+socket arbitration held back does not push the whole schedule later.
+
+Inputs from the wire: :meth:`~FlowKeeper.pingWritten` arms the pong deadline when a ping actually left,
+:meth:`~FlowKeeper.pongReceived` disarms it; :meth:`~FlowKeeper.judgeMappedAddress` compares a keepalive answer's
+XOR-MAPPED-ADDRESS with the baseline (§4.4.2: a change means the NAT rebound the flow).
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any, Optional, Tuple
+
+#: :meth:`FlowKeeper.fire`: send a keepalive now.
+KEEPALIVE = "keepalive"
+#: :meth:`FlowKeeper.fire`: the pong did not arrive in time; the flow failed.
+PONG_TIMEOUT = "pong-timeout"
+
+#: Keepalive kinds.
+STUN = "stun"  # UDP, STUN Binding request to the next hop (RFC 5626 §4.4.2)
+CRLF = "crlf"  # UDP, a CRLFCRLF datagram, no answer expected
+PING = "ping"  # TCP/TLS, CRLFCRLF ping and CRLF pong (RFC 5626 §4.4.1)
+
+#: RFC 5626 §4.4.1: each interval is a random value between 80 and 100 % of the base.
+JITTER_LOW = 0.8
+JITTER_HIGH = 1.0
+
+#: The keepalive bytes of RFC 5626 §3.5.1.
+PING_BYTES = b"\r\n\r\n"
+PONG_BYTES = b"\r\n"
+
+
+def jittered(base: float, rng: random.Random) -> float:
+    """A fresh delay in [80 %, 100 %] of ``base`` (RFC 5626 §4.4.1)."""
+    return base * rng.uniform(JITTER_LOW, JITTER_HIGH)
+
+
+class FlowKeeper:
+    """When one flow's keepalives are due, and what the answers mean."""
+
+    __slots__ = (
+        "kind",
+        "base",
+        "pongTimeout",
+        "rng",
+        "nextKeepaliveAt",
+        "pongDeadline",
+        "stunInFlight",
+        "baseline",
+        "dueAt",
+    )
+
+    def __init__(
+        self,
+        kind: str,
+        base: float,
+        now: float,
+        rng: random.Random,
+        *,
+        pongTimeout: float = 10.0,
+        baseline: Any = None,
+    ) -> None:
+        if kind not in (STUN, CRLF, PING):
+            raise ValueError(f"unknown keepalive kind {kind!r}")
+        if not base > 0:
+            raise ValueError(f"keepalive interval must be > 0, not {base!r}")
+        self.kind = kind
+        self.base = base
+        self.pongTimeout = pongTimeout
+        self.rng = rng
+        # §4.4.1: the first keepalive too waits 80-100 % of the interval, never at once.
+        self.nextKeepaliveAt = now + jittered(base, rng)
+        self.pongDeadline: Optional[float] = None
+        self.stunInFlight = False
+        #: The public address the next hop last reported on this flow (``None`` until the first answer).
+        self.baseline = baseline
+        #: Owned by :class:`twisted_sipnat.timers.TimerHeap`.
+        self.dueAt: Optional[float] = None
+
+    @property
+    def nextTime(self) -> float:
+        """When :meth:`fire` must be called next."""
+        if self.pongDeadline is not None and self.pongDeadline < self.nextKeepaliveAt:
+            return self.pongDeadline
+        return self.nextKeepaliveAt
+
+    def fire(self, now: float) -> Optional[str]:
+        if self.pongDeadline is not None and now >= self.pongDeadline:
+            self.pongDeadline = None
+            return PONG_TIMEOUT
+        if now < self.nextKeepaliveAt:
+            return None
+        self.nextKeepaliveAt += jittered(self.base, self.rng)
+        if self.nextKeepaliveAt <= now:  # the shell woke us very late: do not send a burst to catch up
+            self.nextKeepaliveAt = now + jittered(self.base, self.rng)
+        if self.kind == STUN and self.stunInFlight:
+            # The previous Binding is still retransmitting: its retransmissions keep the binding alive, and its
+            # timeout will report the failure.  Two transactions for one flow would only add load.
+            return None
+        return KEEPALIVE
+
+    def pingWritten(self, now: float) -> None:
+        """A ping left the socket: the pong must arrive within ``pongTimeout`` (the earliest deadline stands)."""
+        if self.pongDeadline is None:
+            self.pongDeadline = now + self.pongTimeout
+
+    def pongReceived(self) -> bool:
+        """A CRLF arrived on the flow; ``True`` if it was the pong we were waiting for."""
+        if self.pongDeadline is None:
+            return False
+        self.pongDeadline = None
+        return True
+
+    @property
+    def awaitingPong(self) -> bool:
+        return self.pongDeadline is not None
+
+    def judgeMappedAddress(self, mapped: Any) -> Optional[Tuple[Any, Any]]:
+        """
+        A keepalive answer reported ``mapped``: returns ``(old, new)`` when it differs from the baseline (the
+        flow failed, §4.4.2), else ``None``.  The first answer sets the baseline.
+        """
+        if self.baseline is None:
+            self.baseline = mapped
+            return None
+        if mapped != self.baseline:
+            return (self.baseline, mapped)
+        return None
