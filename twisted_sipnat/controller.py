@@ -1,0 +1,1157 @@
+"""
+:class:`NATTraversalController`: the SIP NAT Traversal Controller API on Twisted.
+
+This is the thin shell around the sans-IO core.  It owns exactly one ``IDelayedCall`` (kept in step with the
+:class:`~twisted_sipnat.timers.TimerHeap` that orders every transaction and flow), the Deferreds, name
+resolution and the writes; the rules live in :mod:`~twisted_sipnat.transaction` (RFC 8489 §6.2 timers),
+:mod:`~twisted_sipnat.keepalive` (RFC 5626 §4.4 policy), :mod:`~twisted_sipnat.arbitration` (who may write) and
+:mod:`~twisted_sipnat.stun` (the codec).
+
+Data flows one way: bytes from the socket → :meth:`NATTraversalController.dataReceived` → the matching core
+object → actions → writes through the socket's arbiter → transport.  After every entry point the core has
+finished its update before any Deferred or observer is called, so a callback that calls back into the
+controller (a ``flowFailure`` that calls ``refreshNATBinding``) sees consistent state.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import random
+import secrets
+from collections import Counter
+from typing import Any, Callable, Dict, List, Mapping, Optional, Set, Tuple, Union
+
+from twisted.internet import defer
+from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from . import keepalive as ka
+from . import stun
+from .arbitration import Arbiter
+from .errors import (
+    FlowConnectionLost,
+    FlowFailure,
+    MappedAddressChanged,
+    NATTraversalError,
+    PongTimeout,
+    ResourceLimitError,
+    STUNErrorResponse,
+    STUNTimeout,
+    UnknownDomainError,
+)
+from .interfaces import ISharedSocket
+from .settings import DEFAULT_STUN_PORT, NATSettings, ServerSpec, isIPLiteral, parseServer
+from .timers import TimerHeap
+from .transaction import SEND, TIMEOUT, ClientTransaction, OutstandingLimiter, RTOEstimator
+
+HostPort = Tuple[str, int]
+PublicAddress = Union[IPv4Address, IPv6Address]
+
+#: RFC 8489 §6.1: without path MTU knowledge a request stays within 576 bytes on IPv4 (1280 on IPv6).
+MAX_REQUEST_IPV4 = 576
+MAX_REQUEST_IPV6 = 1280
+#: RFC 8489 §10 (ALTERNATE-SERVER): a client follows one redirect per server.
+TRY_ALTERNATE = 300
+
+_log = Logger(namespace="twisted_sipnat")
+
+
+def _normalHost(host: str) -> str:
+    """RFC 5952 text for IPv6, the literal for IPv4; names are returned as they are."""
+    try:
+        return str(ipaddress.ip_address(host.split("%", 1)[0]))
+    except ValueError:
+        return host
+
+
+def _hostPort(addr: Any) -> Optional[HostPort]:
+    """``(host, port)`` from a Twisted UDP source tuple (IPv6 ones have four members) or an ``IAddress``."""
+    if addr is None:
+        return None
+    if isinstance(addr, tuple):
+        return (addr[0], addr[1])
+    host = getattr(addr, "host", None)
+    port = getattr(addr, "port", None)
+    if host is None or port is None:
+        return None
+    return (host, port)
+
+
+def _sameHostPort(a: HostPort, b: HostPort) -> bool:
+    return a == b or (a[1] == b[1] and _normalHost(a[0]) == _normalHost(b[0]))
+
+
+def _publicAddress(host: str, port: int, stream: bool) -> PublicAddress:
+    kind = "TCP" if stream else "UDP"
+    if ":" in host:
+        return IPv6Address(kind, host, port)
+    return IPv4Address(kind, host, port)
+
+
+def _messageClass(data: bytes) -> int:
+    """The class bits C1 C0 of the STUN message type (RFC 8489 §5), without decoding anything else."""
+    high, low = data[0], data[1]
+    return ((high & 0x01) << 1) | ((low >> 4) & 0x01)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Adapting the caller's socket
+
+
+@implementer(ISharedSocket)
+class _BareSocket:
+    """
+    A socket the SIP stack reads itself (it calls ``dataReceived``/``socketIdle``): a Twisted transport, or a
+    protocol with a ``transport``.  The controller keeps its arbiter, since it sees no SIP writes.
+    """
+
+    def __init__(self, socket: Any, isStream: bool) -> None:
+        self._socket = socket
+        self.isStream = isStream
+        self.arbiter = Arbiter(stream=isStream)
+
+    def _transport(self) -> Any:
+        return getattr(self._socket, "transport", None) or self._socket
+
+    def writeKeepalive(self, data: bytes, addr: Any) -> None:
+        transport = self._transport()
+        if self.isStream:
+            transport.write(data)
+        else:
+            transport.write(data, addr)
+
+    def peerAddress(self) -> Optional[HostPort]:
+        if not self.isStream:
+            return None
+        try:
+            return _hostPort(self._transport().getPeer())
+        except Exception:
+            return None
+
+    def localAddress(self) -> Any:
+        try:
+            return self._transport().getHost()
+        except Exception:
+            return None
+
+
+def _looksLikeStream(socket: Any) -> bool:
+    from twisted.internet.interfaces import ITCPTransport, IUDPTransport
+    from twisted.internet.protocol import DatagramProtocol
+
+    if isinstance(socket, DatagramProtocol) or IUDPTransport.providedBy(socket):
+        return False
+    transport = getattr(socket, "transport", None)
+    if transport is not None and IUDPTransport.providedBy(transport):
+        return False
+    return bool(ITCPTransport.providedBy(socket) or ITCPTransport.providedBy(transport) or transport is not None)
+
+
+class _SocketState:
+    """What the controller tracks per shared socket: its adapter and the flows that ride on it."""
+
+    __slots__ = ("socket", "shared", "flows", "__weakref__")
+
+    def __init__(self, socket: Any, shared: Any) -> None:
+        self.socket = socket
+        self.shared = shared
+        self.flows: Set["_Flow"] = set()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Core objects with the shell's extra slots
+
+
+class _Txn(ClientTransaction):
+    """A client transaction plus what the shell needs to route it: socket, owner, credentials, limiter slot."""
+
+    __slots__ = ("sock", "owner", "integrityKey", "limiterKey", "server", "dueAt", "queued")
+
+    def __init__(
+        self,
+        transactionId: bytes,
+        request: bytes,
+        destination: HostPort,
+        sock: _SocketState,
+        owner: Union["_Resolution", "_Flow"],
+        integrityKey: Optional[bytes],
+        rto: float,
+    ) -> None:
+        super().__init__(transactionId, request, destination, rto=rto, reliable=sock.shared.isStream)
+        self.sock = sock
+        self.owner = owner
+        self.integrityKey = integrityKey
+        self.limiterKey = (id(sock), destination)
+        self.server = destination
+        self.dueAt: Optional[float] = None
+        self.queued = False
+
+
+class _Flow(ka.FlowKeeper):
+    """One keepalive context (keyed by its observer): the keeper plus where and how to send."""
+
+    __slots__ = ("observer", "sock", "nextHop", "settings", "txn", "stopped")
+
+    def __init__(
+        self,
+        kind: str,
+        base: float,
+        now: float,
+        rng: random.Random,
+        pongTimeout: float,
+        baseline: Any,
+        observer: Any,
+        sock: _SocketState,
+        nextHop: Optional[HostPort],
+        settings: NATSettings,
+    ) -> None:
+        super().__init__(kind, base, now, rng, pongTimeout=pongTimeout, baseline=baseline)
+        self.observer = observer
+        self.sock = sock
+        self.nextHop = nextHop
+        self.settings = settings
+        self.txn: Optional[_Txn] = None
+        self.stopped = False
+
+
+class _Resolution:
+    """One ``resolvePublicAddress`` call: the server list, where it stands, and its Deferred."""
+
+    __slots__ = (
+        "deferred",
+        "sock",
+        "settings",
+        "servers",
+        "index",
+        "tried",
+        "redirected",
+        "lastError",
+        "txn",
+        "observer",
+        "nextHop",
+        "domain",
+        "pendingLookup",
+        "startedAt",
+        "done",
+    )
+
+    def __init__(self, sock: _SocketState, settings: NATSettings, servers: List[ServerSpec], observer: Any,
+                 nextHop: HostPort, domain: Optional[str], now: float) -> None:
+        self.deferred: "defer.Deferred[PublicAddress]"
+        self.sock = sock
+        self.settings = settings
+        self.servers = servers
+        self.index = 0
+        self.tried: List[HostPort] = []
+        self.redirected: Set[HostPort] = set()
+        self.lastError: Optional[STUNErrorResponse] = None
+        self.txn: Optional[_Txn] = None
+        self.observer = observer
+        self.nextHop = nextHop
+        self.domain = domain
+        self.pendingLookup: Optional["defer.Deferred[HostPort]"] = None
+        self.startedAt = now
+        self.done = False
+
+
+class _ObserverMemory:
+    """What ``refreshNATBinding`` needs from the observer's last ``resolvePublicAddress``."""
+
+    __slots__ = ("domain", "nextHop", "resolved", "viaNextHop")
+
+    def __init__(self) -> None:
+        self.domain: Optional[str] = None
+        self.nextHop: Optional[HostPort] = None
+        self.resolved: Optional[PublicAddress] = None
+        self.viaNextHop = False
+
+
+# ---------------------------------------------------------------------------------------------------------------
+
+
+class NATTraversalController:
+    """
+    Finds the public address of a SIP socket and keeps its NAT binding alive, on the SIP stack's own socket.
+
+    ``settings`` is one :class:`~twisted_sipnat.settings.NATSettings` for every domain, or a mapping
+    ``{domain: NATSettings}``.  ``reactor`` provides ``IReactorTime`` (a ``twisted.internet.task.Clock`` in
+    tests); every timer goes through it.  ``rng`` drives the keepalive jitter (seed it for repeatable runs).
+
+    Bounds (issue "reliability"): at most ``maxFlows`` keepalive contexts, ``maxTransactions`` STUN
+    transactions in flight and ``maxOutstandingPerServer`` outstanding per socket and server (RFC 8489 §6: ten;
+    the rest wait their turn).  Past the first two a call raises :class:`~twisted_sipnat.errors.ResourceLimitError`.
+    """
+
+    def __init__(
+        self,
+        settings: Union[NATSettings, Mapping[str, NATSettings]],
+        reactor: Optional[IReactorTime] = None,
+        *,
+        rng: Optional[random.Random] = None,
+        maxFlows: int = 1_000_000,
+        maxTransactions: int = 1_000_000,
+        maxOutstandingPerServer: int = 10,
+    ) -> None:
+        if isinstance(settings, NATSettings):
+            self._settings: Optional[NATSettings] = settings
+            self._domainSettings: Dict[str, NATSettings] = {}
+        elif isinstance(settings, Mapping):
+            for domain, value in settings.items():
+                if not isinstance(value, NATSettings):
+                    raise NATTraversalError(f"settings for domain {domain!r} must be NATSettings, not {value!r}")
+            self._settings = None
+            self._domainSettings = dict(settings)
+        else:
+            raise NATTraversalError(f"settings must be NATSettings or a mapping of them, not {settings!r}")
+        if reactor is None:
+            from twisted.internet import reactor as globalReactor
+
+            reactor = globalReactor  # type: ignore[assignment]
+        assert reactor is not None
+        self.reactor = reactor
+        self.rng = rng if rng is not None else random.SystemRandom()
+        self.maxFlows = maxFlows
+        self.maxTransactions = maxTransactions
+        #: Counters: keepalives sent/answered, responses dropped by reason, and so on.
+        self.stats: Counter[str] = Counter()
+        self._timers = TimerHeap()
+        self._call: Optional[IDelayedCall] = None
+        self._pending: Dict[bytes, _Txn] = {}
+        self._limiter: OutstandingLimiter[_Txn] = OutstandingLimiter(maxOutstandingPerServer)
+        self._rto = RTOEstimator()
+        self._sockets: Dict[int, _SocketState] = {}
+        self._flows: Dict[Any, _Flow] = {}
+        self._resolutions: Set[_Resolution] = set()
+        self._memory: Dict[Any, _ObserverMemory] = {}
+        self._keys: Dict[str, bytes] = {}
+        self._requestTemplates: Dict[Tuple[Optional[str], Optional[str], bool], Callable[[bytes], bytes]] = {}
+        self._dnsResolver: Any = None
+
+    # -- settings ---------------------------------------------------------------------------------------------
+
+    def settingsFor(self, domain: Optional[str]) -> NATSettings:
+        """The settings of ``domain``; :class:`~twisted_sipnat.errors.UnknownDomainError` if it has none."""
+        if self._settings is not None:
+            return self._settings
+        if domain is not None and domain in self._domainSettings:
+            return self._domainSettings[domain]
+        raise UnknownDomainError(str(domain))
+
+    def _integrityKey(self, settings: NATSettings) -> Optional[bytes]:
+        if settings.password is None:
+            return None
+        key = self._keys.get(settings.password)
+        if key is None:
+            key = self._keys[settings.password] = stun.shortTermKey(settings.password)
+        return key
+
+    def _buildRequest(self, settings: NATSettings, transactionId: bytes, ipv6: bool) -> bytes:
+        """
+        A Binding request with SOFTWARE and, with credentials, USERNAME + MESSAGE-INTEGRITY, then FINGERPRINT.
+        RFC 8489 §6.1: within 576 bytes on IPv4 (1280 on IPv6); SOFTWARE is dropped if it would not fit.
+        """
+        key = self._integrityKey(settings)
+        request = stun.encodeBindingRequest(
+            transactionId, software=settings.software, username=settings.username, key=key
+        )
+        limit = MAX_REQUEST_IPV6 if ipv6 else MAX_REQUEST_IPV4
+        if len(request) > limit and settings.software is not None:
+            request = stun.encodeBindingRequest(transactionId, software=None, username=settings.username, key=key)
+        return request
+
+    # -- sockets ----------------------------------------------------------------------------------------------
+
+    def _socketState(self, socket: Any) -> _SocketState:
+        state = self._sockets.get(id(socket))
+        if state is not None and state.socket is socket:
+            return state
+        if ISharedSocket.providedBy(socket):
+            shared: Any = socket
+        else:
+            shared = _BareSocket(socket, _looksLikeStream(socket))
+        state = self._sockets[id(socket)] = _SocketState(socket, shared)
+        return state
+
+    def _forgetSocketIfUnused(self, sock: _SocketState) -> None:
+        if sock.flows:
+            return
+        if any(t.sock is sock for t in self._pending.values()):
+            return
+        if sock.shared.arbiter.held:
+            return
+        if self._sockets.get(id(sock.socket)) is sock:
+            del self._sockets[id(sock.socket)]
+
+    def _isIPv6Socket(self, sock: _SocketState, destination: Optional[HostPort]) -> bool:
+        if destination is not None and ":" in destination[0]:
+            return True
+        local = sock.shared.localAddress()
+        return isinstance(local, IPv6Address)
+
+    # -- the one timer ----------------------------------------------------------------------------------------
+
+    def _reschedule(self) -> None:
+        nextTime = self._timers.nextTime()
+        call = self._call
+        if nextTime is None:
+            if call is not None and call.active():
+                call.cancel()
+            self._call = None
+            return
+        now = self.reactor.seconds()
+        delay = max(0.0, nextTime - now)
+        if call is not None and call.active():
+            if call.getTime() != nextTime:
+                call.reset(delay)
+        else:
+            self._call = self.reactor.callLater(delay, self._wake)
+
+    def _wake(self) -> None:
+        self._call = None
+        now = self.reactor.seconds()
+        try:
+            for item in self._timers.popDue(now + 1e-9):
+                try:
+                    if type(item) is _Flow:
+                        self._flowDue(item, now)
+                    else:
+                        self._txnDue(item, now)
+                except Exception:
+                    _log.failure("internal error in a timer; continuing with the others")
+        finally:
+            self._reschedule()
+
+    # -- transactions -----------------------------------------------------------------------------------------
+
+    def _newTransaction(
+        self, sock: _SocketState, destination: HostPort, settings: NATSettings, owner: Union[_Resolution, _Flow]
+    ) -> _Txn:
+        if len(self._pending) >= self.maxTransactions:
+            raise ResourceLimitError("pending STUN transactions", self.maxTransactions)
+        transactionId = secrets.token_bytes(12)
+        while transactionId in self._pending:  # pragma: no cover - 2**-96
+            transactionId = secrets.token_bytes(12)
+        request = self._buildRequest(settings, transactionId, self._isIPv6Socket(sock, destination))
+        now = self.reactor.seconds()
+        rto = self._rto.rtoFor(destination, now, settings.rto)
+        txn = _Txn(transactionId, request, destination, sock, owner, self._integrityKey(settings), rto)
+        self._pending[transactionId] = txn
+        if self._limiter.acquire(txn.limiterKey, txn):
+            self._sendFirst(txn, now)
+        else:
+            txn.queued = True
+            self.stats["transactions.queued"] += 1
+        return txn
+
+    def _arbitrationKey(self, txn: _Txn) -> Any:
+        """A keepalive transaction is held under its flow (at most one per context), a resolution under itself."""
+        return txn.owner if type(txn.owner) is _Flow else txn
+
+    def _sendFirst(self, txn: _Txn, now: float) -> None:
+        txn.queued = False
+        arbiter = txn.sock.shared.arbiter
+        if arbiter.offer(self._arbitrationKey(txn), txn.request):
+            txn.sock.shared.writeKeepalive(txn.request, txn.destination)
+            self._txnWritten(txn, now)
+        else:
+            self.stats["writes.held"] += 1
+
+    def _txnWritten(self, txn: _Txn, now: float) -> None:
+        if not txn.started:
+            txn.start(now)
+            if txn.nextTime is not None:
+                self._timers.schedule(txn, txn.nextTime)
+        self.stats["stun.requests.sent"] += 1
+
+    def _txnDue(self, txn: _Txn, now: float) -> None:
+        action = txn.fire(now)
+        if action == SEND:
+            arbiter = txn.sock.shared.arbiter
+            if arbiter.offer(self._arbitrationKey(txn), txn.request):
+                txn.sock.shared.writeKeepalive(txn.request, txn.destination)
+                self.stats["stun.requests.retransmitted"] += 1
+            else:
+                self.stats["writes.held"] += 1
+        elif action == TIMEOUT:
+            self._rto.backoff(txn.server, now)
+            self._endTransaction(txn)
+            self._txnTimedOut(txn, now)
+        if txn.nextTime is not None:
+            self._timers.schedule(txn, txn.nextTime)
+
+    def _endTransaction(self, txn: _Txn) -> None:
+        """Forget ``txn`` everywhere: pending table, timer, held write, limiter slot (which may start another)."""
+        if not txn.done:
+            txn.cancel()
+        self._timers.unschedule(txn)
+        if self._pending.get(txn.transactionId) is txn:
+            del self._pending[txn.transactionId]
+        key = self._arbitrationKey(txn)
+        txn.sock.shared.arbiter.withdraw(key)
+        if txn.queued:
+            self._limiter.withdraw(txn.limiterKey, txn)
+            txn.queued = False
+            return
+        following = self._limiter.release(txn.limiterKey)
+        if following is not None:
+            self._sendFirst(following, self.reactor.seconds())
+
+    def _txnTimedOut(self, txn: _Txn, now: float) -> None:
+        owner = txn.owner
+        self.stats["stun.timeouts"] += 1
+        if type(owner) is _Flow:
+            flow = owner
+            flow.txn = None
+            flow.stunInFlight = False
+            elapsed = now - txn.startedAt if txn.startedAt is not None else None
+            self._failFlow(flow, STUNTimeout((txn.destination,), elapsed))
+        else:
+            resolution = owner
+            assert isinstance(resolution, _Resolution)
+            resolution.txn = None
+            self._tryNextServer(resolution)
+
+    # -- incoming ---------------------------------------------------------------------------------------------
+
+    def dataReceived(self, data: bytes, socket: Any, addr: Any = None) -> bool:
+        """
+        Bytes the SIP stack did not recognise, read from ``socket`` (from ``addr`` on UDP).
+
+        Returns ``True`` if the controller consumed them: a STUN response or indication (a response for no
+        pending transaction, from the wrong source or failing its checks is dropped and counted), or the CRLF
+        pong a flow on that socket was waiting for.  ``False`` for STUN requests (a responder may answer them)
+        and everything else.  Never raises.
+        """
+        try:
+            if stun.isSTUN(data):
+                return self._stunReceived(data, socket, addr)
+            if data == ka.PONG_BYTES:
+                return self._pongReceived(socket)
+            return False
+        except Exception:
+            _log.failure("internal error handling {length} bytes from {addr}", length=len(data), addr=addr)
+            return False
+        finally:
+            self._reschedule()
+
+    def _drop(self, reason: str, addr: Any) -> bool:
+        self.stats["stun.dropped." + reason] += 1
+        _log.debug("dropped a STUN response ({reason}) from {addr}", reason=reason, addr=addr,
+                   sipnat_event="stun.dropped")
+        return True
+
+    def _stunReceived(self, data: bytes, socket: Any, addr: Any) -> bool:
+        messageClass = _messageClass(data)
+        if messageClass == stun.REQUEST:
+            return False
+        if messageClass == stun.INDICATION:
+            self.stats["stun.indications"] += 1
+            return True
+        txn = self._pending.get(data[8:20])
+        if txn is None or txn.done:
+            return self._drop("unmatched", addr)
+        if txn.sock.socket is not socket:
+            return self._drop("wrong-socket", addr)
+        if not txn.sock.shared.isStream:
+            source = _hostPort(addr)
+            if source is None or not _sameHostPort(source, txn.destination):
+                return self._drop("wrong-source", addr)
+        try:
+            message = stun.decode(data)
+        except stun.STUNDecodeError:
+            return self._drop("malformed", addr)
+        if message.method != stun.BINDING:
+            return self._drop("not-binding", addr)
+        if message.hasFingerprint and not message.verifyFingerprint():
+            return self._drop("bad-fingerprint", addr)
+        if txn.integrityKey is not None and not message.verifyIntegrity(txn.integrityKey):
+            return self._drop("bad-integrity", addr)
+        now = self.reactor.seconds()
+        rtt = txn.answered(now)
+        if rtt is not None:
+            self._rto.sample(txn.server, rtt, now)
+        self._endTransaction(txn)
+        self.stats["stun.responses"] += 1
+        if type(txn.owner) is _Flow:
+            self._keepaliveAnswered(txn.owner, txn, message, now)
+        else:
+            owner = txn.owner
+            assert isinstance(owner, _Resolution)
+            self._resolutionAnswered(owner, txn, message, now)
+        return True
+
+    def _pongReceived(self, socket: Any) -> bool:
+        sock = self._sockets.get(id(socket))
+        if sock is None or sock.socket is not socket:
+            return False
+        consumed = False
+        for flow in list(sock.flows):
+            if flow.kind == ka.PING and flow.pongReceived():
+                consumed = True
+                self.stats["keepalive.pongs"] += 1
+                _log.debug("pong received", sipnat_event="keepalive.answered", observer=flow.observer)
+                self._scheduleFlow(flow)
+        return consumed
+
+    # -- resolution -------------------------------------------------------------------------------------------
+
+    def resolvePublicAddress(
+        self, domain: Optional[str], socket: Any, nextHop: Any, observer: Any = None
+    ) -> "defer.Deferred[PublicAddress]":
+        """
+        Learn the public address the NAT gave ``socket``, by a STUN Binding request sent from it (RFC 8489).
+
+        The domain's ``stunServers`` are tried in order (next on timeout or error response); with none, the next
+        hop itself is asked (an RFC 5626 edge).  The Deferred fires with an ``IPv4Address``/``IPv6Address``
+        ("UDP"), or errbacks with :class:`~twisted_sipnat.errors.STUNErrorResponse` (the last error, if any server
+        answered with one) or :class:`~twisted_sipnat.errors.STUNTimeout`.  ``cancel()`` stops retransmitting and
+        errbacks ``CancelledError``.  Raises :class:`~twisted_sipnat.errors.NATTraversalError` at once for an
+        unknown domain or a bad ``nextHop``.
+        """
+        settings = self.settingsFor(domain)
+        hop = self._checkNextHop(nextHop)
+        sock = self._socketState(socket)
+        servers: List[ServerSpec] = list(settings.servers) if settings.servers else [hop]
+        now = self.reactor.seconds()
+        resolution = _Resolution(sock, settings, servers, observer, hop, domain, now)
+        resolution.deferred = defer.Deferred(lambda d: self._cancelResolution(resolution))
+        self._resolutions.add(resolution)
+        if observer is not None:
+            memory = self._memory.setdefault(observer, _ObserverMemory())
+            memory.domain = domain
+            memory.nextHop = hop
+        try:
+            self._tryNextServer(resolution)
+        finally:
+            self._reschedule()
+        return resolution.deferred
+
+    def _checkNextHop(self, nextHop: Any) -> HostPort:
+        try:
+            host, port = nextHop
+        except (TypeError, ValueError):
+            raise NATTraversalError(f"nextHop must be (host, port), not {nextHop!r}") from None
+        if not isinstance(host, str) or not host or isinstance(port, bool) or not isinstance(port, int) \
+                or not 0 < port < 65536:
+            raise NATTraversalError(f"nextHop must be (host, port) with a port 1-65535, not {nextHop!r}")
+        return (_normalHost(host), port)
+
+    def _tryNextServer(self, resolution: _Resolution) -> None:
+        if resolution.done:
+            return
+        if resolution.index >= len(resolution.servers):
+            error: NATTraversalError = resolution.lastError or STUNTimeout(
+                tuple(resolution.tried), self.reactor.seconds() - resolution.startedAt
+            )
+            self._finishResolution(resolution, Failure(error))
+            return
+        spec = resolution.servers[resolution.index]
+        resolution.index += 1
+        host, port = spec
+        if isIPLiteral(host) and port is not None:
+            self._startResolutionTransaction(resolution, (_normalHost(host), port))
+            return
+        lookup = self._lookupServer(host, port, resolution.sock)
+        resolution.pendingLookup = lookup
+
+        def found(address: HostPort) -> None:
+            resolution.pendingLookup = None
+            if not resolution.done:
+                self._startResolutionTransaction(resolution, address)
+                self._reschedule()
+
+        def failed(reason: Failure) -> None:
+            resolution.pendingLookup = None
+            if reason.check(defer.CancelledError) or resolution.done:
+                return
+            _log.warn("cannot resolve STUN server {host}: {why}", host=host, why=reason.getErrorMessage(),
+                      sipnat_event="stun.server.unresolved")
+            self._tryNextServer(resolution)
+            self._reschedule()
+
+        lookup.addCallbacks(found, failed)
+
+    def _startResolutionTransaction(self, resolution: _Resolution, server: HostPort) -> None:
+        resolution.tried.append(server)
+        try:
+            resolution.txn = self._newTransaction(resolution.sock, server, resolution.settings, resolution)
+        except ResourceLimitError as e:
+            self._finishResolution(resolution, Failure(e))
+
+    def _resolutionAnswered(self, resolution: _Resolution, txn: _Txn, message: Any, now: float) -> None:
+        resolution.txn = None
+        if message.messageClass == stun.SUCCESS:
+            mapped = message.mappedAddress
+            if mapped is None:
+                _log.warn("Binding success from {server} without a mapped address", server=txn.server,
+                          sipnat_event="stun.response.invalid")
+                resolution.lastError = STUNErrorResponse(0, "success response without a mapped address", txn.server)
+                self._tryNextServer(resolution)
+                return
+            host, port = mapped
+            address = _publicAddress(host, port, txn.sock.shared.isStream)
+            if resolution.observer is not None:
+                memory = self._memory.setdefault(resolution.observer, _ObserverMemory())
+                memory.resolved = address
+                memory.viaNextHop = not resolution.settings.servers
+            rtt = now - resolution.startedAt
+            _log.info("public address {host}:{port} from STUN server {server[0]}:{server[1]} in {rtt:.3f} s",
+                      host=host, port=port, server=txn.server, rtt=rtt, sipnat_event="public.address")
+            self._finishResolution(resolution, address)
+            return
+        code, reason = message.errorCode or (0, "error response without ERROR-CODE")
+        if code == TRY_ALTERNATE:
+            alternate = message.alternateServer
+            if alternate is not None and txn.server not in resolution.redirected:
+                resolution.redirected.add(txn.server)
+                target = (_normalHost(alternate[0]), alternate[1])
+                resolution.redirected.add(target)  # one redirect per server: no ping-pong between two
+                resolution.servers.insert(resolution.index, target)
+                _log.info("STUN server {server} redirects to {target}", server=txn.server, target=target,
+                          sipnat_event="stun.redirect")
+                self._tryNextServer(resolution)
+                return
+        resolution.lastError = STUNErrorResponse(code, reason, txn.server)
+        _log.info("STUN server {server} answered {code} {reason}", server=txn.server, code=code, reason=reason,
+                  sipnat_event="stun.error")
+        self._tryNextServer(resolution)
+
+    def _finishResolution(self, resolution: _Resolution, result: Union[PublicAddress, Failure]) -> None:
+        if resolution.done:
+            return
+        resolution.done = True
+        self._resolutions.discard(resolution)
+        if resolution.txn is not None:
+            self._endTransaction(resolution.txn)
+            resolution.txn = None
+        if isinstance(result, Failure):
+            resolution.deferred.errback(result)
+        else:
+            resolution.deferred.callback(result)
+
+    def _cancelResolution(self, resolution: _Resolution) -> None:
+        """The Deferred's canceller: stop retransmitting; ``Deferred.cancel`` then errbacks ``CancelledError``."""
+        if resolution.done:
+            return
+        resolution.done = True
+        self._resolutions.discard(resolution)
+        if resolution.txn is not None:
+            self._endTransaction(resolution.txn)
+            resolution.txn = None
+        if resolution.pendingLookup is not None:
+            lookup, resolution.pendingLookup = resolution.pendingLookup, None
+            lookup.cancel()
+        self._forgetSocketIfUnused(resolution.sock)
+        self._reschedule()
+
+    # -- names ------------------------------------------------------------------------------------------------
+
+    def _lookupServer(self, host: str, port: Optional[int], sock: _SocketState) -> "defer.Deferred[HostPort]":
+        """
+        A STUN server's address: for a name without a port, DNS SRV ``_stun._udp.NAME`` first (RFC 8489 §8.1),
+        then A/AAAA on 3478; otherwise the name's address, through the reactor's resolver.
+        """
+        if port is not None:
+            return self._lookupHost(host, port, sock)
+        srv = self._lookupSRV(host)
+
+        def fromSRV(targets: List[HostPort]) -> "defer.Deferred[HostPort]":
+            if not targets:
+                return self._lookupHost(host, DEFAULT_STUN_PORT, sock)
+            target, targetPort = targets[0]
+            if isIPLiteral(target):
+                return defer.succeed((_normalHost(target), targetPort))
+            return self._lookupHost(target, targetPort, sock)
+
+        def noSRV(reason: Failure) -> "defer.Deferred[HostPort]":
+            if reason.check(defer.CancelledError):
+                return reason  # type: ignore[return-value]
+            return self._lookupHost(host, DEFAULT_STUN_PORT, sock)
+
+        srv.addCallbacks(fromSRV, noSRV)
+        return srv  # type: ignore[return-value]
+
+    def _lookupSRV(self, host: str) -> "defer.Deferred[List[HostPort]]":
+        from twisted.names import client, dns
+
+        if self._dnsResolver is None:
+            self._dnsResolver = client.createResolver(reactor=self.reactor)
+
+        def ordered(result: Any) -> List[HostPort]:
+            answers, _, _ = result
+            records = [a.payload for a in answers if a.type == dns.SRV]
+            records.sort(key=lambda r: (r.priority, -r.weight))
+            return [(str(r.target), r.port) for r in records if str(r.target) not in ("", ".")]
+
+        d: "defer.Deferred[List[HostPort]]" = self._dnsResolver.lookupService(f"_stun._udp.{host}")
+        d.addCallback(ordered)
+        return d
+
+    def _lookupHost(self, host: str, port: int, sock: _SocketState) -> "defer.Deferred[HostPort]":
+        from twisted.internet.interfaces import IReactorPluggableNameResolver
+
+        wantIPv6 = self._isIPv6Socket(sock, None)
+        if IReactorPluggableNameResolver.providedBy(self.reactor):
+            return self._lookupWithNameResolver(host, port, wantIPv6)
+        resolve = getattr(self.reactor, "resolve", None)
+        if resolve is None:
+            return defer.fail(NATTraversalError(f"cannot resolve {host!r}: the reactor has no name resolver"))
+        d: "defer.Deferred[str]" = resolve(host)
+        return d.addCallback(lambda ip: (ip, port))
+
+    def _lookupWithNameResolver(self, host: str, port: int, wantIPv6: bool) -> "defer.Deferred[HostPort]":
+        from twisted.internet.interfaces import IResolutionReceiver
+
+        result: "defer.Deferred[HostPort]" = defer.Deferred()
+        found: List[HostPort] = []
+
+        @implementer(IResolutionReceiver)
+        class Receiver:
+            def resolutionBegan(self, resolutionInProgress: Any) -> None:
+                pass
+
+            def addressResolved(self, address: Any) -> None:
+                found.append((_normalHost(address.host), port))
+
+            def resolutionComplete(self) -> None:
+                if result.called:
+                    return
+                if found:
+                    result.callback(found[0])
+                else:
+                    result.errback(NATTraversalError(f"{host!r} has no {'IPv6' if wantIPv6 else 'IPv4'} address"))
+
+        family = IPv6Address if wantIPv6 else IPv4Address
+        self.reactor.nameResolver.resolveHostName(  # type: ignore[attr-defined]
+            Receiver(), host, port, addressTypes=[family], transportSemantics="UDP"
+        )
+        return result
+
+    # -- keepalives -------------------------------------------------------------------------------------------
+
+    def refreshNATBinding(
+        self,
+        socket: Any,
+        observer: Any,
+        nextHop: Any = None,
+        flowTimer: Optional[float] = None,
+        domain: Optional[str] = None,
+    ) -> bool:
+        """
+        Keep the NAT binding of ``socket`` alive toward ``nextHop`` (or the one given at resolve), after the
+        REGISTER 200 OK (RFC 5626 §4.4).
+
+        ``flowTimer`` (the registrar's Flow-Timer or Via ``keep``) replaces the configured interval.  Every
+        keepalive goes out after a fresh 80-100 % of the interval.  UDP: a STUN Binding transaction to the next
+        hop (or a CRLFCRLF datagram with ``udpKeepaliveMethod="crlf"``); TCP/TLS: a CRLFCRLF ping whose CRLF pong
+        must arrive within ``pongTimeout``.  Returns ``True`` when a periodic keepalive was started, ``False``
+        when the transport's configured interval is ``0`` (keepalives disabled).  A second call for the same
+        observer restarts its keepalives.
+        """
+        memory = self._memory.get(observer)
+        if domain is None and memory is not None:
+            domain = memory.domain
+        settings = self.settingsFor(domain)
+        sock = self._socketState(socket)
+        stream = sock.shared.isStream
+        configured = settings.tcpKeepaliveInterval if stream else settings.udpKeepaliveInterval
+        if configured == 0:
+            self._stopFlow(observer)
+            return False
+        if flowTimer is not None:
+            if isinstance(flowTimer, bool) or not isinstance(flowTimer, (int, float)) or not flowTimer > 0:
+                raise NATTraversalError(f"flowTimer must be a positive number of seconds, not {flowTimer!r}")
+            base = float(flowTimer)
+        else:
+            base = configured
+        hop: Optional[HostPort]
+        if nextHop is not None:
+            hop = self._checkNextHop(nextHop)
+        elif memory is not None and memory.nextHop is not None:
+            hop = memory.nextHop
+        elif stream:
+            hop = sock.shared.peerAddress()
+        else:
+            raise NATTraversalError("refreshNATBinding needs a nextHop (none was given at resolve either)")
+        kind = ka.PING if stream else (ka.STUN if settings.udpKeepaliveMethod == "stun" else ka.CRLF)
+        # Contract: the resolved address is the baseline only when the next hop was also the STUN server.
+        baseline = None
+        if kind == ka.STUN and memory is not None and memory.viaNextHop and memory.nextHop == hop:
+            baseline = memory.resolved
+        existing = self._flows.get(observer)
+        if existing is not None:
+            self._stopFlow(observer)
+        elif len(self._flows) >= self.maxFlows:
+            raise ResourceLimitError("keepalive contexts", self.maxFlows)
+        now = self.reactor.seconds()
+        flow = _Flow(kind, base, now, self.rng, settings.pongTimeout, baseline, observer, sock, hop, settings)
+        self._flows[observer] = flow
+        sock.flows.add(flow)
+        if memory is None:
+            memory = self._memory.setdefault(observer, _ObserverMemory())
+        memory.domain = domain
+        memory.nextHop = hop
+        if hop is not None and not isIPLiteral(hop[0]):
+            self._resolveFlowNextHop(flow, hop)
+        self._scheduleFlow(flow)
+        self._reschedule()
+        _log.info("keepalives started toward {nextHop} every {low:.1f}-{high:.1f} s ({kind})", nextHop=hop,
+                  low=base * ka.JITTER_LOW, high=base * ka.JITTER_HIGH, kind=kind, observer=observer,
+                  sipnat_event="keepalive.started")
+        return True
+
+    def _resolveFlowNextHop(self, flow: _Flow, hop: HostPort) -> None:
+        """UDP writes need IP literals: look the name up now; the first keepalive is at least 80 % away."""
+        lookup = self._lookupHost(hop[0], hop[1], flow.sock)
+
+        def found(address: HostPort) -> None:
+            if not flow.stopped and flow.nextHop == hop:
+                flow.nextHop = address
+
+        def failed(reason: Failure) -> None:
+            if not flow.stopped and flow.nextHop == hop:
+                _log.warn("cannot resolve next hop {host}: {why}", host=hop[0], why=reason.getErrorMessage())
+                flow.nextHop = None
+
+        lookup.addCallbacks(found, failed)
+
+    def _scheduleFlow(self, flow: _Flow) -> None:
+        self._timers.schedule(flow, flow.nextTime)
+
+    def _flowDue(self, flow: _Flow, now: float) -> None:
+        if flow.stopped:
+            return
+        action = flow.fire(now)
+        if action == ka.PONG_TIMEOUT:
+            self._failFlow(flow, PongTimeout(flow.pongTimeout))
+            return
+        if action == ka.KEEPALIVE:
+            self._sendKeepalive(flow, now)
+        if not flow.stopped:
+            self._scheduleFlow(flow)
+
+    def _sendKeepalive(self, flow: _Flow, now: float) -> None:
+        hop = flow.nextHop
+        if hop is None and flow.kind != ka.PING:
+            self.stats["keepalive.skipped.no-next-hop"] += 1
+            return
+        if flow.kind == ka.STUN:
+            assert hop is not None
+            flow.stunInFlight = True
+            try:
+                flow.txn = self._newTransaction(flow.sock, hop, flow.settings, flow)
+            except ResourceLimitError:
+                flow.stunInFlight = False
+                self.stats["keepalive.skipped.limit"] += 1
+                return
+        else:
+            payload = ka.PING_BYTES
+            if flow.sock.shared.arbiter.offer(flow, payload):
+                flow.sock.shared.writeKeepalive(payload, hop)
+                self._flowKeepaliveWritten(flow, now)
+            else:
+                self.stats["writes.held"] += 1
+        self.stats["keepalive.sent"] += 1
+        _log.debug("keepalive ({kind}) due toward {nextHop}", kind=flow.kind, nextHop=hop, observer=flow.observer,
+                   sipnat_event="keepalive.sent")
+
+    def _flowKeepaliveWritten(self, flow: _Flow, now: float) -> None:
+        if flow.kind == ka.PING:
+            wasAwaiting = flow.awaitingPong
+            flow.pingWritten(now)
+            if not wasAwaiting:
+                self._scheduleFlow(flow)
+
+    def _keepaliveAnswered(self, flow: _Flow, txn: _Txn, message: Any, now: float) -> None:
+        if flow.txn is txn:
+            flow.txn = None
+        flow.stunInFlight = False
+        if flow.stopped:
+            return
+        self.stats["keepalive.answered"] += 1
+        if message.messageClass != stun.SUCCESS:
+            code, reason = message.errorCode or (0, "")
+            # Contract: an error response still proves the path is alive; log it, do not fail the flow.
+            _log.warn("keepalive answered with STUN error {code} {reason} by {server}", code=code, reason=reason,
+                      server=txn.server, observer=flow.observer, sipnat_event="keepalive.error")
+            return
+        mapped = message.mappedAddress
+        if mapped is None:
+            _log.warn("keepalive answer from {server} without a mapped address", server=txn.server)
+            return
+        address = _publicAddress(mapped[0], mapped[1], False)
+        first = flow.baseline is None
+        change = flow.judgeMappedAddress(address)
+        _log.debug("keepalive answered by {server}: public address {host}:{port}", server=txn.server,
+                   host=address.host, port=address.port, observer=flow.observer, rtt=now - (txn.startedAt or now),
+                   sipnat_event="keepalive.answered")
+        if first:
+            _log.info("public address {host}:{port} on the flow to {server}", host=address.host, port=address.port,
+                      server=txn.server, observer=flow.observer, sipnat_event="public.address")
+        if change is not None:
+            old, new = change
+            _log.warn("NAT rebinding: public address changed from {old.host}:{old.port} to {new.host}:{new.port}",
+                      old=old, new=new, observer=flow.observer, sipnat_event="public.address.changed")
+            self._failFlow(flow, MappedAddressChanged(old, new))
+
+    def _failFlow(self, flow: _Flow, error: FlowFailure) -> None:
+        """The flow failed: stop it completely, then tell its observer once (after the state is consistent)."""
+        if flow.stopped:
+            return
+        self._stopFlow(flow.observer)
+        self.stats["flow.failures"] += 1
+        _log.warn("flow failed: {error}", error=str(error), observer=flow.observer, failure_type=type(error).__name__,
+                  sipnat_event="flow.failure")
+        notify = getattr(flow.observer, "flowFailure", None)
+        if notify is None:
+            return
+        try:
+            notify(Failure(error))
+        except Exception:
+            _log.failure("the observer's flowFailure raised")
+
+    def _stopFlow(self, observer: Any) -> Optional[_Flow]:
+        flow = self._flows.pop(observer, None)
+        if flow is None:
+            return None
+        flow.stopped = True
+        self._timers.unschedule(flow)
+        flow.sock.shared.arbiter.withdraw(flow)
+        if flow.txn is not None:
+            txn, flow.txn = flow.txn, None
+            self._endTransaction(txn)
+        flow.sock.flows.discard(flow)
+        self._forgetSocketIfUnused(flow.sock)
+        return flow
+
+    def updateNextHop(self, nextHop: Any, observer: Any) -> None:
+        """
+        Move the observer's keepalives to ``nextHop`` at once, including a STUN keepalive in flight: its
+        retransmissions go to the new hop and its answer is accepted from there.  The new hop reports the
+        mapping it sees, so it sets a new baseline for ``MappedAddressChanged``.
+        """
+        hop = self._checkNextHop(nextHop)
+        memory = self._memory.setdefault(observer, _ObserverMemory())
+        if memory.nextHop != hop:
+            memory.viaNextHop = False
+        memory.nextHop = hop
+        flow = self._flows.get(observer)
+        if flow is None or flow.nextHop == hop:
+            return
+        flow.nextHop = hop
+        flow.baseline = None
+        if flow.txn is not None:
+            flow.txn.destination = hop
+        if not isIPLiteral(hop[0]):
+            self._resolveFlowNextHop(flow, hop)
+        _log.info("keepalives moved to {nextHop}", nextHop=hop, observer=observer, sipnat_event="keepalive.moved")
+
+    # -- socket arbitration -----------------------------------------------------------------------------------
+
+    def socketIdle(self, idle: bool, socket: Any) -> None:
+        """
+        ``False``: the SIP stack is using ``socket``; nothing of the controller's is written to it until
+        ``socketIdle(True)``, which writes what was held back, in order, at most one per context — synchronously,
+        inside this call.
+        """
+        sock = self._socketState(socket)
+        released = sock.shared.arbiter.sipIdle(bool(idle))
+        try:
+            self.writeReleased(sock.shared, released, write=True)
+        finally:
+            self._reschedule()
+
+    def writeReleased(self, shared: Any, released: List[Tuple[Any, bytes]], write: bool) -> None:
+        """
+        Keepalives the arbiter released: write them (``write=True``) or note that the shared socket already
+        wrote them in place (a TCP ping placed between two SIP messages), and start their clocks.
+        """
+        if not released:
+            return
+        now = self.reactor.seconds()
+        for key, payload in released:
+            if type(key) is _Flow:
+                flow = key
+                if flow.stopped:
+                    continue
+                if flow.kind == ka.STUN:
+                    txn = flow.txn
+                    if txn is None:
+                        continue
+                    if write:
+                        shared.writeKeepalive(payload, txn.destination)
+                    self._txnWritten(txn, now)
+                else:
+                    if write:
+                        shared.writeKeepalive(payload, flow.nextHop)
+                    self._flowKeepaliveWritten(flow, now)
+            elif type(key) is _Txn:
+                if key.done:
+                    continue
+                if write:
+                    shared.writeKeepalive(payload, key.destination)
+                self._txnWritten(key, now)
+        self._reschedule()
+
+    def socketClosed(self, socket: Any, reason: Optional[Failure] = None) -> None:
+        """
+        ``socket`` was closed or its connection lost: every flow on it fails with
+        :class:`~twisted_sipnat.errors.FlowConnectionLost` and pending resolutions on it fail too.
+        :class:`~twisted_sipnat.protocols.SharedStreamProtocol` calls this itself; SIP stacks using bare sockets
+        call it from their ``connectionLost``.
+        """
+        sock = self._sockets.get(id(socket))
+        if sock is None or sock.socket is not socket:
+            return
+        why = reason.getErrorMessage() if reason is not None else "connection lost"
+        for resolution in [r for r in self._resolutions if r.sock is sock]:
+            self._finishResolution(resolution, Failure(FlowConnectionLost(why)))
+        for flow in list(sock.flows):
+            self._failFlow(flow, FlowConnectionLost(why))
+        for txn in [t for t in self._pending.values() if t.sock is sock]:
+            self._endTransaction(txn)
+        if self._sockets.get(id(socket)) is sock:
+            del self._sockets[id(socket)]
+        self._reschedule()
+
+    # -- cleanup ----------------------------------------------------------------------------------------------
+
+    def freeResources(self, observer: Any = None) -> None:
+        """
+        Stop ``observer``'s keepalives and cancel its pending resolutions (their Deferreds errback
+        ``CancelledError``); with no argument, every context and every resolution.  No timer of the controller
+        is left in the reactor afterwards (for the whole controller; for one observer, none of its own).
+        """
+        if observer is None:
+            for resolution in list(self._resolutions):
+                resolution.deferred.cancel()
+            for key in list(self._flows):
+                self._stopFlow(key)
+            for txn in list(self._pending.values()):
+                self._endTransaction(txn)
+            self._memory.clear()
+            self._timers.clear()
+            self._sockets.clear()
+        else:
+            for resolution in [r for r in self._resolutions if r.observer is observer]:
+                resolution.deferred.cancel()
+            self._stopFlow(observer)
+            self._memory.pop(observer, None)
+        self._reschedule()
+
+    # -- introspection ----------------------------------------------------------------------------------------
+
+    def isKeepingAlive(self, observer: Any) -> bool:
+        """``True`` while ``observer`` has a running keepalive context."""
+        return observer in self._flows
+
+    @property
+    def flowCount(self) -> int:
+        return len(self._flows)
+
+    @property
+    def pendingTransactionCount(self) -> int:
+        return len(self._pending)

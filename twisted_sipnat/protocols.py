@@ -1,0 +1,352 @@
+"""
+The protocols that own a socket shared by a SIP stack and twisted_sipnat.
+
+:class:`SharedDatagramProtocol` is the one ``DatagramProtocol`` bound to a UDP port: it demultiplexes STUN from SIP
+by RFC 7983's first-byte rule (STUN's first byte is 0-3, SIP's an ASCII letter) plus the magic cookie and a
+consistent length, hands STUN to the controller (or answers it, in the server role) and every SIP datagram to
+the wrapped SIP protocol byte for byte.  The SIP protocol gets a transport that writes to the same socket.
+
+:class:`SharedStreamFactory` wraps a SIP stream factory (the pattern of ``twisted.protocols.haproxy``): each
+connection gets a :class:`SharedStreamProtocol`, which frames the byte stream in both directions
+(:mod:`~twisted_sipnat.sipframing`), so CRLF keepalives (RFC 5626 §3.5.1) are taken out of, and put into, the
+stream only between whole SIP messages, and every SIP byte reaches the wrapped protocol in order.
+
+Both provide :class:`~twisted_sipnat.interfaces.ISharedSocket`: the ``socket`` the controller's calls take.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any, Dict, List, Optional, Tuple
+
+from twisted.internet.interfaces import IAddress
+from twisted.internet.protocol import DatagramProtocol
+from twisted.logger import Logger
+from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from . import stun
+from .arbitration import Arbiter, Keepalive
+from .errors import NATTraversalError
+from .interfaces import ISharedSocket
+from .keepalive import PING_BYTES, PONG_BYTES
+from .settings import DEFAULT_SOFTWARE
+from .sipframing import IncomingSplitter, Ping, Pong, SIPData, SIPFramingError
+
+HostPort = Tuple[str, int]
+
+_log = Logger(namespace="twisted_sipnat")
+
+#: RFC 3261 §18.1.1 and RFC 5626: a SIP message on a stream above this is refused (configurable).
+DEFAULT_MAX_MESSAGE_SIZE = 65536
+
+
+class _PongKey:
+    """The arbitration key of the server role's pong: at most one held per connection."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "<pong>"
+
+
+_PONG = _PongKey()
+
+
+def _isKeepaliveDatagram(data: bytes) -> bool:
+    """A datagram of CRLFs only: an RFC 5626 §4.4.1 / RFC 3261 §7.5 keepalive, not a SIP message."""
+    return bool(data) and not data.strip(b"\r\n")
+
+
+class SharedDatagramTransport:
+    """
+    The transport the SIP protocol sees: it writes to the shared UDP socket; everything else (``getHost``,
+    ``connect``, ``stopListening`` ...) is the real port's.  A datagram is atomic, so a SIP write never waits:
+    arbitration on UDP only keeps the controller's keepalives off the socket while the SIP stack holds it.
+    """
+
+    def __init__(self, shared: "SharedDatagramProtocol") -> None:
+        self._shared = shared
+
+    def write(self, data: bytes, addr: Any = None) -> Any:
+        transport = self._shared.transport
+        if transport is None:
+            raise RuntimeError("the shared UDP socket is not listening")
+        self._shared.stats["sip.datagrams.sent"] += 1
+        return transport.write(data, addr) if addr is not None else transport.write(data)
+
+    def writeSequence(self, seq: List[bytes], addr: Any = None) -> Any:
+        return self.write(b"".join(seq), addr)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._shared.transport, name)
+
+
+@implementer(ISharedSocket)
+class SharedDatagramProtocol(DatagramProtocol):
+    """
+    The ``DatagramProtocol`` bound to a UDP port that a SIP stack and twisted_sipnat share.
+
+    ``sipProtocol``: any ``DatagramProtocol`` (``twisted.protocols.sip.Proxy`` / ``RegisterProxy`` included);
+    it receives every non-STUN datagram unchanged and in arrival order, and writes through this socket.
+    ``controller``: the :class:`~twisted_sipnat.controller.NATTraversalController` that gets STUN responses.
+    ``stunResponder=True``: the server role: Binding requests no transaction claims are answered (RFC 8489
+    §6.3) by a :class:`~twisted_sipnat.responder.BindingResponder` (pass ``responder=`` to configure one, e.g.
+    with a rate limit or RFC 5780 alternate addresses; ``alternateSockets`` maps each alternate
+    ``(host, port)`` to the transport that sends from it).
+
+    CRLF-only datagrams are RFC 5626 keepalives, not SIP: they are counted and dropped unless
+    ``passKeepalives=True``.  Malformed input never stops the protocol.
+    """
+
+    isStream = False
+
+    def __init__(
+        self,
+        sipProtocol: Optional[DatagramProtocol] = None,
+        controller: Any = None,
+        stunResponder: bool = False,
+        *,
+        responder: Any = None,
+        alternateSockets: Optional[Dict[HostPort, Any]] = None,
+        passKeepalives: bool = False,
+        clock: Any = None,
+    ) -> None:
+        self.sipProtocol = sipProtocol
+        self.controller = controller
+        if responder is None and stunResponder:
+            from .responder import BindingResponder
+
+            responder = BindingResponder(software=DEFAULT_SOFTWARE)
+        self.responder = responder
+        self.alternateSockets: Dict[HostPort, Any] = dict(alternateSockets or {})
+        self.passKeepalives = passKeepalives
+        self.arbiter = Arbiter(stream=False)
+        self.stats: Counter[str] = Counter()
+        self._clock = clock
+        self._local: Optional[HostPort] = None
+
+    # -- ISharedSocket ----------------------------------------------------------------------------------------
+
+    def writeKeepalive(self, data: bytes, addr: Any) -> None:
+        if self.transport is not None:
+            self.transport.write(data, addr)
+
+    def peerAddress(self) -> None:
+        return None
+
+    def localAddress(self) -> Optional[IAddress]:
+        return self.transport.getHost() if self.transport is not None else None
+
+    # -- DatagramProtocol -------------------------------------------------------------------------------------
+
+    def startProtocol(self) -> None:
+        host = self.transport.getHost() if self.transport is not None else None
+        if host is not None and getattr(host, "port", None) is not None:
+            self._local = (host.host, host.port)
+        if self.sipProtocol is not None:
+            self.sipProtocol.makeConnection(SharedDatagramTransport(self))  # type: ignore[arg-type]
+
+    def stopProtocol(self) -> None:
+        if self.sipProtocol is not None:
+            self.sipProtocol.doStop()
+        if self.controller is not None:
+            self.controller.socketClosed(self)
+
+    def datagramReceived(self, datagram: bytes, addr: Any) -> None:
+        try:
+            if stun.isSTUN(datagram):
+                self._stunReceived(datagram, addr)
+            elif not self.passKeepalives and _isKeepaliveDatagram(datagram):
+                self.stats["keepalive.datagrams"] += 1
+            elif self.sipProtocol is not None:
+                self.stats["sip.datagrams.received"] += 1
+                self.sipProtocol.datagramReceived(datagram, addr)
+            else:
+                self.stats["dropped.not-stun"] += 1
+        except Exception:
+            _log.failure("error handling a datagram of {length} bytes from {addr}", length=len(datagram), addr=addr)
+
+    def _now(self) -> float:
+        if self._clock is None:
+            from twisted.internet import reactor
+
+            self._clock = reactor
+        return float(self._clock.seconds())
+
+    def _stunReceived(self, datagram: bytes, addr: Any) -> None:
+        if self.controller is not None and self.controller.dataReceived(datagram, self, addr):
+            self.stats["stun.to-controller"] += 1
+            return
+        if self.responder is None:
+            self.stats["dropped.stun-unclaimed"] += 1
+            return
+        reply = self.responder.respond(datagram, (addr[0], addr[1]), receivedOn=self._local, now=self._now())
+        if reply is None:
+            self.stats["stun.requests.unanswered"] += 1
+            return
+        self.stats["stun.requests.answered"] += 1
+        if reply.sendFrom is None or reply.sendFrom == self._local:
+            self.transport.write(reply.data, addr)
+            return
+        other = self.alternateSockets.get(reply.sendFrom)
+        if other is None:
+            self.stats["dropped.no-alternate-socket"] += 1
+            return
+        other.write(reply.data, addr)
+
+
+@implementer(ISharedSocket)
+class SharedStreamProtocol(ProtocolWrapper):
+    """
+    One SIP connection (TCP or TLS) shared with twisted_sipnat: the ``socket`` for the controller's calls.
+
+    Incoming: :class:`~twisted_sipnat.sipframing.IncomingSplitter` finds message boundaries (header block and
+    Content-Length); SIP bytes go to the wrapped protocol in order, CRLF pongs go to the controller, and with
+    ``pongResponder`` CRLFCRLF pings are answered with a CRLF pong.  Outgoing: the wrapped protocol's writes go
+    through the :class:`~twisted_sipnat.arbitration.Arbiter`, which lets a ping (or pong) out only between two
+    whole SIP messages, writing held ones inside the write that completes a message.  A message over
+    ``maxMessageSize`` or a malformed Content-Length closes the connection with a logged reason.
+    """
+
+    isStream = True
+    factory: "SharedStreamFactory"
+
+    def __init__(self, factory: "SharedStreamFactory", wrappedProtocol: Any) -> None:
+        super().__init__(factory, wrappedProtocol)
+        self.controller = factory.controller
+        self.pongResponder = factory.pongResponder
+        self.arbiter = Arbiter(stream=True, maxMessageSize=factory.maxMessageSize)
+        self.splitter = IncomingSplitter(
+            role="server" if factory.pongResponder else "client", maxMessageSize=factory.maxMessageSize
+        )
+        self.stats: Counter[str] = Counter()
+        self._closing = False
+
+    # -- ISharedSocket ----------------------------------------------------------------------------------------
+
+    def writeKeepalive(self, data: bytes, addr: Any = None) -> None:
+        if self.transport is not None and not self._closing:
+            self.transport.write(data)
+
+    def peerAddress(self) -> Optional[HostPort]:
+        peer = self.transport.getPeer() if self.transport is not None else None
+        host, port = getattr(peer, "host", None), getattr(peer, "port", None)
+        return (host, port) if host is not None and port is not None else None
+
+    def localAddress(self) -> Optional[IAddress]:
+        return self.transport.getHost() if self.transport is not None else None
+
+    # -- outgoing ---------------------------------------------------------------------------------------------
+
+    def write(self, data: bytes) -> None:
+        """A write from the SIP protocol: SIP bytes go out at once, held keepalives between whole messages."""
+        if not data:
+            return
+        try:
+            chunks = self.arbiter.sipWrite(data)
+        except SIPFramingError as e:
+            self._framingError("outgoing", e)
+            return
+        released: List[Tuple[Any, bytes]] = []
+        for chunk in chunks:
+            self.transport.write(chunk.data)
+            if type(chunk) is Keepalive:
+                released.append((chunk.key, chunk.data))
+        if released:
+            self._afterReleased(released)
+
+    def writeSequence(self, data: List[bytes]) -> None:
+        self.write(b"".join(data))
+
+    def _afterReleased(self, released: List[Tuple[Any, bytes]]) -> None:
+        mine = [(key, chunk) for key, chunk in released if key is not _PONG]
+        self.stats["pongs.sent"] += len(released) - len(mine)
+        if mine and self.controller is not None:
+            self.controller.writeReleased(self, mine, write=False)
+
+    # -- incoming ---------------------------------------------------------------------------------------------
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._closing:
+            return
+        try:
+            events = self.splitter.feed(data)
+        except SIPFramingError as e:
+            self._deliver(e.events)
+            self._framingError("incoming", e)
+            return
+        self._deliver(events)
+
+    def _framingError(self, direction: str, error: SIPFramingError) -> None:
+        _log.warn("closing SIP connection with {peer}: {direction} {reason}", peer=self.peerAddress(),
+                  direction=direction, reason=error.reason, sipnat_event="stream.framing-error")
+        self.stats["framing.errors"] += 1
+        self._closing = True
+        self.transport.loseConnection()
+
+    def _deliver(self, events: List[Any]) -> None:
+        for event in events:
+            if type(event) is SIPData:
+                self.wrappedProtocol.dataReceived(event.data)
+            elif type(event) is Ping:
+                self._pingReceived()
+            elif type(event) is Pong:
+                self.stats["pongs.received"] += 1
+                if self.controller is not None:
+                    self.controller.dataReceived(PONG_BYTES, self)
+
+    def _pingReceived(self) -> None:
+        self.stats["pings.received"] += 1
+        if not self.pongResponder:
+            return
+        try:
+            allowed = self.arbiter.offer(_PONG, PONG_BYTES)
+        except NATTraversalError:  # the outgoing stream is dead or the held queue full: no pong
+            return
+        if allowed:
+            self.transport.write(PONG_BYTES)
+            self.stats["pongs.sent"] += 1
+
+    def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
+        self._closing = True
+        super().connectionLost(reason)
+        if self.controller is not None:
+            self.controller.socketClosed(self, reason)
+
+
+class SharedStreamFactory(WrappingFactory):
+    """
+    Wraps a SIP stream factory so that each connection is a :class:`SharedStreamProtocol`; works for
+    ``listenTCP``/``listenSSL`` (server role: ``pongResponder=True`` answers pings) and for
+    ``connectTCP``/``connectSSL`` (client role: give it the ``controller`` that keeps the flow alive).  The wrapped
+    protocol's ``transport`` is the :class:`SharedStreamProtocol`, i.e. the ``socket`` for the controller.
+    """
+
+    protocol = SharedStreamProtocol  # type: ignore[assignment]
+
+    def __init__(
+        self,
+        sipFactory: Any,
+        controller: Any = None,
+        pongResponder: bool = False,
+        *,
+        maxMessageSize: int = DEFAULT_MAX_MESSAGE_SIZE,
+    ) -> None:
+        super().__init__(sipFactory)
+        self.controller = controller
+        self.pongResponder = pongResponder
+        if maxMessageSize < 64:
+            raise ValueError("maxMessageSize must be at least 64 bytes")
+        self.maxMessageSize = maxMessageSize
+
+
+__all__ = [
+    "PING_BYTES",
+    "PONG_BYTES",
+    "SharedDatagramProtocol",
+    "SharedDatagramTransport",
+    "SharedStreamFactory",
+    "SharedStreamProtocol",
+]

@@ -1,0 +1,143 @@
+"""
+Test doubles for SIP stacks that use twisted_sipnat (as ``treq.testing`` ships its own).
+
+- :class:`FakeDatagramTransport`: a UDP transport that records what is written, so a test can read the STUN
+  requests the controller sent and feed back answers;
+- :func:`sharedDatagramSocket`: a :class:`~twisted_sipnat.protocols.SharedDatagramProtocol` connected to one;
+- :func:`bindingResponse`: the answer a STUN server would give to a request the controller wrote, with the knobs
+  a test needs (error codes, wrong transaction ID, bad FINGERPRINT, integrity).
+
+Everything runs with ``twisted.internet.task.Clock`` and no sockets.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, List, Optional, Sequence, Tuple
+
+from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.interfaces import IUDPTransport
+from zope.interface import implementer
+
+from . import stun
+from .protocols import SharedDatagramProtocol
+
+HostPort = Tuple[str, int]
+
+
+@implementer(IUDPTransport)
+class FakeDatagramTransport:
+    """A UDP port that records writes as ``(data, (host, port))`` in :attr:`written`."""
+
+    def __init__(self, host: str = "192.0.2.10", port: int = 5060) -> None:
+        self.host = host
+        self.port = port
+        self.written: List[Tuple[bytes, HostPort]] = []
+        self.connected: Optional[HostPort] = None
+        self.stopped = False
+
+    def write(self, packet: bytes, addr: Any = None) -> None:
+        if addr is None:
+            if self.connected is None:
+                raise ValueError("no destination for an unconnected UDP write")
+            addr = self.connected
+        self.written.append((bytes(packet), (addr[0], addr[1])))
+
+    def connect(self, host: str, port: int) -> None:
+        self.connected = (host, port)
+
+    def getHost(self) -> Any:
+        cls = IPv6Address if ":" in self.host else IPv4Address
+        return cls("UDP", self.host, self.port)
+
+    def stopListening(self) -> None:
+        self.stopped = True
+
+    loseConnection = stopListening
+
+    def setBroadcastAllowed(self, enabled: bool) -> None:
+        pass
+
+    def getBroadcastAllowed(self) -> bool:
+        return False
+
+    # -- reading what was written ------------------------------------------------------------------------------
+
+    def stunRequests(self, to: Optional[HostPort] = None) -> List[Tuple[stun.Message, HostPort]]:
+        """The STUN requests written so far (decoded), optionally only those sent ``to`` an address."""
+        found = []
+        for data, addr in self.written:
+            if stun.isSTUN(data) and (to is None or addr == to):
+                message = stun.decode(data)
+                if message.messageClass == stun.REQUEST:
+                    found.append((message, addr))
+        return found
+
+    def clear(self) -> None:
+        del self.written[:]
+
+
+def sharedDatagramSocket(
+    controller: Any = None,
+    sipProtocol: Any = None,
+    host: str = "192.0.2.10",
+    port: int = 5060,
+    **kwargs: Any,
+) -> Tuple[SharedDatagramProtocol, FakeDatagramTransport]:
+    """A started :class:`SharedDatagramProtocol` on a :class:`FakeDatagramTransport`."""
+    shared = SharedDatagramProtocol(sipProtocol=sipProtocol, controller=controller, **kwargs)
+    transport = FakeDatagramTransport(host, port)
+    shared.makeConnection(transport)  # type: ignore[arg-type]
+    return shared, transport
+
+
+def bindingResponse(
+    request: stun.Message,
+    mapped: Optional[HostPort] = ("203.0.113.1", 40000),
+    *,
+    error: Optional[Tuple[int, str]] = None,
+    alternate: Optional[HostPort] = None,
+    key: Optional[bytes] = None,
+    fingerprint: bool = True,
+    transactionId: Optional[bytes] = None,
+    extra: Sequence[Any] = (),
+    corruptFingerprint: bool = False,
+) -> bytes:
+    """
+    Encode the answer to ``request``: a success with XOR-MAPPED-ADDRESS ``mapped``, or an error response
+    (``error=(code, reason)``, plus ALTERNATE-SERVER for a 300).  ``key`` adds MESSAGE-INTEGRITY,
+    ``transactionId`` overrides the ID (for spoofing tests) and ``corruptFingerprint`` flips the CRC.
+    """
+    tid = transactionId if transactionId is not None else request.transactionId
+    attributes: List[Any] = list(extra)
+    if error is not None:
+        attributes.insert(0, stun.ErrorCode(error[0], error[1]))
+        if alternate is not None:
+            attributes.append(stun.AlternateServer(alternate[0], alternate[1]))
+        messageClass = stun.ERROR
+    else:
+        if mapped is not None:
+            attributes.insert(0, stun.XorMappedAddress(mapped[0], mapped[1]))
+        messageClass = stun.SUCCESS
+    data = stun.Message(stun.BINDING, messageClass, tid, attributes).encode(key=key, fingerprint=fingerprint)
+    if corruptFingerprint:
+        data = data[:-1] + bytes([data[-1] ^ 0xFF])
+    return data
+
+
+def answerAll(
+    shared: SharedDatagramProtocol,
+    transport: FakeDatagramTransport,
+    mapped: HostPort = ("203.0.113.1", 40000),
+    **kwargs: Any,
+) -> int:
+    """Answer every STUN request written so far (each from the address it went to); returns how many."""
+    requests = transport.stunRequests()
+    transport.clear()
+    for message, addr in requests:
+        shared.datagramReceived(bindingResponse(message, mapped, **kwargs), addr)
+    return len(requests)
+
+
+def requestsOf(written: Iterable[Tuple[bytes, HostPort]]) -> List[bytes]:
+    """Only the STUN datagrams among ``written``."""
+    return [data for data, _ in written if stun.isSTUN(data)]
