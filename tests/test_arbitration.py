@@ -12,7 +12,7 @@ from typing import Dict, Hashable, List, Sequence, Tuple
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
 from twisted_sipnat.arbitration import Arbiter, Chunk, Keepalive, SIPBytes
 from twisted_sipnat.errors import ResourceLimitError
@@ -288,9 +288,10 @@ class ArbiterMachine(RuleBasedStateMachine):
         self.queued += len(item)
         self.bounds.add(self.queued)
 
-    @precondition(lambda self: bool(self.toWrite))
-    @rule(n=st.integers(1, 300))
-    def stackWrites(self, n: int) -> None:
+    @rule(n=st.integers(1, 300), item=stackItems)
+    def stackWrites(self, n: int, item: bytes) -> None:
+        if not self.toWrite:
+            self.stackQueues(item)
         data, self.toWrite = self.toWrite[:n], self.toWrite[n:]
         if not self.stream:
             data, self.toWrite = data + self.toWrite, b""
