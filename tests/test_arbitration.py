@@ -7,6 +7,7 @@ outgoing SIP message on a stream, at most one held keepalive per context, releas
 
 from __future__ import annotations
 
+from random import Random
 from typing import Dict, Hashable, List, Sequence, Tuple
 
 import pytest
@@ -16,7 +17,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 
 from twisted_sipnat.arbitration import Arbiter, Chunk, Keepalive, SIPBytes
 from twisted_sipnat.errors import ResourceLimitError
-from twisted_sipnat.sipframing import SIPFramingError
+from twisted_sipnat.sipframing import IncomingSplitter, Ping, SIPData, SIPFramingError
 
 PING = b"\r\n\r\n"
 
@@ -392,3 +393,52 @@ def test_chunksCarryData() -> None:
     chunks = arbiter.sipWrite(MSG[3:])
     assert _written(chunks) == MSG[3:] + PING
     assert [type(c).__name__ for c in chunks] == ["SIPBytes", "Keepalive"]
+
+
+@given(
+    items=st.lists(messages, max_size=6),
+    cuts=st.lists(st.integers(0, 2000), max_size=8),
+    ops=st.lists(st.tuples(st.sampled_from(["offer", "idle", "withdraw"]), keys, st.booleans()), max_size=12),
+    order=st.randoms(use_true_random=False),
+)
+def test_receiverSeesWholeMessagesAndPings(
+    items: List[bytes], cuts: List[int], ops: List[Tuple[str, Hashable, bool]], order: Random
+) -> None:
+    """End to end: what the arbiter lets out on a stream, read by a server-role IncomingSplitter, is exactly
+    the SIP stack's bytes plus one Ping per keepalive written: no ping ever landed inside a message."""
+    wire = b"".join(items)
+    points = sorted({0, len(wire), *(c % (len(wire) + 1) for c in cuts)})
+    writes: List[Tuple[str, Hashable, bool]] = [
+        ("write", wire[a:b], False) for a, b in zip(points, points[1:], strict=False) if b > a
+    ]
+    script = list(ops)
+    for w in writes:  # keep the writes in order, the other operations anywhere between them
+        script.insert(order.randint(0, len(script)), w)
+    wIndex = [k for k, op in enumerate(script) if op[0] == "write"]
+    for k, w in zip(wIndex, writes, strict=True):
+        script[k] = w
+    script.append(("idle", None, True))
+
+    arbiter = Arbiter(stream=True)
+    out = bytearray()
+    pings = 0
+    for kind, a, flag in script:
+        if kind == "write":
+            assert isinstance(a, bytes)
+            for chunk in arbiter.sipWrite(a):
+                out += chunk.data
+                pings += isinstance(chunk, Keepalive)
+        elif kind == "offer":
+            if arbiter.offer(a, PING):
+                out += PING
+                pings += 1
+        elif kind == "idle":
+            released = arbiter.sipIdle(flag)
+            out += b"".join(k.data for k in released)
+            pings += len(released)
+        else:
+            arbiter.withdraw(a)
+    assert arbiter.held == 0  # the final sipIdle(True) at a boundary released everything
+    events = IncomingSplitter("server").feed(bytes(out))
+    assert b"".join(e.data for e in events if isinstance(e, SIPData)) == wire
+    assert sum(isinstance(e, Ping) for e in events) == pings
