@@ -450,14 +450,26 @@ class NATTraversalController:
         """A keepalive transaction is held under its flow (at most one per context), a resolution under itself."""
         return txn.owner if type(txn.owner) is _Flow else txn
 
+    def _offer(self, sock: _SocketState, key: Any, payload: bytes) -> bool:
+        """
+        Ask the socket's arbiter whether a keepalive may be written now (``False``: held, or refused because the
+        stream is dead or the held queue is full; the flow's own timers then report the failure).
+        """
+        try:
+            if sock.shared.arbiter.offer(key, payload):
+                return True
+        except NATTraversalError as e:
+            self.stats["writes.refused"] += 1
+            _log.debug("keepalive not written: {why}", why=str(e))
+            return False
+        self.stats["writes.held"] += 1
+        return False
+
     def _sendFirst(self, txn: _Txn, now: float) -> None:
         txn.queued = False
-        arbiter = txn.sock.shared.arbiter
-        if arbiter.offer(self._arbitrationKey(txn), txn.request):
+        if self._offer(txn.sock, self._arbitrationKey(txn), txn.request):
             txn.sock.shared.writeKeepalive(txn.request, txn.destination)
             self._txnWritten(txn, now)
-        else:
-            self.stats["writes.held"] += 1
 
     def _txnWritten(self, txn: _Txn, now: float) -> None:
         if not txn.started:
@@ -469,12 +481,9 @@ class NATTraversalController:
     def _txnDue(self, txn: _Txn, now: float) -> None:
         action = txn.fire(now)
         if action == SEND:
-            arbiter = txn.sock.shared.arbiter
-            if arbiter.offer(self._arbitrationKey(txn), txn.request):
+            if self._offer(txn.sock, self._arbitrationKey(txn), txn.request):
                 txn.sock.shared.writeKeepalive(txn.request, txn.destination)
                 self.stats["stun.requests.retransmitted"] += 1
-            else:
-                self.stats["writes.held"] += 1
         elif action == TIMEOUT:
             self._rto.backoff(txn.server, now)
             self._endTransaction(txn)
@@ -949,11 +958,9 @@ class NATTraversalController:
                 return
         else:
             payload = ka.PING_BYTES
-            if flow.sock.shared.arbiter.offer(flow, payload):
+            if self._offer(flow.sock, flow, payload):
                 flow.sock.shared.writeKeepalive(payload, hop)
                 self._flowKeepaliveWritten(flow, now)
-            else:
-                self.stats["writes.held"] += 1
         self.stats["keepalive.sent"] += 1
         _log.debug("keepalive ({kind}) due toward {nextHop}", kind=flow.kind, nextHop=hop, observer=flow.observer,
                    sipnat_event="keepalive.sent")
