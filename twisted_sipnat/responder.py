@@ -1,0 +1,291 @@
+"""
+The STUN Binding server, sans-IO: request bytes and the sender's address in, response bytes (and which of the
+server's addresses to send them from) out.
+
+Theory of operation
+-------------------
+
+:meth:`BindingResponder.respond` is called with every datagram that looks like STUN on a server socket (the
+shared SIP socket with ``stunResponder=True``, the twistd ``stun``/``edge`` roles, the RFC 5780 discovery
+server).  It returns a :class:`Reply` or ``None`` (send nothing) and never raises on any input bytes:
+
+==============================================  ================================================================
+input                                           answer
+==============================================  ================================================================
+not STUN (leading bits, cookie), < 20 bytes     ``None``
+indication, success or error response           ``None`` (RFC 8489 §6.3.2-6.3.4: never answered)
+request over the per-source rate limit          ``None``
+request that does not decode                    400 Bad Request (the header gave the transaction ID)
+FINGERPRINT present but wrong                   ``None`` (RFC 8489 §7.3: not a STUN message for us)
+method other than Binding                       400 Bad Request (RFC 8489 defines no better code)
+unknown comprehension-required attributes       420 with UNKNOWN-ATTRIBUTES (RFC 8489 §6.3.1)
+RESPONSE-PORT or PADDING (RFC 5780 §7.5, §7.6)  420: not supported, both would let a small request steer or
+                                                inflate the answer
+CHANGE-REQUEST asking for a change, and no      420 listing CHANGE-REQUEST (RFC 5780 §6.1: how a client
+alternate address configured                    learns the server cannot do it)
+Binding request                                 success: XOR-MAPPED-ADDRESS of the sender; with an alternate
+                                                address, RESPONSE-ORIGIN and OTHER-ADDRESS (RFC 5780 §7.3,
+                                                §7.4) and CHANGE-REQUEST honoured via ``Reply.sendFrom``
+==============================================  ================================================================
+
+Every response carries FINGERPRINT exactly when the request did (RFC 8489 §7.3: answer in kind), and SOFTWARE
+when configured and there is room (below).  The server does not authenticate (no credentials); requests with
+MESSAGE-INTEGRITY are answered without it, as RFC 8489 §9 allows for a server that does not use them.
+
+Amplification bound
+-------------------
+
+A response is never longer than ``max(len(request), AMPLIFICATION_FLOOR)`` bytes, with
+``AMPLIFICATION_FLOOR = 128``.  The essential answer always fits (the largest is an IPv6 success with
+RFC 5780 addresses and FINGERPRINT: 100 bytes); SOFTWARE is left out, and an UNKNOWN-ATTRIBUTES list cut short,
+when they would not fit.  So a spoofed 20-byte request earns at most 128 bytes (6.4x), a typical 28-byte
+fingerprinted one at most 4.6x; :class:`RateLimit` bounds the rate per source address on top.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from ipaddress import IPv6Address
+from typing import Dict, List, Optional, Tuple
+
+from twisted_sipnat.errors import InvalidSettingsError
+from twisted_sipnat.stun import (
+    BINDING,
+    CHANGE_REQUEST,
+    ERROR,
+    MAGIC_COOKIE,
+    PADDING,
+    REQUEST,
+    RESPONSE_PORT,
+    SUCCESS,
+    Attribute,
+    ErrorCode,
+    Message,
+    OtherAddress,
+    ResponseOrigin,
+    Software,
+    STUNDecodeError,
+    STUNEncodeError,
+    UnknownAttributes,
+    XorMappedAddress,
+    decode,
+    splitMessageType,
+)
+
+__all__ = ["AMPLIFICATION_FLOOR", "BindingResponder", "RateLimit", "Reply"]
+
+HostPort = Tuple[str, int]
+
+#: A response is at most ``max(len(request), AMPLIFICATION_FLOOR)`` bytes.
+AMPLIFICATION_FLOOR = 128
+
+#: Known attributes this server does not implement; a request that carries them is answered 420.
+UNSUPPORTED = (RESPONSE_PORT, PADDING)
+
+_HEADER_LENGTH = 20
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """
+    What to send back: ``data`` to the request's source, from ``sendFrom`` -- one of the server's own
+    ``(host, port)`` addresses, chosen by an RFC 5780 CHANGE-REQUEST -- or, when ``sendFrom`` is ``None``,
+    from the socket the request arrived on.
+    """
+
+    data: bytes
+    sendFrom: Optional[HostPort] = None
+
+
+class RateLimit:
+    """
+    A token bucket per source IP: ``burst`` requests at once, refilled at ``perSourceRate`` per second.
+
+    Memory is bounded: at most ``maxSources`` buckets are kept; the least recently seen source is forgotten
+    first (it comes back with a full bucket, which is the worst an attacker spraying spoofed sources can get).
+    """
+
+    __slots__ = ("perSourceRate", "burst", "maxSources", "_buckets")
+
+    def __init__(self, perSourceRate: float, burst: int, maxSources: int = 65536) -> None:
+        if not perSourceRate > 0:
+            raise InvalidSettingsError("perSourceRate", perSourceRate, "must be > 0")
+        if not isinstance(burst, int) or burst < 1:
+            raise InvalidSettingsError("burst", burst, "must be an integer >= 1")
+        if not isinstance(maxSources, int) or maxSources < 1:
+            raise InvalidSettingsError("maxSources", maxSources, "must be an integer >= 1")
+        self.perSourceRate = float(perSourceRate)
+        self.burst = burst
+        self.maxSources = maxSources
+        # host -> (tokens, time of last refill); dict order is recency order (oldest first).
+        self._buckets: Dict[str, Tuple[float, float]] = {}
+
+    def __len__(self) -> int:
+        """How many sources are tracked."""
+        return len(self._buckets)
+
+    def allow(self, sourceHost: str, now: float) -> bool:
+        """Take a token for ``sourceHost`` at time ``now`` (seconds); ``False`` if its bucket is empty."""
+        buckets = self._buckets
+        state = buckets.pop(sourceHost, None)
+        if state is None:
+            tokens, last = float(self.burst), now
+            if len(buckets) >= self.maxSources:
+                del buckets[next(iter(buckets))]
+        else:
+            tokens, last = state
+            if now > last:  # a clock that steps back refills nothing and loses nothing
+                tokens = min(float(self.burst), tokens + (now - last) * self.perSourceRate)
+                last = now
+        allowed = tokens >= 1.0
+        if allowed:
+            tokens -= 1.0
+        buckets[sourceHost] = (tokens, last)
+        return allowed
+
+
+def _size(attributes: List[Attribute], transactionId: bytes) -> int:
+    return sum((4 + len(a.encodeValue(transactionId)) + 3) & ~3 for a in attributes)
+
+
+def _clientAddress(host: str) -> str:
+    """An IPv4-mapped IPv6 source (a dual-stack socket) is reported as the IPv4 address the client has."""
+    if host[:7].lower() == "::ffff:":
+        try:
+            mapped = IPv6Address(host).ipv4_mapped
+        except ValueError:
+            return host
+        if mapped is not None:
+            return str(mapped)
+    return host
+
+
+class BindingResponder:
+    """
+    Answers STUN Binding requests (RFC 8489 §6.3) and, given an ``alternate`` address, the RFC 5780 NAT
+    behaviour discovery tests.
+
+    ``primary`` is the server's own ``(host, port)``; ``alternate`` a second one that differs in both IP and
+    port (RFC 5780 §4.1 needs both), which requires ``primary``.  ``software`` is the SOFTWARE value for
+    responses, ``rateLimit`` an optional per-source :class:`RateLimit`.
+    """
+
+    __slots__ = ("software", "primary", "alternate", "rateLimit", "_software")
+
+    def __init__(
+        self,
+        software: Optional[str] = None,
+        primary: Optional[HostPort] = None,
+        alternate: Optional[HostPort] = None,
+        rateLimit: Optional[RateLimit] = None,
+    ) -> None:
+        if alternate is not None:
+            if primary is None:
+                raise InvalidSettingsError("alternate", alternate, "an alternate address needs a primary address")
+            if alternate[0] == primary[0] or alternate[1] == primary[1]:
+                raise InvalidSettingsError(
+                    "alternate", alternate, f"must differ from primary {primary!r} in both IP address and port"
+                )
+        self.software = software
+        self.primary = primary
+        self.alternate = alternate
+        self.rateLimit = rateLimit
+        self._software: List[Attribute] = [Software(software)] if software else []
+
+    def respond(
+        self,
+        data: bytes,
+        source: HostPort,
+        receivedOn: Optional[HostPort] = None,
+        now: float = 0.0,
+    ) -> Optional[Reply]:
+        """
+        The reply to ``data`` received from ``source`` on the server address ``receivedOn`` (default: the
+        primary) at time ``now``, or ``None`` to send nothing.  Never raises because of ``data``.
+        """
+        if len(data) < _HEADER_LENGTH:
+            return None
+        data = bytes(data)
+        msgType = int.from_bytes(data[0:2], "big")
+        if msgType & 0xC000 or int.from_bytes(data[4:8], "big") != MAGIC_COOKIE:
+            return None
+        method, messageClass = splitMessageType(msgType)
+        if messageClass != REQUEST:
+            return None
+        rateLimit = self.rateLimit
+        if rateLimit is not None and not rateLimit.allow(source[0], now):
+            return None
+        transactionId = data[8:20]
+        budget = max(len(data), AMPLIFICATION_FLOOR)
+        try:
+            request = decode(data)
+        except STUNDecodeError:
+            return self._error(method, transactionId, 400, "Bad Request", [], False, budget)
+        fingerprint = request.hasFingerprint
+        if fingerprint and not request.verifyFingerprint():
+            return None
+        if method != BINDING:
+            return self._error(method, transactionId, 400, "Bad Request", [], fingerprint, budget)
+
+        unknown = list(request.unknownComprehensionRequired)
+        for attribute in request.attributes:
+            if attribute.type in UNSUPPORTED and attribute.type not in unknown:
+                unknown.append(attribute.type)
+        change = request.changeRequest
+        if change is not None and (change[0] or change[1]) and self.alternate is None:
+            unknown.append(CHANGE_REQUEST)
+        if unknown:
+            return self._error(method, transactionId, 420, "Unknown Attribute", unknown, fingerprint, budget)
+
+        attributes: List[Attribute] = [XorMappedAddress(_clientAddress(source[0]), source[1])]
+        sendFrom: Optional[HostPort] = None
+        if self.alternate is not None and self.primary is not None:
+            (ip1, p1), (ip2, p2) = self.primary, self.alternate
+            arrived = receivedOn if receivedOn is not None else self.primary
+            # Which of the server's IPs and ports the request arrived on (anything else counts as primary).
+            ipHere, ipThere = (ip2, ip1) if arrived[0] == ip2 else (ip1, ip2)
+            portHere, portThere = (p2, p1) if arrived[1] == p2 else (p1, p2)
+            changeIP, changePort = change if change is not None else (False, False)
+            origin = (ipThere if changeIP else ipHere, portThere if changePort else portHere)
+            if origin != (ipHere, portHere):
+                sendFrom = origin
+            attributes.append(ResponseOrigin(*origin))
+            attributes.append(OtherAddress(ipThere, portThere))
+        return self._reply(SUCCESS, transactionId, attributes, fingerprint, budget, sendFrom)
+
+    def _error(
+        self,
+        method: int,
+        transactionId: bytes,
+        code: int,
+        reason: str,
+        unknown: List[int],
+        fingerprint: bool,
+        budget: int,
+    ) -> Optional[Reply]:
+        attributes: List[Attribute] = [ErrorCode(code, reason)]
+        if unknown:
+            # Each listed type costs 2 bytes; cut the list rather than exceed the amplification bound.
+            room = budget - _HEADER_LENGTH - _size(attributes, transactionId) - 4 - (8 if fingerprint else 0)
+            attributes.append(UnknownAttributes(tuple(unknown[: max(1, room // 2)])))
+        return self._reply(ERROR, transactionId, attributes, fingerprint, budget, None, method)
+
+    def _reply(
+        self,
+        messageClass: int,
+        transactionId: bytes,
+        attributes: List[Attribute],
+        fingerprint: bool,
+        budget: int,
+        sendFrom: Optional[HostPort],
+        method: int = BINDING,
+    ) -> Optional[Reply]:
+        if self._software:
+            size = _HEADER_LENGTH + _size(attributes + self._software, transactionId) + (8 if fingerprint else 0)
+            if size <= budget:
+                attributes = attributes + self._software
+        try:
+            data = Message(method, messageClass, transactionId, attributes).encode(None, fingerprint)
+        except STUNEncodeError:
+            return None  # a source address we cannot express (not an IP literal): nothing sensible to send
+        return Reply(data, sendFrom)
