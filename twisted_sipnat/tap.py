@@ -225,7 +225,7 @@ def buildService(options: Options, reactor: Any) -> Any:
     The service for parsed ``options`` on ``reactor``.  Raises :class:`InvalidSettingsError` naming the option
     or ``[section] key`` of the first bad value; nothing is bound until the service starts.
     """
-    sub = options.subOptions
+    sub = getattr(options, "subOptions", None)
     if options.subCommand == "client":
         return _clientService(reactor, options, sub)
     if options.subCommand == "edge":
