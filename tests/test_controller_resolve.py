@@ -29,7 +29,7 @@ HOP = ("198.51.100.1", 5060)
 MAPPED = ("203.0.113.1", 40000)
 
 
-def outcome(d: "Deferred[Any]") -> List[Any]:
+def outcome(d: Deferred[Any]) -> List[Any]:
     box: List[Any] = []
     d.addBoth(box.append)
     return box

@@ -43,7 +43,7 @@ from .errors import (
     UnknownDomainError,
 )
 from .interfaces import ISharedSocket
-from .settings import DEFAULT_STUN_PORT, NATSettings, ServerSpec, isIPLiteral, parseServer
+from .settings import DEFAULT_STUN_PORT, NATSettings, ServerSpec, isIPLiteral
 from .timers import TimerHeap
 from .transaction import SEND, TIMEOUT, ClientTransaction, OutstandingLimiter, RTOEstimator
 
@@ -85,10 +85,23 @@ def _sameHostPort(a: HostPort, b: HostPort) -> bool:
 
 
 def _publicAddress(host: str, port: int, stream: bool) -> PublicAddress:
-    kind = "TCP" if stream else "UDP"
     if ":" in host:
-        return IPv6Address(kind, host, port)
-    return IPv4Address(kind, host, port)
+        return IPv6Address("TCP", host, port) if stream else IPv6Address("UDP", host, port)
+    return IPv4Address("TCP", host, port) if stream else IPv4Address("UDP", host, port)
+
+
+def _nameServers(path: str = "/etc/resolv.conf") -> List[HostPort]:
+    """The ``nameserver`` lines of resolv.conf (read once; twisted.names' own reader re-arms a 60 s timer)."""
+    servers: List[HostPort] = []
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) >= 2 and parts[0] == "nameserver" and isIPLiteral(parts[1]):
+                    servers.append((parts[1], 53))
+    except OSError:
+        pass
+    return servers or [("127.0.0.1", 53)]
 
 
 def _messageClass(data: bytes) -> int:
@@ -158,7 +171,7 @@ class _SocketState:
     def __init__(self, socket: Any, shared: Any) -> None:
         self.socket = socket
         self.shared = shared
-        self.flows: Set["_Flow"] = set()
+        self.flows: Set[_Flow] = set()
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -176,7 +189,7 @@ class _Txn(ClientTransaction):
         request: bytes,
         destination: HostPort,
         sock: _SocketState,
-        owner: Union["_Resolution", "_Flow"],
+        owner: Union[_Resolution, _Flow],
         integrityKey: Optional[bytes],
         rto: float,
     ) -> None:
@@ -240,7 +253,7 @@ class _Resolution:
 
     def __init__(self, sock: _SocketState, settings: NATSettings, servers: List[ServerSpec], observer: Any,
                  nextHop: HostPort, domain: Optional[str], now: float) -> None:
-        self.deferred: "defer.Deferred[PublicAddress]"
+        self.deferred: defer.Deferred[PublicAddress]
         self.sock = sock
         self.settings = settings
         self.servers = servers
@@ -252,7 +265,7 @@ class _Resolution:
         self.observer = observer
         self.nextHop = nextHop
         self.domain = domain
-        self.pendingLookup: Optional["defer.Deferred[HostPort]"] = None
+        self.pendingLookup: Optional[defer.Deferred[HostPort]] = None
         self.startedAt = now
         self.done = False
 
@@ -294,6 +307,7 @@ class NATTraversalController:
         maxFlows: int = 1_000_000,
         maxTransactions: int = 1_000_000,
         maxOutstandingPerServer: int = 10,
+        dnsResolver: Any = None,
     ) -> None:
         if isinstance(settings, NATSettings):
             self._settings: Optional[NATSettings] = settings
@@ -328,7 +342,9 @@ class NATTraversalController:
         self._memory: Dict[Any, _ObserverMemory] = {}
         self._keys: Dict[str, bytes] = {}
         self._requestTemplates: Dict[Tuple[Optional[str], Optional[str], bool], Callable[[bytes], bytes]] = {}
-        self._dnsResolver: Any = None
+        #: A ``twisted.internet.interfaces.IResolver`` for SRV look-ups; by default one on the system's
+        #: name servers, made on first use.
+        self._dnsResolver: Any = dnsResolver
 
     # -- settings ---------------------------------------------------------------------------------------------
 
@@ -609,7 +625,7 @@ class NATTraversalController:
 
     def resolvePublicAddress(
         self, domain: Optional[str], socket: Any, nextHop: Any, observer: Any = None
-    ) -> "defer.Deferred[PublicAddress]":
+    ) -> defer.Deferred[PublicAddress]:
         """
         Learn the public address the NAT gave ``socket``, by a STUN Binding request sent from it (RFC 8489).
 
@@ -758,7 +774,7 @@ class NATTraversalController:
 
     # -- names ------------------------------------------------------------------------------------------------
 
-    def _lookupServer(self, host: str, port: Optional[int], sock: _SocketState) -> "defer.Deferred[HostPort]":
+    def _lookupServer(self, host: str, port: Optional[int], sock: _SocketState) -> defer.Deferred[HostPort]:
         """
         A STUN server's address: for a name without a port, DNS SRV ``_stun._udp.NAME`` first (RFC 8489 §8.1),
         then A/AAAA on 3478; otherwise the name's address, through the reactor's resolver.
@@ -767,7 +783,7 @@ class NATTraversalController:
             return self._lookupHost(host, port, sock)
         srv = self._lookupSRV(host)
 
-        def fromSRV(targets: List[HostPort]) -> "defer.Deferred[HostPort]":
+        def fromSRV(targets: List[HostPort]) -> Any:
             if not targets:
                 return self._lookupHost(host, DEFAULT_STUN_PORT, sock)
             target, targetPort = targets[0]
@@ -775,19 +791,19 @@ class NATTraversalController:
                 return defer.succeed((_normalHost(target), targetPort))
             return self._lookupHost(target, targetPort, sock)
 
-        def noSRV(reason: Failure) -> "defer.Deferred[HostPort]":
+        def noSRV(reason: Failure) -> Any:
             if reason.check(defer.CancelledError):
-                return reason  # type: ignore[return-value]
+                return reason
             return self._lookupHost(host, DEFAULT_STUN_PORT, sock)
 
         srv.addCallbacks(fromSRV, noSRV)
         return srv  # type: ignore[return-value]
 
-    def _lookupSRV(self, host: str) -> "defer.Deferred[List[HostPort]]":
+    def _lookupSRV(self, host: str) -> defer.Deferred[List[HostPort]]:
         from twisted.names import client, dns
 
         if self._dnsResolver is None:
-            self._dnsResolver = client.createResolver(reactor=self.reactor)
+            self._dnsResolver = client.Resolver(servers=_nameServers(), reactor=self.reactor)
 
         def ordered(result: Any) -> List[HostPort]:
             answers, _, _ = result
@@ -795,11 +811,11 @@ class NATTraversalController:
             records.sort(key=lambda r: (r.priority, -r.weight))
             return [(str(r.target), r.port) for r in records if str(r.target) not in ("", ".")]
 
-        d: "defer.Deferred[List[HostPort]]" = self._dnsResolver.lookupService(f"_stun._udp.{host}")
+        d: defer.Deferred[List[HostPort]] = self._dnsResolver.lookupService(f"_stun._udp.{host}")
         d.addCallback(ordered)
         return d
 
-    def _lookupHost(self, host: str, port: int, sock: _SocketState) -> "defer.Deferred[HostPort]":
+    def _lookupHost(self, host: str, port: int, sock: _SocketState) -> defer.Deferred[HostPort]:
         from twisted.internet.interfaces import IReactorPluggableNameResolver
 
         wantIPv6 = self._isIPv6Socket(sock, None)
@@ -808,13 +824,13 @@ class NATTraversalController:
         resolve = getattr(self.reactor, "resolve", None)
         if resolve is None:
             return defer.fail(NATTraversalError(f"cannot resolve {host!r}: the reactor has no name resolver"))
-        d: "defer.Deferred[str]" = resolve(host)
+        d: defer.Deferred[str] = resolve(host)
         return d.addCallback(lambda ip: (ip, port))
 
-    def _lookupWithNameResolver(self, host: str, port: int, wantIPv6: bool) -> "defer.Deferred[HostPort]":
+    def _lookupWithNameResolver(self, host: str, port: int, wantIPv6: bool) -> defer.Deferred[HostPort]:
         from twisted.internet.interfaces import IResolutionReceiver
 
-        result: "defer.Deferred[HostPort]" = defer.Deferred()
+        result: defer.Deferred[HostPort] = defer.Deferred()
         found: List[HostPort] = []
 
         @implementer(IResolutionReceiver)

@@ -66,7 +66,7 @@ class SharedDatagramTransport:
     arbitration on UDP only keeps the controller's keepalives off the socket while the SIP stack holds it.
     """
 
-    def __init__(self, shared: "SharedDatagramProtocol") -> None:
+    def __init__(self, shared: SharedDatagramProtocol) -> None:
         self._shared = shared
 
     def write(self, data: bytes, addr: Any = None) -> Any:
@@ -74,7 +74,7 @@ class SharedDatagramTransport:
         if transport is None:
             raise RuntimeError("the shared UDP socket is not listening")
         self._shared.stats["sip.datagrams.sent"] += 1
-        return transport.write(data, addr) if addr is not None else transport.write(data)
+        return transport.write(data, addr)  # a connected port takes addr=None
 
     def writeSequence(self, seq: List[bytes], addr: Any = None) -> Any:
         return self.write(b"".join(seq), addr)
@@ -188,7 +188,8 @@ class SharedDatagramProtocol(DatagramProtocol):
             return
         self.stats["stun.requests.answered"] += 1
         if reply.sendFrom is None or reply.sendFrom == self._local:
-            self.transport.write(reply.data, addr)
+            if self.transport is not None:
+                self.transport.write(reply.data, addr)
             return
         other = self.alternateSockets.get(reply.sendFrom)
         if other is None:
@@ -211,10 +212,10 @@ class SharedStreamProtocol(ProtocolWrapper):
     """
 
     isStream = True
-    factory: "SharedStreamFactory"
+    factory: SharedStreamFactory
 
-    def __init__(self, factory: "SharedStreamFactory", wrappedProtocol: Any) -> None:
-        super().__init__(factory, wrappedProtocol)
+    def __init__(self, factory: SharedStreamFactory, wrappedProtocol: Any) -> None:
+        super().__init__(factory, wrappedProtocol)  # type: ignore[arg-type]
         self.controller = factory.controller
         self.pongResponder = factory.pongResponder
         self.arbiter = Arbiter(stream=True, maxMessageSize=factory.maxMessageSize)
@@ -249,9 +250,11 @@ class SharedStreamProtocol(ProtocolWrapper):
         except SIPFramingError as e:
             self._framingError("outgoing", e)
             return
+        transport = self.transport
+        assert transport is not None, "write before connectionMade"
         released: List[Tuple[Any, bytes]] = []
         for chunk in chunks:
-            self.transport.write(chunk.data)
+            transport.write(chunk.data)
             if type(chunk) is Keepalive:
                 released.append((chunk.key, chunk.data))
         if released:
@@ -284,7 +287,8 @@ class SharedStreamProtocol(ProtocolWrapper):
                   direction=direction, reason=error.reason, sipnat_event="stream.framing-error")
         self.stats["framing.errors"] += 1
         self._closing = True
-        self.transport.loseConnection()
+        if self.transport is not None:
+            self.transport.loseConnection()
 
     def _deliver(self, events: List[Any]) -> None:
         for event in events:
@@ -305,7 +309,7 @@ class SharedStreamProtocol(ProtocolWrapper):
             allowed = self.arbiter.offer(_PONG, PONG_BYTES)
         except NATTraversalError:  # the outgoing stream is dead or the held queue full: no pong
             return
-        if allowed:
+        if allowed and self.transport is not None:
             self.transport.write(PONG_BYTES)
             self.stats["pongs.sent"] += 1
 

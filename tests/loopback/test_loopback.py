@@ -32,7 +32,7 @@ def reactor() -> Any:
     return r
 
 
-def sleep(seconds: float) -> "Deferred[None]":
+def sleep(seconds: float) -> Deferred[None]:
     from twisted.internet import task
 
     return task.deferLater(reactor(), seconds, lambda: None)
@@ -140,7 +140,7 @@ def test_tcp_client_keeps_a_flow_alive_against_our_pong_responder() -> Any:
     listening = r.listenTCP(0, SharedStreamFactory(Factory.forProtocol(ServerSIP), pongResponder=True),
                             interface="127.0.0.1")
     controller = NATTraversalController(NATSettings(tcpKeepaliveInterval=0.2, pongTimeout=0.5), reactor=r)
-    connected: "Deferred[Any]" = Deferred()
+    connected: Deferred[Any] = Deferred()
 
     class ClientSIP(SIPStream):
         def connectionMade(self) -> None:
