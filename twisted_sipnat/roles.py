@@ -307,6 +307,12 @@ class RegisterClient(protocol.DatagramProtocol):
     def datagramReceived(self, data: bytes, addr: Any) -> None:
         from twisted.protocols import sip
 
+        try:
+            data.decode("utf-8")
+        except UnicodeDecodeError:
+            # MessagesParser would log a traceback for this; bytes off the wire never earn one.
+            log.warn("dropped a non-UTF-8 datagram from {addr}", addr=addr)
+            return
         messages: List[Any] = []
         parser = sip.MessagesParser(messages.append)
         try:
@@ -449,7 +455,7 @@ class ClientRole(service.MultiService):
         self._pending = None
         if reason.check(defer.CancelledError) or not self.running:
             return
-        log.failure("NAT traversal attempt failed", reason, log_level=_warn(), log_event="sipnat.client.failed")
+        log.warn("NAT traversal attempt failed: {why}", why=reason.getErrorMessage(), log_event="sipnat.client.failed")
         self._scheduleRetry()
 
     def _flowFailed(self, reason: object) -> None:
@@ -477,12 +483,6 @@ class ClientRole(service.MultiService):
             self.registerClient.stop()
         self.controller.freeResources()
         return service.MultiService.stopService(self)
-
-
-def _warn() -> Any:
-    from twisted.logger import LogLevel
-
-    return LogLevel.warn
 
 
 # ---- the edge role ---------------------------------------------------------------------------------------
@@ -533,6 +533,21 @@ def _registrarClasses() -> Tuple[type, type]:
 
         flowTimer: Optional[int] = None
 
+        def datagramReceived(self, data: bytes, addr: Any) -> None:
+            # Twisted's parser logs a traceback for non-UTF-8 input and raises for a message without a Via;
+            # bytes off the wire get one log line here instead.
+            try:
+                data.decode("utf-8")
+            except UnicodeDecodeError:
+                log.warn("dropped a non-UTF-8 datagram from {addr}", addr=addr)
+                return
+            try:
+                sip.RegisterProxy.datagramReceived(self, data, addr)
+            except Exception as e:  # noqa: BLE001
+                log.warn("dropped a malformed SIP datagram from {addr}: {why!r}", addr=addr, why=e)
+                self.messages[:] = []
+                self.parser.reset()
+
         def deliverResponse(self, responseMessage: Any) -> None:
             if self.flowTimer is not None and 200 <= responseMessage.code < 300:
                 cseq = responseMessage.headers.get("cseq", [""])[0]
@@ -562,6 +577,14 @@ class SIPStreamProtocol(protocol.Protocol):
         self.parser = sip.MessagesParser(self._message)
 
     def dataReceived(self, data: bytes) -> None:
+        try:
+            data.decode("utf-8")
+        except UnicodeDecodeError:
+            # A stream split inside a multi-byte character is legal but rare; refusing it keeps
+            # MessagesParser from logging a traceback for bytes off the wire.
+            log.warn("closing SIP/TCP connection: non-UTF-8 data")
+            self.transport.loseConnection()
+            return
         self.parser.dataReceived(data)
 
     def _message(self, message: Any) -> None:
