@@ -328,7 +328,7 @@ def checkReply(data: bytes, reply: Optional[Reply]) -> None:
 
 
 @given(responders, st.one_of(st.binary(max_size=160), requests()), sources, st.one_of(st.none(), sources))
-@settings(max_examples=400)
+@settings(deadline=None, max_examples=400)
 def test_anyBytes(responder: BindingResponder, data: bytes, source: Tuple[str, int],
                   receivedOn: Optional[Tuple[str, int]]) -> None:
     reply = responder.respond(data, source, receivedOn, now=0.0)
@@ -337,6 +337,7 @@ def test_anyBytes(responder: BindingResponder, data: bytes, source: Tuple[str, i
 
 @given(responders, st.binary(min_size=12, max_size=12), st.binary(max_size=140).map(lambda b: b[: len(b) // 4 * 4]),
        sources)
+@settings(deadline=None)
 def test_validHeaderAnyBody(responder: BindingResponder, tid: bytes, body: bytes, source: Tuple[str, int]) -> None:
     data = struct.pack("!HHI12s", 0x0001, len(body), stun.MAGIC_COOKIE, tid) + body
     reply = responder.respond(data, source)

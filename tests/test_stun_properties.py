@@ -56,6 +56,7 @@ keys = st.one_of(st.none(), st.binary(max_size=80))
 
 
 @given(messages, keys, st.booleans(), st.booleans())
+@settings(deadline=None)
 def test_roundTrip(message: stun.Message, key: bytes | None, fingerprint: bool, sha256: bool) -> None:
     data = message.encode(key, fingerprint, sha256)
     assert stun.isSTUN(data) == (data[0] < 4)
@@ -74,6 +75,7 @@ def test_roundTrip(message: stun.Message, key: bytes | None, fingerprint: bool, 
 
 
 @given(st.binary(max_size=200))
+@settings(deadline=None)
 def test_randomBytes(data: bytes) -> None:
     try:
         stun.decode(data)
@@ -84,6 +86,7 @@ def test_randomBytes(data: bytes) -> None:
 
 
 @given(st.binary(max_size=120).map(lambda b: b[: len(b) - len(b) % 4]), tids, st.integers(0, 0x3FFF))
+@settings(deadline=None)
 def test_randomBodiesWithValidHeader(body: bytes, tid: bytes, msgType: int) -> None:
     """Random attribute soup behind a valid header: exercises every attribute parser's error paths."""
     data = msgType.to_bytes(2, "big") + len(body).to_bytes(2, "big") + stun.MAGIC_COOKIE.to_bytes(4, "big")
@@ -116,7 +119,7 @@ def mutated(draw: st.DrawFn) -> bytes:
 
 
 @given(mutated())
-@settings(max_examples=500)
+@settings(deadline=None, max_examples=500)
 def test_mutatedMessages(data: bytes) -> None:
     try:
         m = stun.decode(data)
@@ -130,6 +133,7 @@ def test_mutatedMessages(data: bytes) -> None:
 
 
 @given(st.lists(messages, min_size=1, max_size=4), st.data())
+@settings(deadline=None)
 def test_framerAnyChunking(batch: List[stun.Message], data: st.DataObject) -> None:
     wire = [m.encode() for m in batch]
     stream = b"".join(wire)
@@ -145,6 +149,7 @@ def test_framerAnyChunking(batch: List[stun.Message], data: st.DataObject) -> No
 
 
 @given(tids, st.one_of(st.none(), texts), st.one_of(st.none(), texts), keys, st.booleans())
+@settings(deadline=None)
 def test_fastBindingRequest(tid: bytes, software: str | None, username: str | None, key: bytes | None,
                             fingerprint: bool) -> None:
     attrs: List[stun.Attribute] = []
@@ -157,6 +162,7 @@ def test_fastBindingRequest(tid: bytes, software: str | None, username: str | No
 
 
 @given(st.text(max_size=30))
+@settings(deadline=None)
 def test_opaqueStringIdempotent(text: str) -> None:
     assume(text)
     once = stun.opaqueString(text)

@@ -9,24 +9,19 @@ Theory of operation
 shared SIP socket with ``stunResponder=True``, the twistd ``stun``/``edge`` roles, the RFC 5780 discovery
 server).  It returns a :class:`Reply` or ``None`` (send nothing) and never raises on any input bytes:
 
-==============================================  ================================================================
-input                                           answer
-==============================================  ================================================================
-not STUN (leading bits, cookie), < 20 bytes     ``None``
-indication, success or error response           ``None`` (RFC 8489 §6.3.2-6.3.4: never answered)
-request over the per-source rate limit          ``None``
-request that does not decode                    400 Bad Request (the header gave the transaction ID)
-FINGERPRINT present but wrong                   ``None`` (RFC 8489 §7.3: not a STUN message for us)
-method other than Binding                       400 Bad Request (RFC 8489 defines no better code)
-unknown comprehension-required attributes       420 with UNKNOWN-ATTRIBUTES (RFC 8489 §6.3.1)
-RESPONSE-PORT or PADDING (RFC 5780 §7.5, §7.6)  420: not supported, both would let a small request steer or
-                                                inflate the answer
-CHANGE-REQUEST asking for a change, and no      420 listing CHANGE-REQUEST (RFC 5780 §6.1: how a client
-alternate address configured                    learns the server cannot do it)
-Binding request                                 success: XOR-MAPPED-ADDRESS of the sender; with an alternate
-                                                address, RESPONSE-ORIGIN and OTHER-ADDRESS (RFC 5780 §7.3,
-                                                §7.4) and CHANGE-REQUEST honoured via ``Reply.sendFrom``
-==============================================  ================================================================
+- not STUN (leading bits, magic cookie) or shorter than 20 bytes: ``None``;
+- an indication, success or error response: ``None`` (only requests are answered, RFC 8489 §6.3);
+- a request over the per-source rate limit: ``None``;
+- a request that does not decode: 400 Bad Request (the header gave the transaction ID);
+- a request whose FINGERPRINT is present but wrong: ``None`` (RFC 8489 §7.3: not STUN meant for us);
+- a method other than Binding: 400 Bad Request (RFC 8489 has no more specific code);
+- unknown comprehension-required attributes: 420 with UNKNOWN-ATTRIBUTES (RFC 8489 §6.3.1);
+- RESPONSE-PORT or PADDING (RFC 5780 §7.5, §7.6): 420, not supported -- both would let a small request steer
+  or inflate the answer;
+- a CHANGE-REQUEST asking for a change when no alternate address is configured: 420 listing CHANGE-REQUEST
+  (RFC 5780 §6.1: how a client learns the server cannot do it; one asking for no change is just answered);
+- otherwise, success: XOR-MAPPED-ADDRESS of the sender; with an alternate address, RESPONSE-ORIGIN and
+  OTHER-ADDRESS (RFC 5780 §7.3, §7.4), and CHANGE-REQUEST honoured through ``Reply.sendFrom``.
 
 Every response carries FINGERPRINT exactly when the request did (RFC 8489 §7.3: answer in kind), and SOFTWARE
 when configured and there is room (below).  The server does not authenticate (no credentials); requests with
