@@ -35,7 +35,7 @@ from twisted_sipnat import stun  # noqa: E402
 try:
     from aioice import stun as aiostun
 except ImportError:  # pragma: no cover - the benchmark says so instead of failing
-    aiostun = None
+    aiostun = None  # type: ignore[assignment]
 
 KEY = b"VOkJxbRl1RmTxUk/WvJxBt"
 TID = bytes.fromhex("b7e7a701bc34d686fa87dfae")
