@@ -19,7 +19,7 @@ import ipaddress
 import random
 import secrets
 from collections import Counter
-from typing import Any, Callable, Dict, List, Mapping, Optional, Set, Tuple, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Set, Tuple, Union
 
 from twisted.internet import defer
 from twisted.internet.address import IPv4Address, IPv6Address
@@ -45,7 +45,7 @@ from .errors import (
 from .interfaces import ISharedSocket
 from .settings import DEFAULT_STUN_PORT, NATSettings, ServerSpec, isIPLiteral
 from .timers import TimerHeap
-from .transaction import SEND, TIMEOUT, ClientTransaction, OutstandingLimiter, RTOEstimator
+from .transaction import DEFAULT_RC, SEND, TIMEOUT, ClientTransaction, OutstandingLimiter, RTOEstimator
 
 HostPort = Tuple[str, int]
 PublicAddress = Union[IPv4Address, IPv6Address]
@@ -166,12 +166,14 @@ def _looksLikeStream(socket: Any) -> bool:
 class _SocketState:
     """What the controller tracks per shared socket: its adapter and the flows that ride on it."""
 
-    __slots__ = ("socket", "shared", "flows", "__weakref__")
+    __slots__ = ("socket", "shared", "flows", "transactions", "__weakref__")
 
     def __init__(self, socket: Any, shared: Any) -> None:
         self.socket = socket
         self.shared = shared
         self.flows: Set[_Flow] = set()
+        #: How many of the controller's pending transactions use this socket.
+        self.transactions = 0
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -181,7 +183,7 @@ class _SocketState:
 class _Txn(ClientTransaction):
     """A client transaction plus what the shell needs to route it: socket, owner, credentials, limiter slot."""
 
-    __slots__ = ("sock", "owner", "integrityKey", "limiterKey", "server", "dueAt", "queued")
+    __slots__ = ("sock", "owner", "integrityKey", "limiterKey", "server", "dueAt", "queued", "anySource")
 
     def __init__(
         self,
@@ -189,11 +191,15 @@ class _Txn(ClientTransaction):
         request: bytes,
         destination: HostPort,
         sock: _SocketState,
-        owner: Union[_Resolution, _Flow],
+        owner: Union[_Resolution, _Flow, _Probe],
         integrityKey: Optional[bytes],
         rto: float,
+        rc: int = DEFAULT_RC,
+        anySource: bool = False,
     ) -> None:
-        super().__init__(transactionId, request, destination, rto=rto, reliable=sock.shared.isStream)
+        super().__init__(transactionId, request, destination, rto=rto, reliable=sock.shared.isStream, rc=rc)
+        #: RFC 5780 CHANGE-REQUEST probes are answered from another address: the ID alone identifies them.
+        self.anySource = anySource
         self.sock = sock
         self.owner = owner
         self.integrityKey = integrityKey
@@ -267,6 +273,17 @@ class _Resolution:
         self.domain = domain
         self.pendingLookup: Optional[defer.Deferred[HostPort]] = None
         self.startedAt = now
+        self.done = False
+
+
+class _Probe:
+    """One :meth:`NATTraversalController.sendBindingRequest`: its Deferred and transaction."""
+
+    __slots__ = ("deferred", "txn", "done")
+
+    def __init__(self) -> None:
+        self.deferred: defer.Deferred[Any]
+        self.txn: Optional[_Txn] = None
         self.done = False
 
 
@@ -380,7 +397,29 @@ class NATTraversalController:
 
     # -- sockets ----------------------------------------------------------------------------------------------
 
+    @staticmethod
+    def _canonicalSocket(socket: Any) -> Any:
+        """
+        The shared socket behind what the caller passed: a SIP protocol whose transport is (or wraps) a shared
+        socket, or the transport a :class:`~twisted_sipnat.protocols.SharedDatagramProtocol` gave its SIP
+        protocol, all mean that shared socket.
+        """
+        if ISharedSocket.providedBy(socket):
+            return socket
+        shared = getattr(socket, "sharedSocket", None)
+        if shared is not None and ISharedSocket.providedBy(shared):
+            return shared
+        transport = getattr(socket, "transport", None)
+        if transport is not None:
+            if ISharedSocket.providedBy(transport):
+                return transport
+            shared = getattr(transport, "sharedSocket", None)
+            if shared is not None and ISharedSocket.providedBy(shared):
+                return shared
+        return socket
+
     def _socketState(self, socket: Any) -> _SocketState:
+        socket = self._canonicalSocket(socket)
         state = self._sockets.get(id(socket))
         if state is not None and state.socket is socket:
             return state
@@ -392,9 +431,7 @@ class NATTraversalController:
         return state
 
     def _forgetSocketIfUnused(self, sock: _SocketState) -> None:
-        if sock.flows:
-            return
-        if any(t.sock is sock for t in self._pending.values()):
+        if sock.flows or sock.transactions:
             return
         if sock.shared.arbiter.held:
             return
@@ -443,18 +480,37 @@ class NATTraversalController:
     # -- transactions -----------------------------------------------------------------------------------------
 
     def _newTransaction(
-        self, sock: _SocketState, destination: HostPort, settings: NATSettings, owner: Union[_Resolution, _Flow]
+        self,
+        sock: _SocketState,
+        destination: HostPort,
+        settings: NATSettings,
+        owner: Union[_Resolution, _Flow, _Probe],
+        *,
+        extra: Sequence[Any] = (),
+        rc: int = DEFAULT_RC,
+        anySource: bool = False,
     ) -> _Txn:
         if len(self._pending) >= self.maxTransactions:
             raise ResourceLimitError("pending STUN transactions", self.maxTransactions)
         transactionId = secrets.token_bytes(12)
         while transactionId in self._pending:  # pragma: no cover - 2**-96
             transactionId = secrets.token_bytes(12)
-        request = self._buildRequest(settings, transactionId, self._isIPv6Socket(sock, destination))
+        if extra:
+            attributes = list(extra)
+            if settings.software is not None:
+                attributes.append(stun.Software(settings.software))
+            if settings.username is not None:
+                attributes.append(stun.Username(settings.username))
+            request = stun.Message(stun.BINDING, stun.REQUEST, transactionId, attributes).encode(
+                key=self._integrityKey(settings)
+            )
+        else:
+            request = self._buildRequest(settings, transactionId, self._isIPv6Socket(sock, destination))
         now = self.reactor.seconds()
         rto = self._rto.rtoFor(destination, now, settings.rto)
-        txn = _Txn(transactionId, request, destination, sock, owner, self._integrityKey(settings), rto)
+        txn = _Txn(transactionId, request, destination, sock, owner, self._integrityKey(settings), rto, rc, anySource)
         self._pending[transactionId] = txn
+        sock.transactions += 1
         if self._limiter.acquire(txn.limiterKey, txn):
             self._sendFirst(txn, now)
         else:
@@ -514,6 +570,7 @@ class NATTraversalController:
         self._timers.unschedule(txn)
         if self._pending.get(txn.transactionId) is txn:
             del self._pending[txn.transactionId]
+            txn.sock.transactions -= 1
         key = self._arbitrationKey(txn)
         txn.sock.shared.arbiter.withdraw(key)
         if txn.queued:
@@ -533,6 +590,9 @@ class NATTraversalController:
             flow.stunInFlight = False
             elapsed = now - txn.startedAt if txn.startedAt is not None else None
             self._failFlow(flow, STUNTimeout((txn.destination,), elapsed))
+        elif type(owner) is _Probe:
+            elapsed = now - txn.startedAt if txn.startedAt is not None else None
+            self._finishProbe(owner, Failure(STUNTimeout((txn.destination,), elapsed)))
         else:
             resolution = owner
             assert isinstance(resolution, _Resolution)
@@ -551,6 +611,7 @@ class NATTraversalController:
         and everything else.  Never raises.
         """
         try:
+            socket = self._canonicalSocket(socket)
             if stun.isSTUN(data):
                 return self._stunReceived(data, socket, addr)
             if data == ka.PONG_BYTES:
@@ -580,7 +641,7 @@ class NATTraversalController:
             return self._drop("unmatched", addr)
         if txn.sock.socket is not socket:
             return self._drop("wrong-socket", addr)
-        if not txn.sock.shared.isStream:
+        if not txn.sock.shared.isStream and not txn.anySource:
             source = _hostPort(addr)
             if source is None or not _sameHostPort(source, txn.destination):
                 return self._drop("wrong-source", addr)
@@ -602,6 +663,8 @@ class NATTraversalController:
         self.stats["stun.responses"] += 1
         if type(txn.owner) is _Flow:
             self._keepaliveAnswered(txn.owner, txn, message, now)
+        elif type(txn.owner) is _Probe:
+            self._finishProbe(txn.owner, (message, _hostPort(addr)))
         else:
             owner = txn.owner
             assert isinstance(owner, _Resolution)
@@ -854,6 +917,74 @@ class NATTraversalController:
             Receiver(), host, port, addressTypes=[family], transportSemantics="UDP"
         )
         return result
+
+    # -- single requests and RFC 5780 ---------------------------------------------------------------------------
+
+    def sendBindingRequest(
+        self,
+        socket: Any,
+        server: Any,
+        attributes: Sequence[Any] = (),
+        *,
+        settings: Optional[NATSettings] = None,
+        retransmissions: int = DEFAULT_RC,
+        anySource: bool = False,
+    ) -> defer.Deferred[Tuple[Any, Optional[HostPort]]]:
+        """
+        One Binding transaction from ``socket`` to ``server`` (an IP literal ``(host, port)``), with extra
+        ``attributes`` (e.g. ``stun.ChangeRequest``).  Fires with ``(response, source)`` (success or error
+        response, decoded and checked like every response), errbacks ``STUNTimeout`` after ``retransmissions``
+        sends (RFC 8489 §6.2.1 timing), or ``CancelledError``.  ``anySource`` accepts the answer from any address
+        (RFC 5780 CHANGE-REQUEST answers come from the server's other address); the transaction ID still has to
+        match.  The building block of :meth:`discoverNATBehaviour`.
+        """
+        target = self._checkNextHop(server)
+        if not isIPLiteral(target[0]):
+            raise NATTraversalError(f"sendBindingRequest needs an IP literal, not {target[0]!r}")
+        if settings is None:
+            settings = self._settings or NATSettings()
+        sock = self._socketState(socket)
+        probe = _Probe()
+        probe.deferred = defer.Deferred(lambda d: self._cancelProbe(probe))
+        try:
+            probe.txn = self._newTransaction(sock, target, settings, probe, extra=tuple(attributes) or (),
+                                             rc=retransmissions, anySource=anySource)
+        finally:
+            self._reschedule()
+        return probe.deferred
+
+    def _finishProbe(self, probe: _Probe, result: Any) -> None:
+        if probe.done:
+            return
+        probe.done = True
+        if probe.txn is not None:
+            txn, probe.txn = probe.txn, None
+            self._endTransaction(txn)
+        if isinstance(result, Failure):
+            probe.deferred.errback(result)
+        else:
+            probe.deferred.callback(result)
+
+    def _cancelProbe(self, probe: _Probe) -> None:
+        if probe.done:
+            return
+        probe.done = True
+        if probe.txn is not None:
+            txn, probe.txn = probe.txn, None
+            self._endTransaction(txn)
+        self._reschedule()
+
+    def discoverNATBehaviour(self, socket: Any, server: Any, *, retransmissions: int = DEFAULT_RC) -> Any:
+        """
+        RFC 5780 §4.3/§4.4: the NAT's mapping and filtering behaviour, seen from ``socket``, against a STUN
+        server with two addresses (it must return OTHER-ADDRESS).  Fires with a
+        :class:`~twisted_sipnat.discovery.NATBehaviour`; errbacks
+        :class:`~twisted_sipnat.errors.NATTraversalError` when the server has no alternate address.  The
+        filtering tests wait for answers that a filtering NAT drops: ``retransmissions`` bounds that wait.
+        """
+        from .discovery import discover
+
+        return discover(self, socket, server, retransmissions=retransmissions)
 
     # -- keepalives -------------------------------------------------------------------------------------------
 
@@ -1126,6 +1257,7 @@ class NATTraversalController:
         :class:`~twisted_sipnat.protocols.SharedStreamProtocol` calls this itself; SIP stacks using bare sockets
         call it from their ``connectionLost``.
         """
+        socket = self._canonicalSocket(socket)
         sock = self._sockets.get(id(socket))
         if sock is None or sock.socket is not socket:
             return

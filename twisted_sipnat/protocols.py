@@ -69,6 +69,11 @@ class SharedDatagramTransport:
     def __init__(self, shared: SharedDatagramProtocol) -> None:
         self._shared = shared
 
+    @property
+    def sharedSocket(self) -> SharedDatagramProtocol:
+        """The shared socket this transport writes to: what the controller's calls take as ``socket``."""
+        return self._shared
+
     def write(self, data: bytes, addr: Any = None) -> Any:
         transport = self._shared.transport
         if transport is None:

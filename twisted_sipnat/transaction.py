@@ -98,13 +98,14 @@ class ClientTransaction:
         *,
         rto: float = DEFAULT_RTO,
         reliable: bool = False,
+        rc: int = DEFAULT_RC,
     ) -> None:
         self.transactionId = transactionId
         self.request = request
         self.destination = destination
         self.startedAt: Optional[float] = None
         self.sends = 0
-        self._offsets, self._timeoutOffset = tcpSchedule() if reliable else udpSchedule(rto)
+        self._offsets, self._timeoutOffset = tcpSchedule() if reliable else udpSchedule(rto, rc)
         #: When :meth:`fire` must be called next; ``None`` before :meth:`start` and after the end.
         self.nextTime: Optional[float] = None
         self.done = False
