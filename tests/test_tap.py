@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
-from typing import Any
+from typing import Any, List
 
 import pytest
 
@@ -173,3 +176,107 @@ def test_pluginImportsNoReactor() -> None:
     """)
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+# ---- makeService -------------------------------------------------------------------------------------------
+
+
+def test_buildServiceForEachRole(tmp_path: Path) -> None:
+    from twisted.application.service import MultiService
+    from twisted.internet.task import Clock
+
+    from twisted_sipnat.roles import ClientRole, EdgeRole, STUNRole
+    from twisted_sipnat.tap import buildService
+
+    config = tmp_path / "c.ini"
+    config.write_text("[example.com]\nudpKeepaliveInterval = 12\nstunServers = 192.0.2.7\n")
+    client = buildService(_parse("--config", str(config), "client", "--next-hop", "192.0.2.1:5060", "--domain",
+                                 "example.com", "--interval", "15", "--listen", "udp:0"), Clock())
+    assert isinstance(client, ClientRole)
+    settings = client.controller.settingsFor("example.com")
+    assert settings.udpKeepaliveInterval == 15.0, "the command line wins over the file"
+    assert settings.servers == (("192.0.2.7", 3478),), "the file fills the rest"
+    edge = buildService(_parse("edge", "--tcp", "none", "--flow-timer", "30"), Clock())
+    assert isinstance(edge, EdgeRole) and edge.tcp is None and edge.proxy.flowTimer == 30
+    stun = buildService(_parse("stun", "--udp", "udp:0:interface=127.0.0.1", "--no-rate-limit"), Clock())
+    assert isinstance(stun, STUNRole) and stun.responder.rateLimit is None
+    default = buildService(_parse(), Clock())
+    assert isinstance(default, MultiService)
+    assert isinstance(default.stun, STUNRole) and isinstance(default.client, ClientRole)
+
+
+@pytest.mark.parametrize(
+    "argv, key",
+    [
+        (["client"], "next-hop"),
+        (["client", "--next-hop", "example.com:5060"], "next-hop"),
+        (["client", "--next-hop", "192.0.2.1:5060", "--interval", "soon"], "interval"),
+        (["client", "--next-hop", "192.0.2.1:5060", "--listen", "tcp:5060"], "listen"),
+        (["client", "--next-hop", "192.0.2.1:5060", "--stun", "stuns:x.example"], "stun"),
+        (["client", "--next-hop", "192.0.2.1:5060", "--method", "smoke"], "method"),
+        (["client", "--next-hop", "192.0.2.1:5060", "--register", "nobody"], "register"),
+        (["edge", "--flow-timer", "0"], "flow-timer"),
+        (["edge", "--flow-timer", "1.5"], "flow-timer"),
+        (["edge", "--udp", "udp:99999"], "udp"),
+        (["stun", "--rate", "0"], "rate"),
+        (["stun", "--alternate", "192.0.2.8"], "alternate"),
+        (["--config", "CONFIG", "client", "--next-hop", "192.0.2.1:5060", "--domain", "a"], "[a] udpKeepaliveInterval"),
+        (["--config", "MISSING", "client", "--next-hop", "192.0.2.1:5060"], "config"),
+    ],
+)
+def test_makeServiceRefusesBadValuesInOneLine(argv: Any, key: str, tmp_path: Path) -> None:
+    from twisted_sipnat.tap import makeService
+
+    config = tmp_path / "bad.ini"
+    config.write_text("[a]\nudpKeepaliveInterval = soon\n")
+    argv = [str(config) if a == "CONFIG" else str(tmp_path / "missing.ini") if a == "MISSING" else a for a in argv]
+    with pytest.raises(SystemExit) as info:
+        makeService(_parse(*argv))
+    message = str(info.value.code)
+    assert "\n" not in message
+    assert message.startswith("twistd sipnat: invalid ")
+    assert f"invalid {key}=" in message, message
+
+
+def _twistd(*args: str) -> List[str]:
+    return [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", *args]
+
+
+def test_twistdRunsTheEmbeddedDefault(tmp_path: Path) -> None:
+    """``twistd -n sipnat``: resolves, keeps alive, logs it, and shuts down cleanly."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    process = subprocess.Popen(_twistd("-n", "--pidfile=", "--logfile=-", "sipnat"), cwd=tmp_path, env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: List[str] = []
+    deadline = time.monotonic() + 30
+    try:
+        assert process.stdout is not None
+        while time.monotonic() < deadline:
+            line = process.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+            if "keepalive answered" in line:
+                break
+    finally:
+        process.send_signal(signal.SIGTERM)
+        rest, _ = process.communicate(timeout=30)
+    text = "".join(lines) + rest
+    assert "public address 127.0.0.1:" in text
+    assert "keepalives started" in text
+    assert "keepalive answered" in text, text
+    assert "Server Shut Down" in text
+    assert "Traceback" not in text
+
+
+def test_twistdBadConfigIsOneLine(tmp_path: Path) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text('["example.com"]\nudpKeepaliveMethod = "smoke"\n')
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    result = subprocess.run(_twistd("-n", "--pidfile=", "sipnat", "--config", str(config), "client", "--next-hop",
+                                    "127.0.0.1:5060", "--domain", "example.com"),
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr + result.stdout
+    assert result.stderr.strip().splitlines()[-1].startswith(
+        "twistd sipnat: invalid [example.com] udpKeepaliveMethod='smoke'")

@@ -68,10 +68,7 @@ class ClientOptions(usage.Options):
         self["stun"] = []
 
     def opt_stun(self, server: str) -> None:
-        """
-        STUN server HOST[:PORT] or stun:HOST[:PORT] URI (RFC 7064); repeat for failover, tried in order.
-        Default: the next hop answers STUN itself.
-        """
+        """STUN server HOST[:PORT] or stun:HOST[:PORT] URI (RFC 7064); repeat for failover, tried in order. Default: the next hop answers STUN itself."""  # noqa: E501
         self["stun"].extend(splitServerList(server))
 
     opt_s = opt_stun
