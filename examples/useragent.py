@@ -265,7 +265,7 @@ async def run(reactor: Any, args: argparse.Namespace) -> None:
 
 def main(argv: Optional[List[str]] = None) -> None:
     args = parseArguments(sys.argv[1:] if argv is None else argv)
-    globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr)])
+    globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr)], redirectStandardIO=False)
     task.react(lambda reactor: defer.ensureDeferred(run(reactor, args)))
 
 
