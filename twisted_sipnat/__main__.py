@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any, List, Optional, Sequence, TextIO
+from typing import Any, List, Optional, Sequence, TextIO, cast
 
 from twisted.internet import defer
-from twisted.logger import globalLogPublisher
+from twisted.logger import ILogObserver, globalLogPublisher
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -102,7 +102,7 @@ async def resolveCommand(reactor: Any, args: argparse.Namespace, out: TextIO) ->
     answered: List[Any] = []
     done: defer.Deferred[None] = defer.Deferred()
 
-    def watch(event: Any) -> None:
+    def onEvent(event: Any) -> None:
         # The controller logs each keepalive as a structured event (namespace twisted_sipnat, field
         # sipnat_event); count and print the ones for our flow.
         if event.get("log_namespace") != "twisted_sipnat" or event.get("observer") is not observer:
@@ -118,6 +118,8 @@ async def resolveCommand(reactor: Any, args: argparse.Namespace, out: TextIO) ->
             print(f"keepalive {len(answered)} answered: {detail}", file=out, flush=True)
             if args.count is not None and len(answered) >= args.count and not done.called:
                 done.callback(None)
+
+    watch = cast(ILogObserver, onEvent)
 
     def cleanUp() -> None:
         globalLogPublisher.removeObserver(watch)

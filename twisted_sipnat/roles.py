@@ -159,7 +159,7 @@ class UDPListener(service.Service):
 class _StreamListener(service.Service):
     """A stream endpoint as a service, keeping the port so that stopping closes it."""
 
-    def __init__(self, reactor: Any, description: str, factory: protocol.Factory) -> None:
+    def __init__(self, reactor: Any, description: str, factory: Any) -> None:
         self.reactor = reactor
         self.description = description
         self.factory = factory
@@ -583,7 +583,8 @@ class SIPStreamProtocol(protocol.Protocol):
             # A stream split inside a multi-byte character is legal but rare; refusing it keeps
             # MessagesParser from logging a traceback for bytes off the wire.
             log.warn("closing SIP/TCP connection: non-UTF-8 data")
-            self.transport.loseConnection()
+            transport: Any = self.transport
+            transport.loseConnection()
             return
         self.parser.dataReceived(data)
 
@@ -595,8 +596,9 @@ class SIPStreamProtocol(protocol.Protocol):
         response = sip.Response(200)
         for name in ("via", "to", "from", "call-id", "cseq"):
             response.headers[name] = list(message.headers.get(name, []))
+        transport: Any = self.transport
         if message.method == "REGISTER":
-            peer = self.transport.getPeer()
+            peer = transport.getPeer()
             contact = message.headers.get("contact", [None])[0]
             try:
                 _, toURL, _ = sip.parseAddress(message.headers["to"][0], clean=1)
@@ -614,7 +616,7 @@ class SIPStreamProtocol(protocol.Protocol):
         elif message.method != "OPTIONS":
             response.code, response.phrase = 501, "Not Implemented"
         response.addHeader("content-length", "0")
-        self.transport.write(response.toString().encode("utf-8"))
+        transport.write(response.toString().encode("utf-8"))
 
 
 class _SIPStreamFactory(protocol.Factory):
@@ -690,20 +692,21 @@ class _STUNStreamProtocol(protocol.Protocol):
         self.buffer = b""
 
     def dataReceived(self, data: bytes) -> None:
+        transport: Any = self.transport
         self.buffer += data
         while len(self.buffer) >= 20:
             length = 20 + int.from_bytes(self.buffer[2:4], "big")
             if self.buffer[0] & 0xC0 or length > 65535:
-                self.transport.loseConnection()
+                transport.loseConnection()
                 return
             if len(self.buffer) < length:
                 return
             message, self.buffer = self.buffer[:length], self.buffer[length:]
-            peer, local = self.transport.getPeer(), self.transport.getHost()
+            peer, local = transport.getPeer(), transport.getHost()
             reply = self.role.responder.respond(message, (peer.host, peer.port), receivedOn=(local.host, local.port),
                                                 now=self.role.reactor.seconds())
             if reply is not None:
-                self.transport.write(reply.data)
+                transport.write(reply.data)
 
 
 class _STUNStreamFactory(protocol.Factory):

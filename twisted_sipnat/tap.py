@@ -222,7 +222,7 @@ def buildService(options: Options, reactor: Any) -> Any:
     The service for parsed ``options`` on ``reactor``.  Raises :class:`InvalidSettingsError` naming the option
     or ``[section] key`` of the first bad value; nothing is bound until the service starts.
     """
-    sub = getattr(options, "subOptions", None)
+    sub: Any = getattr(options, "subOptions", None)
     if options.subCommand == "client":
         return _clientService(reactor, options, sub)
     if options.subCommand == "edge":
