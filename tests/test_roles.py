@@ -342,7 +342,7 @@ def test_stunRoleRateLimitsPerSource() -> None:
 
 REGISTER = (
     "REGISTER sip:example.com SIP/2.0\r\n"
-    "Via: SIP/2.0/{transport} 127.0.0.1:{port};branch=z9hG4bK{branch};rport\r\n"
+    "Via: SIP/2.0/{transport} 127.0.0.1:{port};branch=z9hG4bK{branch};rport;keep\r\n"
     "To: <sip:bob@example.com>\r\n"
     "From: <sip:bob@example.com>;tag=1\r\n"
     "Call-ID: {branch}@test\r\n"
@@ -382,6 +382,7 @@ async def test_registerProxyAnswersRegisterAndStunOnTheSamePort() -> None:
         assert source == server
         assert data.startswith(b"SIP/2.0 200 OK\r\n")
         assert b"Flow-Timer: 30\r\n" in data
+        assert b";keep=30" in data, "RFC 6223 offer answered"
         assert "bob" in edge.registry.users
         request = stun.Message(stun.BINDING, stun.REQUEST)
         port.write(request.encode(), server)
@@ -429,6 +430,7 @@ async def test_edgeTcpAnswersPingsAndRegisters() -> None:
             data += await _next(client.received, reactor)
         assert data.startswith(b"SIP/2.0 200 OK\r\n")
         assert b"Flow-Timer: 45\r\n" in data
+        assert b";keep=45" in data
         assert "bob" in edge.registry.users
         client.transport.write(b"OPTIONS sip:example.com SIP/2.0\r\nCall-ID: o\r\nCSeq: 2 OPTIONS\r\nContent-Length: 0\r\n\r\n")
         data = await _next(client.received, reactor)

@@ -13,6 +13,7 @@ from twisted_sipnat.sipheaders import (
     InvalidHeaderError,
     MissingViaError,
     addKeepToVia,
+    answerKeep,
     flowTimer,
     keepaliveInterval,
     parseFlowTimer,
@@ -264,3 +265,36 @@ def test_addKeepGarbageIsTypedErrorOrBytes(data: bytes) -> None:
         return
     assert isinstance(out, bytes)
     assert b"keep" in out.lower()
+
+
+# ---- answering ;keep (the edge's side of RFC 6223) --------------------------------------------------------
+
+
+def test_answerKeepFillsTheOffer() -> None:
+    raw = b"SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP a;branch=1;keep;rport=5, SIP/2.0/UDP b;keep\r\nVia: SIP/2.0/UDP c;keep\r\n\r\n"
+    out = answerKeep(raw, 30)
+    assert out == raw.replace(b"a;branch=1;keep;rport=5", b"a;branch=1;keep=30;rport=5")
+    assert viaKeep(out) == 30
+    assert answerKeep(out, 45) == out, "an answered offer stays answered"
+    assert answerKeep(raw.decode(), 30) == out.decode()
+
+
+def test_answerKeepWithoutOfferOrVia() -> None:
+    raw = b"SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP a;branch=1;keepalive\r\n\r\n"
+    assert answerKeep(raw, 30) == raw
+    assert answerKeep(b"SIP/2.0 200 OK\r\n\r\n", 30) == b"SIP/2.0 200 OK\r\n\r\n"
+
+
+def test_answerKeepOnTwistedResponse() -> None:
+    from twisted.protocols import sip
+
+    response = sip.Response(200)
+    response.addHeader("via", "SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bK1;rport=5060;KEEP")
+    answerKeep(response, 25)
+    assert keepaliveInterval(response) == 25
+    assert sip.parseViaHeader(response.headers["via"][0]).otherParams == {"keep": "25"}
+
+
+def test_answerKeepRefusesABadInterval() -> None:
+    with pytest.raises(InvalidHeaderError):
+        answerKeep(b"SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP a;keep\r\n\r\n", 0)

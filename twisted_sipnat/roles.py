@@ -37,7 +37,7 @@ from .backoff import Backoff
 from .errors import InvalidSettingsError, NATTraversalError
 from .interfaces import IBindingObserver
 from .settings import NATSettings, isIPLiteral
-from .sipheaders import addKeepToVia, keepaliveInterval
+from .sipheaders import addKeepToVia, answerKeep, keepaliveInterval
 
 __all__ = [
     "ClientRole",
@@ -529,7 +529,10 @@ def _registrarClasses() -> Tuple[type, type]:
             self.users.clear()
 
     class EdgeRegisterProxy(sip.RegisterProxy):  # type: ignore[misc]
-        """``RegisterProxy`` that adds ``Flow-Timer`` (RFC 5626 §5.4 / §8.2) to its 2xx REGISTER responses."""
+        """
+        ``RegisterProxy`` that, given a ``flowTimer``, adds ``Flow-Timer`` (RFC 5626 §5.4 / §8.2) to its 2xx
+        REGISTER responses and answers an RFC 6223 ``;keep`` offer with ``;keep=N``.
+        """
 
         flowTimer: Optional[int] = None
 
@@ -553,6 +556,7 @@ def _registrarClasses() -> Tuple[type, type]:
                 cseq = responseMessage.headers.get("cseq", [""])[0]
                 if cseq.split()[-1:] == ["REGISTER"]:
                     responseMessage.headers["flow-timer"] = [str(self.flowTimer)]
+                    answerKeep(responseMessage, self.flowTimer)  # RFC 6223: ;keep offered -> ;keep=N
             sip.RegisterProxy.deliverResponse(self, responseMessage)
 
     return EdgeRegisterProxy, ClockedRegistry
@@ -613,6 +617,7 @@ class SIPStreamProtocol(protocol.Protocol):
                     response.headers[name] = list(message.headers.get(name, []))
             if self.flowTimer is not None and response.code == 200:
                 response.addHeader("flow-timer", str(self.flowTimer))
+                answerKeep(response, self.flowTimer)
         elif message.method != "OPTIONS":
             response.code, response.phrase = 501, "Not Implemented"
         response.addHeader("content-length", "0")

@@ -35,6 +35,7 @@ __all__ = [
     "InvalidHeaderError",
     "MissingViaError",
     "addKeepToVia",
+    "answerKeep",
     "flowTimer",
     "keepaliveInterval",
     "parseFlowTimer",
@@ -191,6 +192,42 @@ def addKeepToVia(message: M) -> M:
     return message
 
 
+def answerKeep(message: M, seconds: int) -> M:
+    """
+    The edge's half of RFC 6223 (§4.3): when the top Via of a response carries the UA's bare ``;keep`` offer,
+    fill in the interval the UA should use, ``;keep=seconds``.
+
+    A Via without a bare ``keep`` (no offer, or one already answered) is left alone, as is a message without
+    a Via.  ``Message`` objects change in place; ``bytes``/``str`` come back as a new value of the same type.
+    """
+    text = str(_seconds("keep", str(seconds)))
+    if isinstance(message, (bytes, str)):
+        raw = message.decode("latin-1") if isinstance(message, bytes) else message
+        span = _rawTopViaSpan(raw)
+        if span is None:
+            return message
+        start, stop = span
+        changed = raw[:start] + _answerKeepInValue(raw[start:stop], text) + raw[stop:]
+        return (changed.encode("latin-1") if isinstance(message, bytes) else changed)  # type: ignore[return-value]
+    headers = _headersOf(message)
+    key = "via" if headers.get("via") else ("v" if headers.get("v") else None)
+    if key is not None:
+        headers[key][0] = _answerKeepInValue(headers[key][0], text)
+    return message
+
+
+_BARE_KEEP = re.compile(r";(\s*)keep(\s*)(?=;|$)", re.IGNORECASE)
+
+
+def _answerKeepInValue(value: str, seconds: str) -> str:
+    end = _firstViaEnd(value)
+    first = value[:end]
+    params = _viaParams(first)
+    if ("keep", None) not in params:
+        return value
+    return _BARE_KEEP.sub(f";keep={seconds}", first.rstrip(), count=1) + first[len(first.rstrip()):] + value[end:]
+
+
 # ---- reading ---------------------------------------------------------------------------------------------
 
 
@@ -341,6 +378,15 @@ _LINE = re.compile(r"[^\r\n]*(?:\r\n|\n|$)")
 
 
 def _addKeepToRaw(text: str) -> str:
+    span = _rawTopViaSpan(text)
+    if span is None:
+        raise MissingViaError()
+    start, stop = span
+    return text[:start] + _addKeepToValue(text[start:stop]) + text[stop:]
+
+
+def _rawTopViaSpan(text: str) -> Optional[Tuple[int, int]]:
+    """Where the value of the first non-empty Via header of a raw message starts and stops, or ``None``."""
     head = _headerBlock(text)
     lines: List[str] = [m.group(0) for m in _LINE.finditer(head) if m.group(0)]
     offsets: Dict[int, int] = {}
@@ -361,8 +407,7 @@ def _addKeepToRaw(text: str) -> str:
             last += 1
         start = offsets[index] + len(name) + 1
         stop = offsets[last] + len(lines[last].rstrip("\r\n"))
-        value = text[start:stop]
-        if not _splitList(value):
+        if not _splitList(text[start:stop]):
             continue
-        return text[:start] + _addKeepToValue(value) + text[stop:]
-    raise MissingViaError()
+        return start, stop
+    return None
