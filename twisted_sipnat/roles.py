@@ -597,7 +597,7 @@ class SIPStreamProtocol(protocol.Protocol):
 
         if not isinstance(message, sip.Request):
             return
-        response = sip.Response(200)
+        response: Any = sip.Response(200)
         for name in ("via", "to", "from", "call-id", "cseq"):
             response.headers[name] = list(message.headers.get(name, []))
         transport: Any = self.transport
