@@ -522,3 +522,40 @@ def test_edgeSurvivesGarbageOnItsSIPPort() -> None:
     client.stopListening()
     edge.stopService()
     assert net.getDelayedCalls() == []
+
+
+def test_clientRefreshesItsRegistrationBeforeItLapses() -> None:
+    net = NetReactor()
+    edge = EdgeRole(net, udp=(5060, "127.0.0.1"), domain="example.com", flowTimer=600)
+    client = _clientFor(net, ("127.0.0.1", 5060), register="alice@example.com")
+    edge.startService()
+    client.startService()
+    net.run(1)
+    assert client.flowTimer == 600
+    registers = lambda: [d for d, src, dst in net.sent if d.startswith(b"REGISTER ")]  # noqa: E731
+    assert len(registers()) == 1
+    # RegisterProxy grants 3600 s: refreshed at 90 % of that.
+    net.run(0.9 * 3600 + 1, step=5.0)
+    assert len(registers()) == 2
+    assert client.failures == 0
+    assert client._refresh is not None and client._refresh.active()
+    client.stopService()
+    edge.stopService()
+    assert net.getDelayedCalls() == []
+
+
+def test_failedRefreshIsAFlowFailure() -> None:
+    net = NetReactor()
+    edge = EdgeRole(net, udp=(5060, "127.0.0.1"), domain="example.com")
+    # Keepalives off (interval 0), so the only thing that can notice the dead registrar is the refresh.
+    client = _clientFor(net, ("127.0.0.1", 5060), register="alice@example.com", random=lambda: 0.0, interval=0.0)
+    edge.startService()
+    client.startService()
+    net.run(1)
+    assert client.keepalivesStarted == 1 and client.failures == 0
+    edge.stopService()  # the registrar goes away
+    net.run(0.9 * 3600 + 33, step=1.0)  # the refresh REGISTER times out (Timer F, 32 s)
+    assert client.failures == 1
+    assert client._retry is not None and client._retry.active()
+    client.stopService()
+    assert net.getDelayedCalls() == []

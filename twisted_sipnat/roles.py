@@ -342,6 +342,18 @@ class RegisterClient(protocol.DatagramProtocol):
             d.errback(RegistrationError(response.code, response.phrase))
 
 
+def _grantedExpires(response: Any, asked: int) -> int:
+    """The registration lifetime a 2xx granted: Contact ``expires=`` (RFC 3261 §10.2.4), else Expires."""
+    for contact in response.headers.get("contact", []):
+        match = re.search(r";\s*expires\s*=\s*([0-9]{1,9})", contact, re.IGNORECASE)
+        if match:
+            return int(match.group(1))
+    for value in response.headers.get("expires", []):
+        if value.strip().isdigit() and len(value.strip()) < 10:
+            return int(value.strip())
+    return asked
+
+
 @implementer(IBindingObserver)
 class _Flow:
     """The client role's observer for its one flow: contexts in the controller are keyed by it."""
@@ -399,6 +411,7 @@ class ClientRole(service.MultiService):
         self.failures = 0
         self.keepalivesStarted = 0
         self._retry: Any = None
+        self._refresh: Any = None
         self._pending: Optional[defer.Deferred[Any]] = None
         self.ready: defer.Deferred[Any] = defer.Deferred()
 
@@ -437,9 +450,37 @@ class ClientRole(service.MultiService):
     def _registered(self, response: Any, hop: HostPort) -> None:
         interval = keepaliveInterval(response)
         self.flowTimer = interval
-        log.info("registered {aor}; registrar keepalive interval {flowTimer}", aor=self.aor, flowTimer=interval,
-                 log_event="sipnat.client.registered")
+        granted = _grantedExpires(response, self.registerClient.expires if self.registerClient else 3600)
+        log.info("registered {aor} for {expires} s; registrar keepalive interval {flowTimer}", aor=self.aor,
+                 expires=granted, flowTimer=interval, log_event="sipnat.client.registered")
         self._keepAlive(hop, interval)
+        # Refresh the registration before it lapses (RFC 3261 §10.2.4); a failed refresh is a failed flow.
+        self._refresh = self.reactor.callLater(max(1.0, 0.9 * granted), self._refreshRegistration, hop)
+
+    def _refreshRegistration(self, hop: HostPort) -> None:
+        self._refresh = None
+        if self.registerClient is None or self.publicAddress is None:
+            return
+        d = self.registerClient.register((self.publicAddress.host, self.publicAddress.port))
+        self._pending = d
+        d.addCallback(self._refreshed, hop)
+        d.addErrback(self._refreshFailed)
+
+    def _refreshed(self, response: Any, hop: HostPort) -> None:
+        self._pending = None
+        interval = keepaliveInterval(response)
+        if interval != self.flowTimer:
+            self.flowTimer = interval
+            self.controller.refreshNATBinding(self.shared, self.observer, nextHop=hop, flowTimer=interval)
+        granted = _grantedExpires(response, self.registerClient.expires if self.registerClient else 3600)
+        self._refresh = self.reactor.callLater(max(1.0, 0.9 * granted), self._refreshRegistration, hop)
+
+    def _refreshFailed(self, reason: Failure) -> None:
+        self._pending = None
+        if reason.check(defer.CancelledError) or not self.running:
+            return
+        self.controller.freeResources(self.observer)
+        self._flowFailed(reason)
 
     def _keepAlive(self, hop: HostPort, flowTimer: Optional[int]) -> None:
         self._pending = None
@@ -459,6 +500,7 @@ class ClientRole(service.MultiService):
         self._scheduleRetry()
 
     def _flowFailed(self, reason: object) -> None:
+        self._cancelRefresh()
         self.failures += 1
         why = reason.getErrorMessage() if isinstance(reason, Failure) else str(reason)
         log.warn("flow failure: {why}", why=why, log_event="sipnat.client.flowFailure")
@@ -472,7 +514,13 @@ class ClientRole(service.MultiService):
         log.info("trying again in {delay:.1f} s (RFC 5626 §4.5 backoff)", delay=delay, log_event="sipnat.client.retry")
         self._retry = self.reactor.callLater(delay, self._attempt)
 
+    def _cancelRefresh(self) -> None:
+        if self._refresh is not None and self._refresh.active():
+            self._refresh.cancel()
+        self._refresh = None
+
     def stopService(self) -> Any:
+        self._cancelRefresh()
         if self._retry is not None and self._retry.active():
             self._retry.cancel()
         self._retry = None
