@@ -1,0 +1,101 @@
+"""
+Coverage-guided fuzzing of ``twisted_sipnat.stun.decode`` (and the STUN server behind it) with atheris.
+
+Run::
+
+    python tests/fuzz/atheris_stun.py -atheris_runs=100000 [libFuzzer options] [corpus dirs]
+
+With no corpus directory given, the RFC 5769 test vectors (read from /work/shared/vectors/rfc5769.json, never
+copied into the repository) seed a temporary corpus.  The properties checked on every input are those of the
+hypothesis tests in ``test_fuzz_stun.py``: ``decode`` raises ``STUNDecodeError`` and nothing else, accessors of
+an accepted message work, and ``BindingResponder.respond`` never raises nor answers beyond the amplification
+bound.  Any other exception is a crash: libFuzzer stops and writes the input as ``crash-<sha1>``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, List
+
+REPO = Path(__file__).resolve().parents[2]
+VECTORS_PATH = REPO.parent / "shared" / "vectors" / "rfc5769.json"
+
+stun: Any = None
+responder: Any = None
+AMPLIFICATION_FLOOR = 128
+KEY = b""
+
+
+def load(instrument: bool) -> None:
+    """Import the code under test, instrumented for coverage feedback when running under atheris."""
+    global stun, responder, AMPLIFICATION_FLOOR, KEY
+    # The package imports Twisted; only the sans-IO modules under test are worth instrumenting.
+    try:
+        import twisted_sipnat  # noqa: F401
+    except ImportError:  # run from a checkout without installing it
+        sys.path.insert(0, str(REPO))
+        import twisted_sipnat  # noqa: F401
+
+    if instrument:
+        import atheris
+
+        for name in ("twisted_sipnat.stun", "twisted_sipnat.responder"):
+            sys.modules.pop(name, None)
+        # import_module, not "from twisted_sipnat import stun": that would return the package attribute, i.e.
+        # the module imported above without instrumentation.
+        with atheris.instrument_imports(include=["twisted_sipnat.stun", "twisted_sipnat.responder"]):
+            stunModule = importlib.import_module("twisted_sipnat.stun")
+            responderModule = importlib.import_module("twisted_sipnat.responder")
+    else:
+        from twisted_sipnat import responder as responderModule
+        from twisted_sipnat import stun as stunModule
+    stun = stunModule
+    AMPLIFICATION_FLOOR = responderModule.AMPLIFICATION_FLOOR
+    responder = responderModule.BindingResponder(software="atheris")
+    KEY = stun.shortTermKey("VOkJxbRl1RmTxUk/WvJxBt")
+
+
+def seeds() -> List[bytes]:
+    vectors = json.loads(VECTORS_PATH.read_text())
+    return [bytes.fromhex(v["hex"]) for v in vectors.values() if isinstance(v, dict) and "hex" in v]
+
+
+def TestOneInput(data: bytes) -> None:
+    try:
+        message = stun.decode(data)
+    except stun.STUNDecodeError:
+        pass
+    else:
+        read = (message.mappedAddress, message.errorCode, message.alternateServer, message.changeRequest,
+                message.unknownComprehensionRequired, message.software, message.otherAddress, message.responseOrigin)
+        assert len(read) == 8
+        message.verifyIntegrity(KEY)
+        message.verifyFingerprint()
+        repr(message)
+    reply = responder.respond(data, ("192.0.2.1", 5060), now=0.0)
+    if reply is not None:
+        if len(reply.data) > max(len(data), AMPLIFICATION_FLOOR):
+            raise AssertionError(f"amplification: {len(data)}-byte request, {len(reply.data)}-byte answer")
+        stun.decode(reply.data)
+
+
+def main(argv: List[str]) -> None:
+    import atheris
+
+    load(instrument=True)
+    args = list(argv)
+    if not any(not a.startswith("-") for a in args[1:]):
+        corpus = tempfile.mkdtemp(prefix="sipnat-stun-corpus-")
+        for i, seed in enumerate(seeds()):
+            (Path(corpus) / f"rfc5769-{i}").write_bytes(seed)
+        args.append(corpus)
+    atheris.Setup(args, TestOneInput)
+    atheris.Fuzz()
+
+
+if __name__ == "__main__":
+    main(sys.argv)

@@ -1,0 +1,122 @@
+"""
+What the fuzz, security and loss tests share: example counts, a log watcher, SIP recorders, an observer.
+
+Example counts: the tests without a marker run ``CI_EXAMPLES`` examples each (``SIPNAT_FUZZ_CI_EXAMPLES``,
+default 300) so the default ``python -m pytest`` stays fast; the ``@pytest.mark.fuzz`` variants run
+``FUZZ_EXAMPLES`` (``SIPNAT_FUZZ_EXAMPLES``; ``tox -e fuzz`` sets 100,000).
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from typing import Any, Dict, Iterator, List, Tuple
+
+from hypothesis import HealthCheck, settings
+from twisted.internet.protocol import DatagramProtocol, Protocol
+from twisted.logger import ILogObserver, LogEvent, formatEvent, globalLogPublisher
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from twisted_sipnat import IBindingObserver
+
+CI_EXAMPLES = int(os.environ.get("SIPNAT_FUZZ_CI_EXAMPLES", "300"))
+FUZZ_EXAMPLES = int(os.environ.get("SIPNAT_FUZZ_EXAMPLES", "2000"))
+
+#: Settings for the unmarked, CI-sized runs and for the long ``fuzz`` runs.
+ciSettings = settings(
+    max_examples=CI_EXAMPLES,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+fuzzSettings = settings(
+    max_examples=FUZZ_EXAMPLES,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+
+
+@implementer(ILogObserver)
+class LogWatcher:
+    """Every event logged while installed; :attr:`failures` are those carrying a traceback (``log_failure``)."""
+
+    def __init__(self) -> None:
+        self.events: List[LogEvent] = []
+
+    def __call__(self, event: LogEvent) -> None:
+        self.events.append(event)
+
+    @property
+    def failures(self) -> List[str]:
+        found = []
+        for event in self.events:
+            failure = event.get("log_failure")
+            if failure is not None:
+                found.append(f"{formatEvent(event)}\n{failure.getTraceback()}")
+        return found
+
+    def sipnatEvents(self, name: str) -> List[LogEvent]:
+        return [event for event in self.events if event.get("sipnat_event") == name]
+
+
+@contextmanager
+def watchingLogs() -> Iterator[LogWatcher]:
+    """Collect what twisted.logger publishes inside the block (the library logs through the global publisher)."""
+    watcher = LogWatcher()
+    globalLogPublisher.addObserver(watcher)
+    try:
+        yield watcher
+    finally:
+        globalLogPublisher.removeObserver(watcher)
+
+
+def assertNoLoggedFailure(watcher: LogWatcher) -> None:
+    """No traceback was logged: a logged failure is an exception that escaped, only caught later."""
+    assert watcher.failures == [], "\n\n".join(watcher.failures)
+
+
+class DatagramRecorder(DatagramProtocol):
+    """A SIP stack on UDP that records every datagram it is handed, in order."""
+
+    def __init__(self) -> None:
+        self.received: List[Tuple[bytes, Any]] = []
+
+    def datagramReceived(self, datagram: bytes, addr: Any) -> None:
+        self.received.append((datagram, addr))
+
+
+class StreamRecorder(Protocol):
+    """A SIP stack on a stream that records the bytes it is handed."""
+
+    def __init__(self) -> None:
+        self.received = b""
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+
+
+@implementer(IBindingObserver)
+class Observer:
+    """An IBindingObserver that records its flow failures."""
+
+    def __init__(self, name: str = "observer") -> None:
+        self.name = name
+        self.failures: List[Failure] = []
+
+    def flowFailure(self, reason: Failure) -> None:
+        self.failures.append(reason)
+
+    def __repr__(self) -> str:
+        return f"<Observer {self.name}>"
+
+
+def counts(controller: Any) -> Dict[str, int]:
+    """The size of every table the controller keeps (for the growth bounds)."""
+    return {
+        "pending": len(controller._pending),
+        "flows": len(controller._flows),
+        "sockets": len(controller._sockets),
+        "resolutions": len(controller._resolutions),
+        "memory": len(controller._memory),
+        "timers": len(controller._timers),
+    }
