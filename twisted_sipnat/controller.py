@@ -702,6 +702,11 @@ class NATTraversalController:
         settings = self.settingsFor(domain)
         hop = self._checkNextHop(nextHop)
         sock = self._socketState(socket)
+        if sock.shared.isStream:
+            # RFC 5626 §4.4.1: a TCP/TLS flow is kept alive with CRLF pings; STUN bytes written into the SIP
+            # stream would corrupt it for the registrar.  The public address of a stream flow is in the
+            # REGISTER response's Via received/rport.
+            raise NATTraversalError("resolvePublicAddress needs a UDP socket: STUN is not sent inside a SIP stream")
         servers: List[ServerSpec] = list(settings.servers) if settings.servers else [hop]
         now = self.reactor.seconds()
         resolution = _Resolution(sock, settings, servers, observer, hop, domain, now)
@@ -836,6 +841,14 @@ class NATTraversalController:
         self._reschedule()
 
     # -- names ------------------------------------------------------------------------------------------------
+
+    def lookupServer(self, host: str, port: Optional[int], socket: Any) -> defer.Deferred[HostPort]:
+        """The IP address and port of a STUN server name as :meth:`resolvePublicAddress` finds it."""
+        return self._lookupServer(host, port, self._socketState(socket))
+
+    def localAddressOf(self, socket: Any) -> Any:
+        """The local ``IAddress`` of a shared socket (``None`` if unknown)."""
+        return self._socketState(socket).shared.localAddress()
 
     def _lookupServer(self, host: str, port: Optional[int], sock: _SocketState) -> defer.Deferred[HostPort]:
         """

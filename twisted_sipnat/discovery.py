@@ -32,6 +32,7 @@ from twisted.internet import defer
 
 from . import stun
 from .errors import NATTraversalError, STUNErrorResponse, STUNTimeout
+from .settings import isIPLiteral
 
 HostPort = Tuple[str, int]
 
@@ -80,8 +81,11 @@ def _mapped(response: Any, server: HostPort) -> HostPort:
 
 @defer.inlineCallbacks
 def discover(controller: Any, socket: Any, server: Any, *, retransmissions: int = 7) -> Generator[Any, Any, NATBehaviour]:
-    """Run the RFC 5780 mapping and filtering tests from ``socket`` against ``server`` (an IP literal pair)."""
-    primary = (str(server[0]), int(server[1]))
+    """Run the RFC 5780 mapping and filtering tests from ``socket`` against ``server`` ``(host, port)``."""
+    host, port = str(server[0]), int(server[1])
+    if not isIPLiteral(host):
+        host, port = yield controller.lookupServer(host, port, socket)
+    primary = (host, port)
     request = controller.sendBindingRequest
     response, _ = yield request(socket, primary, retransmissions=retransmissions)
     x1 = _mapped(response, primary)
@@ -92,8 +96,7 @@ def discover(controller: Any, socket: Any, server: Any, *, retransmissions: int 
         )
     other = (other[0], other[1])
     local = None
-    shared = controller._socketState(socket).shared
-    localAddress = shared.localAddress()
+    localAddress = controller.localAddressOf(socket)
     if localAddress is not None and getattr(localAddress, "port", None) is not None:
         local = (localAddress.host, localAddress.port)
     natPresent = not (local is not None and local == x1)

@@ -101,8 +101,9 @@ class SharedDatagramProtocol(DatagramProtocol):
     with a rate limit or RFC 5780 alternate addresses; ``alternateSockets`` maps each alternate
     ``(host, port)`` to the transport that sends from it).
 
-    CRLF-only datagrams are RFC 5626 keepalives, not SIP: they are counted and dropped unless
-    ``passKeepalives=True``.  Malformed input never stops the protocol.
+    Every datagram that is not STUN reaches ``sipProtocol`` unchanged, CRLF-only keepalive datagrams (RFC 5626
+    §4.4.1 "crlf" method) included, as SIP stacks ignore them (RFC 3261 §7.5); ``dropKeepalives=True`` counts
+    and drops them instead.  Malformed input never stops the protocol.
     """
 
     isStream = False
@@ -115,7 +116,7 @@ class SharedDatagramProtocol(DatagramProtocol):
         *,
         responder: Any = None,
         alternateSockets: Optional[Dict[HostPort, Any]] = None,
-        passKeepalives: bool = False,
+        dropKeepalives: bool = False,
         clock: Any = None,
     ) -> None:
         self.sipProtocol = sipProtocol
@@ -126,7 +127,7 @@ class SharedDatagramProtocol(DatagramProtocol):
             responder = BindingResponder(software=DEFAULT_SOFTWARE)
         self.responder = responder
         self.alternateSockets: Dict[HostPort, Any] = dict(alternateSockets or {})
-        self.passKeepalives = passKeepalives
+        self.dropKeepalives = dropKeepalives
         self.arbiter = Arbiter(stream=False)
         self.stats: Counter[str] = Counter()
         self._clock = clock
@@ -163,7 +164,7 @@ class SharedDatagramProtocol(DatagramProtocol):
         try:
             if stun.isSTUN(datagram):
                 self._stunReceived(datagram, addr)
-            elif not self.passKeepalives and _isKeepaliveDatagram(datagram):
+            elif self.dropKeepalives and _isKeepaliveDatagram(datagram):
                 self.stats["keepalive.datagrams"] += 1
             elif self.sipProtocol is not None:
                 self.stats["sip.datagrams.received"] += 1
