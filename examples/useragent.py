@@ -143,7 +143,6 @@ def makeUserAgentClass() -> type:
             request.addHeader("cseq", f"{self.cseq} REGISTER")
             request.addHeader("contact", f"<sip:{self.user}@{public.host}:{public.port}>")
             request.addHeader("expires", str(expires))
-            request.addHeader("supported", "outbound")
             request.addHeader("content-length", "0")
             addKeepToVia(request)  # RFC 6223: offer keepalives, the registrar may answer keep=N
             d: defer.Deferred[Any] = defer.Deferred(lambda _: self._endTransaction())

@@ -255,7 +255,6 @@ class RegisterClient(protocol.DatagramProtocol):
             f"CSeq: {self.cseq} REGISTER",
             f"Contact: <sip:{user}@{host}:{contact[1]}>",
             f"Expires: {self.expires}",
-            "Supported: outbound, path",
             "Content-Length: 0",
             "",
             "",
