@@ -1,0 +1,259 @@
+"""
+N kept-alive flows on one controller, one reactor, one core: keepalives per second, CPU per keepalive, memory
+per flow and timer slip, against a bare ``sendto`` loop measured in the same run (the floor).
+
+Setup: one :class:`~twisted_sipnat.NATTraversalController` on the real (epoll) reactor; N flows (observers)
+spread over ``--sockets`` :class:`~twisted_sipnat.SharedDatagramProtocol` ports on 127.0.0.1 (a user-agent
+farm: many registrations sharing a handful of SIP sockets); every flow sends STUN keepalives (RFC 5626 §4.4.2)
+to our STUN server role (``twistd sipnat stun``) running in a *separate process*, so this process pays for
+exactly what a SIP process would: timers, request building, ``sendto``, ``recvfrom``, matching and checking the
+answer.  Farm case: the flows of one socket all talk to one server, so the controller is built with
+``maxOutstandingPerServer`` raised from RFC 8489's ten (a SIP edge, whose flows each have their own next hop,
+never meets that limit).
+
+The base interval is chosen so that N flows send what 100,000 flows send at the RFC 5626 default UDP interval
+(25 s base, a keepalive every 20-25 s, 22.5 s on average: 4,444 keepalives/s): ``N / (0.9 * 4444)`` seconds,
+5 s for the default N = 20,000, exactly 25 s for N = 100,000.  The window measured starts once every flow has
+sent its first keepalive and lasts ``--cycles`` mean intervals (each flow sends that many keepalives in it).
+
+Printed: keepalives/s sustained, CPU seconds per 1,000 keepalives, memory per flow (tracemalloc while the
+flows are created; peak RSS growth over the run), timer slip (p50/p99/max of when the controller handled a
+flow minus the instant it was due: a subclass hook, not production code), the floor (a loop that builds the
+same Binding requests and calls ``sendto`` on a plain socket, nothing else) and the ratio, and the projection
+for 100,000 flows at the default interval as a fraction of one core.
+
+Usage: ``python benchmarks/keepalive_scale.py [--size N] [--interval S] [--cycles C] [--sockets K]``
+(default N = 20,000 runs in well under a minute; ``--size 100000`` takes about 100 s: 25 s until every flow
+has started, then the window).  ``--profile FILE`` writes a cProfile of the window.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import secrets
+import socket
+import struct
+import sys
+import time
+import tracemalloc
+import zlib
+from array import array
+from collections import Counter
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import _common  # noqa: E402
+
+#: RFC 5626 default UDP keepalive: 25 s base, 80-100 % of it: a mean of 22.5 s.
+RFC_BASE = 25.0
+MEAN_FACTOR = 0.9
+TARGET_FLOWS = 100_000
+TARGET_RATE = TARGET_FLOWS / (RFC_BASE * MEAN_FACTOR)
+
+
+def floorRequests(count: int, server: Any, sizeWithFingerprint: bool) -> float:
+    """
+    CPU seconds per request of the floor: build a Binding request with a fresh random transaction ID (the
+    20-byte header alone, or that plus the FINGERPRINT the controller adds: the same 28 bytes) and ``sendto``.
+    """
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.setblocking(False)
+    sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sink.bind((_common.LOOPBACK, 0))
+    target = sink.getsockname()
+    header = struct.Struct("!HHI")
+    fpHeader = header.pack(0x0001, 8, _common.MAGIC_COOKIE)
+    plain = header.pack(0x0001, 0, _common.MAGIC_COOKIE)
+    fpTLV = struct.pack("!HH", 0x8028, 4)
+    u32 = struct.Struct("!I").pack
+    token = secrets.token_bytes
+    crc = zlib.crc32
+    sendto = sock.sendto
+    start = _common.cpuSeconds()
+    if sizeWithFingerprint:
+        for _ in range(count):
+            data = fpHeader + token(12)
+            try:
+                sendto(data + fpTLV + u32(crc(data) ^ 0x5354554E), target)
+            except BlockingIOError:
+                pass
+    else:
+        for _ in range(count):
+            try:
+                sendto(plain + token(12), target)
+            except BlockingIOError:
+                pass
+    elapsed = _common.cpuSeconds() - start
+    sock.close()
+    sink.close()
+    return elapsed / count
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", type=int, default=20_000, help="number of flows (default 20000)")
+    parser.add_argument("--interval", type=float, default=None,
+                        help="keepalive base interval, s (default: size / (0.9 * 4444), the 100k-at-25-s rate)")
+    parser.add_argument("--cycles", type=float, default=3.0, help="mean intervals measured (default 3)")
+    parser.add_argument("--sockets", type=int, default=16, help="shared UDP sockets the flows ride on (default 16)")
+    parser.add_argument("--software", action="store_true",
+                        help="send the default SOFTWARE attribute too (default: off, so requests are header + "
+                             "FINGERPRINT like the floor's)")
+    parser.add_argument("--profile", default=None, help="write a cProfile of the measured window to this file")
+    parser.add_argument("--floor-count", type=int, default=200_000, help="requests sent by the floor loop")
+    args = parser.parse_args(argv)
+    size = args.size
+    base = args.interval if args.interval is not None else size / (MEAN_FACTOR * TARGET_RATE)
+
+    from twisted.internet import reactor as _reactor
+    from twisted.logger import (
+        FilteringLogObserver,
+        LogLevel,
+        LogLevelFilterPredicate,
+        globalLogBeginner,
+        textFileLogObserver,
+    )
+
+    from twisted_sipnat import NATSettings, NATTraversalController, SharedDatagramProtocol
+
+    reactor: Any = _reactor
+
+    # Log as a deployment would: to a file (here /dev/null), at info level, so debug events are built and
+    # filtered the way twistd's default filter would.
+    devnull = open(os.devnull, "w")
+    globalLogBeginner.beginLoggingTo(
+        [FilteringLogObserver(textFileLogObserver(devnull), [LogLevelFilterPredicate(LogLevel.info)])],
+        redirectStandardIO=False,
+    )
+
+    floor20 = floorRequests(args.floor_count, None, False)
+    floor28 = floorRequests(args.floor_count, None, True)
+
+    responder, server = _common.startResponder()
+    slips = array("d")
+    failureTypes: Counter[str] = Counter()
+    recording = [False]
+    now = time.time
+
+    class MeasuredController(NATTraversalController):
+        """Records timer slip: when a flow is handled minus when it was due (benchmark-only hook)."""
+
+        def _flowDue(self, flow: Any, at: float) -> None:
+            if recording[0]:
+                slips.append(now() - flow.nextKeepaliveAt)
+            super()._flowDue(flow, at)
+
+    class Observer:
+        __slots__ = ("failures",)
+
+        def __init__(self) -> None:
+            self.failures = 0
+
+        def flowFailure(self, reason: Any) -> None:
+            self.failures += 1
+            failureTypes[type(reason.value).__name__] += 1
+
+    if args.software:
+        settings = NATSettings(udpKeepaliveInterval=base)
+    else:
+        settings = NATSettings(udpKeepaliveInterval=base, software=None)
+    controller = MeasuredController(settings, reactor, maxOutstandingPerServer=size)
+    ports = []
+    shared = []
+    for _ in range(args.sockets):
+        protocol = SharedDatagramProtocol(controller=controller)
+        ports.append(reactor.listenUDP(0, protocol, interface=_common.LOOPBACK))
+        shared.append(protocol)
+    observers = [Observer() for _ in range(size)]
+
+    gc.collect()
+    rssBefore = _common.rssBytes()
+    tracemalloc.start()
+    traced0 = tracemalloc.get_traced_memory()[0]
+    for i, observer in enumerate(observers):
+        controller.refreshNATBinding(shared[i % len(shared)], observer, nextHop=server)
+    tracedPerFlow = (tracemalloc.get_traced_memory()[0] - traced0) / size
+    tracemalloc.stop()
+    started = time.monotonic()
+
+    window = args.cycles * MEAN_FACTOR * base
+    result: Dict[str, Any] = {}
+
+    def beginWindow() -> None:
+        result["cpu"] = _common.cpuSeconds()
+        result["wall"] = time.monotonic()
+        result["sent"] = controller.stats["keepalive.sent"]
+        result["answered"] = controller.stats["keepalive.answered"]
+        recording[0] = True
+        if args.profile:
+            import cProfile
+
+            result["profiler"] = profiler = cProfile.Profile()
+            profiler.enable()
+        reactor.callLater(window, endWindow)
+
+    def endWindow() -> None:
+        if args.profile:
+            result["profiler"].disable()
+            result["profiler"].dump_stats(args.profile)
+        recording[0] = False
+        result["cpu"] = _common.cpuSeconds() - result["cpu"]
+        result["wall"] = time.monotonic() - result["wall"]
+        result["sent"] = controller.stats["keepalive.sent"] - result["sent"]
+        result["answered"] = controller.stats["keepalive.answered"] - result["answered"]
+        # Counted now: stopping the reactor closes the ports, which (rightly) fails every flow on them.
+        result["failures"] = sum(o.failures for o in observers)
+        result["failureTypes"] = dict(failureTypes)
+        result["flows"] = controller.flowCount
+        reactor.stop()
+
+    # Every flow has sent its first keepalive by 100 % of the base (plus a little for answers in flight).
+    reactor.callLater(max(0.0, base + 0.2 - (time.monotonic() - started)), beginWindow)
+    gc.collect()
+    reactor.run()
+
+    peakRSS = _peakRSS()
+    failures, flows = result["failures"], result["flows"]
+    controller.freeResources()
+    for port in ports:
+        port.stopListening()
+    responder.stop()
+
+    sent, cpu, wall = result["sent"], result["cpu"], result["wall"]
+    perKeepalive = cpu / sent if sent else float("nan")
+    slipsSorted = sorted(slips)
+    print(f"flows: {size:,} on {args.sockets} UDP sockets; base interval {base:.2f} s "
+          f"(keepalive every {0.8 * base:.2f}-{base:.2f} s); window {wall:.1f} s; Python {sys.version.split()[0]}")
+    print(f"keepalives sent in window:     {sent:,} ({result['answered']:,} answered, "
+          f"{failures} flow failures {result['failureTypes'] or ''}, {flows:,} flows still alive)")
+    print(f"keepalives/s sustained:        {sent / wall:,.0f}/s (expected {size / (MEAN_FACTOR * base):,.0f}/s)")
+    print(f"CPU per 1,000 keepalives:      {perKeepalive * 1000:.4f} s  ({perKeepalive * 1e6:.1f} us each; "
+          f"process CPU {cpu:.2f} s in {wall:.1f} s = {cpu / wall:.1%} of one core)")
+    print(f"memory per flow:               {tracedPerFlow:,.0f} B traced (tracemalloc, flow creation); "
+          f"{(peakRSS - rssBefore) / size:,.0f} B peak RSS growth over the run")
+    print(f"timer slip (n={len(slips):,}):       p50 {_common.percentile(slipsSorted, 0.5) * 1e3:.2f} ms, "
+          f"p99 {_common.percentile(slipsSorted, 0.99) * 1e3:.2f} ms, "
+          f"max {(slipsSorted[-1] if slipsSorted else float('nan')) * 1e3:.2f} ms")
+    print(f"floor (build + sendto):        {floor20 * 1e6:.2f} us (20-byte header), "
+          f"{floor28 * 1e6:.2f} us (28 bytes with FINGERPRINT, what the controller sends)")
+    print(f"ratio to floor:                {perKeepalive / floor20:.2f}x (20 B), {perKeepalive / floor28:.2f}x (28 B) "
+          f"-- the controller also receives and checks each answer; the floor receives nothing")
+    print(f"projection, {TARGET_FLOWS:,} flows at 25 s:  {TARGET_RATE:,.0f} keepalives/s x {perKeepalive * 1e6:.1f} us"
+          f" = {TARGET_RATE * perKeepalive:.1%} of one core")
+    return 0 if failures == 0 and sent > 0 else 1
+
+
+def _peakRSS() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return _common.rssBytes()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
