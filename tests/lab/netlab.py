@@ -433,7 +433,7 @@ class Driver:
         self.process.stdin.write(json.dumps({"cmd": command, **fields}) + "\n")
         self.process.stdin.flush()
 
-    def _describe(self) -> str:
+    def describe(self) -> str:
         return (
             f"{self.name}: events so far: {json.dumps(self.history[-20:])}\n"
             f"stderr tail:\n{self.stderrTail()}"
@@ -445,7 +445,7 @@ class Driver:
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise AssertionError(f"no {what} within {timeout:g} s\n{self._describe()}")
+                raise AssertionError(f"no {what} within {timeout:g} s\n{self.describe()}")
             try:
                 event = self.events.get(timeout=remaining)
             except queue.Empty:
@@ -454,7 +454,7 @@ class Driver:
             if predicate(event):
                 return event
             if event.get("event") in ("exited", "crash"):
-                raise AssertionError(f"driver ended while waiting for {what}\n{self._describe()}")
+                raise AssertionError(f"driver ended while waiting for {what}\n{self.describe()}")
 
     def expectEvent(self, name: str, timeout: float) -> Dict[str, Any]:
         return self.expect(lambda e: e.get("event") == name, timeout, f"{name!r} event")
@@ -479,7 +479,7 @@ class Driver:
         self.send(command, **fields)
         event = self.expect(lambda e: e.get("event") in (reply, "error"), timeout, f"{reply!r} after {command!r}")
         if event["event"] == "error":
-            raise AssertionError(f"{command} failed in the driver: {event}\n{self._describe()}")
+            raise AssertionError(f"{command} failed in the driver: {event}\n{self.describe()}")
         return event
 
     def stop(self) -> None:
