@@ -89,10 +89,14 @@ class StreamRecorder(Protocol):
     """A SIP stack on a stream that records the bytes it is handed."""
 
     def __init__(self) -> None:
-        self.received = b""
+        self._received = bytearray()
+
+    @property
+    def received(self) -> bytes:
+        return bytes(self._received)
 
     def dataReceived(self, data: bytes) -> None:
-        self.received += data
+        self._received += data
 
 
 @implementer(IBindingObserver)
