@@ -812,28 +812,33 @@ class NATTraversalController:
                   sipnat_event="stun.error")
         self._tryNextServer(resolution)
 
-    def _finishResolution(self, resolution: _Resolution, result: Union[PublicAddress, Failure]) -> None:
-        if resolution.done:
-            return
-        resolution.done = True
-        self._resolutions.discard(resolution)
-        if resolution.txn is not None:
-            self._endTransaction(resolution.txn)
-            resolution.txn = None
+    def _retire(self, owner: Union[_Resolution, _Probe]) -> bool:
+        """Mark a resolution or probe done and end its transaction; ``False`` if it was done already."""
+        if owner.done:
+            return False
+        owner.done = True
+        if owner.txn is not None:
+            txn, owner.txn = owner.txn, None
+            self._endTransaction(txn)
+        return True
+
+    @staticmethod
+    def _fire(deferred: defer.Deferred[Any], result: Any) -> None:
         if isinstance(result, Failure):
-            resolution.deferred.errback(result)
+            deferred.errback(result)
         else:
-            resolution.deferred.callback(result)
+            deferred.callback(result)
+
+    def _finishResolution(self, resolution: _Resolution, result: Union[PublicAddress, Failure]) -> None:
+        if self._retire(resolution):
+            self._resolutions.discard(resolution)
+            self._fire(resolution.deferred, result)
 
     def _cancelResolution(self, resolution: _Resolution) -> None:
         """The Deferred's canceller: stop retransmitting; ``Deferred.cancel`` then errbacks ``CancelledError``."""
-        if resolution.done:
+        if not self._retire(resolution):
             return
-        resolution.done = True
         self._resolutions.discard(resolution)
-        if resolution.txn is not None:
-            self._endTransaction(resolution.txn)
-            resolution.txn = None
         if resolution.pendingLookup is not None:
             lookup, resolution.pendingLookup = resolution.pendingLookup, None
             lookup.cancel()
@@ -967,25 +972,12 @@ class NATTraversalController:
         return probe.deferred
 
     def _finishProbe(self, probe: _Probe, result: Any) -> None:
-        if probe.done:
-            return
-        probe.done = True
-        if probe.txn is not None:
-            txn, probe.txn = probe.txn, None
-            self._endTransaction(txn)
-        if isinstance(result, Failure):
-            probe.deferred.errback(result)
-        else:
-            probe.deferred.callback(result)
+        if self._retire(probe):
+            self._fire(probe.deferred, result)
 
     def _cancelProbe(self, probe: _Probe) -> None:
-        if probe.done:
-            return
-        probe.done = True
-        if probe.txn is not None:
-            txn, probe.txn = probe.txn, None
-            self._endTransaction(txn)
-        self._reschedule()
+        if self._retire(probe):
+            self._reschedule()
 
     def discoverNATBehaviour(self, socket: Any, server: Any, *, retransmissions: int = DEFAULT_RC) -> Any:
         """
