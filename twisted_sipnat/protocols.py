@@ -38,6 +38,10 @@ HostPort = Tuple[str, int]
 
 _log = Logger(namespace="twisted_sipnat")
 
+#: The per-source-IP rate limit of the default responder (requests per second, burst).
+DEFAULT_RESPONDER_RATE = 20.0
+DEFAULT_RESPONDER_BURST = 40
+
 #: RFC 3261 §18.1.1 and RFC 5626: a SIP message on a stream above this is refused (configurable).
 DEFAULT_MAX_MESSAGE_SIZE = 65536
 
@@ -97,8 +101,8 @@ class SharedDatagramProtocol(DatagramProtocol):
     it receives every non-STUN datagram unchanged and in arrival order, and writes through this socket.
     ``controller``: the :class:`~twisted_sipnat.controller.NATTraversalController` that gets STUN responses.
     ``stunResponder=True``: the server role: Binding requests no transaction claims are answered (RFC 8489
-    §6.3) by a :class:`~twisted_sipnat.responder.BindingResponder` (pass ``responder=`` to configure one, e.g.
-    with a rate limit or RFC 5780 alternate addresses; ``alternateSockets`` maps each alternate
+    §6.3) by a :class:`~twisted_sipnat.responder.BindingResponder` rate-limited to 20 answers per second per
+    source IP (burst 40); pass ``responder=`` to configure one (another limit, none, RFC 5780 alternates); ``alternateSockets`` maps each alternate
     ``(host, port)`` to the transport that sends from it).
 
     Every datagram that is not STUN reaches ``sipProtocol`` unchanged, CRLF-only keepalive datagrams (RFC 5626
@@ -122,9 +126,13 @@ class SharedDatagramProtocol(DatagramProtocol):
         self.sipProtocol = sipProtocol
         self.controller = controller
         if responder is None and stunResponder:
-            from .responder import BindingResponder
+            from .responder import BindingResponder, RateLimit
 
-            responder = BindingResponder(software=DEFAULT_SOFTWARE)
+            # An internet-facing port answers no source faster than this (issue: not an amplifier); pass a
+            # responder of your own to change or drop the limit.
+            responder = BindingResponder(
+                software=DEFAULT_SOFTWARE, rateLimit=RateLimit(DEFAULT_RESPONDER_RATE, DEFAULT_RESPONDER_BURST)
+            )
         self.responder = responder
         self.alternateSockets: Dict[HostPort, Any] = dict(alternateSockets or {})
         self.dropKeepalives = dropKeepalives

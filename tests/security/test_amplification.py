@@ -160,9 +160,6 @@ def test_rate_limit_memory_is_bounded_under_spoofed_sources() -> None:
     assert len(limit) == 1000
 
 
-@pytest.mark.xfail(strict=True, reason="SharedDatagramProtocol(stunResponder=True) -- the EdgeRole's socket -- "
-                   "answers without a rate limit unless the caller passes a responder with one; STUNRole has "
-                   "one by default (20/s, burst 40)")
 def test_server_role_socket_is_rate_limited_by_default() -> None:
     shared, transport, clock = serverSocket(stunResponder=True)
     flood(shared, clock, VICTIM, 1000, within=1.0)
