@@ -223,6 +223,12 @@ def test_addKeepOnlyTopViaOfCommaList() -> None:
     assert b"Via: SIP/2.0/UDP c\r\n" in out
 
 
+def test_addKeepSkipsACommaInsideAQuotedParameterWithAnEscapedQuote() -> None:
+    raw = b'OPTIONS sip:x SIP/2.0\r\nVia: SIP/2.0/UDP a;x="q\\",z";branch=1, SIP/2.0/UDP b\r\n\r\n'
+    out = addKeepToVia(raw)
+    assert b'Via: SIP/2.0/UDP a;x="q\\",z";branch=1;keep, SIP/2.0/UDP b\r\n' in out
+
+
 def test_addKeepToFoldedVia() -> None:
     raw = b"OPTIONS sip:x SIP/2.0\r\nVia: SIP/2.0/UDP a\r\n ;branch=1\r\nTo: <sip:x>\r\n\r\n"
     out = addKeepToVia(raw)

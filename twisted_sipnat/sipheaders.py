@@ -26,7 +26,19 @@ are untrusted: a malformed, zero, negative or absurd interval reads as ``None`` 
 from __future__ import annotations
 
 import re
-from typing import Dict, List, Mapping, MutableMapping, Optional, Protocol, Sequence, Tuple, TypeVar, Union
+from typing import (
+    Dict,
+    Iterator,
+    List,
+    Mapping,
+    MutableMapping,
+    Optional,
+    Protocol,
+    Sequence,
+    Tuple,
+    TypeVar,
+    Union,
+)
 
 from .errors import NATTraversalError
 
@@ -276,12 +288,10 @@ def _headerBlock(text: str) -> str:
     return text[: min(ends)] if ends else text
 
 
-def _splitList(value: str) -> List[str]:
-    """Split a comma-separated header value, ignoring commas in quotes or IPv6 brackets."""
-    parts: List[str] = []
+def _topLevelCommas(value: str) -> Iterator[int]:
+    """The positions of the commas that separate list items: not in quotes (with escapes) nor IPv6 brackets."""
     depth = 0
     quoted = False
-    start = 0
     i = 0
     while i < len(value):
         ch = value[i]
@@ -297,9 +307,17 @@ def _splitList(value: str) -> List[str]:
         elif ch == "]":
             depth = max(0, depth - 1)
         elif ch == "," and depth == 0:
-            parts.append(value[start:i].strip())
-            start = i + 1
+            yield i
         i += 1
+
+
+def _splitList(value: str) -> List[str]:
+    """Split a comma-separated header value, ignoring commas in quotes or IPv6 brackets."""
+    parts: List[str] = []
+    start = 0
+    for comma in _topLevelCommas(value):
+        parts.append(value[start:comma].strip())
+        start = comma + 1
     parts.append(value[start:].strip())
     return [p for p in parts if p]
 
@@ -357,21 +375,7 @@ def _addKeepToValue(value: str) -> str:
 
 def _firstViaEnd(value: str) -> int:
     """Index just after the first Via of a comma-separated value (the comma's position, or the end)."""
-    depth = 0
-    quoted = False
-    for i, ch in enumerate(value):
-        if quoted:
-            if ch == '"':
-                quoted = False
-        elif ch == '"':
-            quoted = True
-        elif ch == "[":
-            depth += 1
-        elif ch == "]":
-            depth = max(0, depth - 1)
-        elif ch == "," and depth == 0:
-            return i
-    return len(value.rstrip())
+    return next(_topLevelCommas(value), len(value.rstrip()))
 
 
 _LINE = re.compile(r"[^\r\n]*(?:\r\n|\n|$)")
