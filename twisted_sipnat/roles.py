@@ -112,6 +112,21 @@ def parseHostPort(text: str, key: str, defaultPort: Optional[int] = None) -> Hos
     return host, port
 
 
+def _utf8Prefix(data: bytes) -> Optional[int]:
+    """
+    How much of ``data`` is whole UTF-8 characters: ``len(data)``, or less when the last character is cut
+    off (a stream may split one between two reads), or ``None`` when it is not UTF-8 at all.  Twisted's
+    ``MessagesParser`` decodes every chunk it is given and logs a traceback for bytes it cannot.
+    """
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        if e.reason == "unexpected end of data" and len(data) - e.start < 4:
+            return e.start
+        return None
+    return len(data)
+
+
 def _hostOf(address: Any) -> str:
     return str(address.host)
 
@@ -306,9 +321,7 @@ class RegisterClient(protocol.DatagramProtocol):
     def datagramReceived(self, data: bytes, addr: Any) -> None:
         from twisted.protocols import sip
 
-        try:
-            data.decode("utf-8")
-        except UnicodeDecodeError:
+        if _utf8Prefix(data) != len(data):
             # MessagesParser would log a traceback for this; bytes off the wire never earn one.
             log.warn("dropped a non-UTF-8 datagram from {addr}", addr=addr)
             return
@@ -586,9 +599,7 @@ def _registrarClasses() -> Tuple[type, type]:
         def datagramReceived(self, data: bytes, addr: Any) -> None:
             # Twisted's parser logs a traceback for non-UTF-8 input and raises for a message without a Via;
             # bytes off the wire get one log line here instead.
-            try:
-                data.decode("utf-8")
-            except UnicodeDecodeError:
+            if _utf8Prefix(data) != len(data):
                 log.warn("dropped a non-UTF-8 datagram from {addr}", addr=addr)
                 return
             try:
@@ -626,18 +637,20 @@ class SIPStreamProtocol(protocol.Protocol):
         self.registry = registry
         self.flowTimer = flowTimer
         self.parser = sip.MessagesParser(self._message)
+        self._partialCharacter = b""
 
     def dataReceived(self, data: bytes) -> None:
-        try:
-            data.decode("utf-8")
-        except UnicodeDecodeError:
-            # A stream split inside a multi-byte character is legal but rare; refusing it keeps
-            # MessagesParser from logging a traceback for bytes off the wire.
+        data = self._partialCharacter + data
+        whole = _utf8Prefix(data)
+        if whole is None:
             log.warn("closing SIP/TCP connection: non-UTF-8 data")
             transport: Any = self.transport
             transport.loseConnection()
             return
-        self.parser.dataReceived(data)
+        # a character split between two reads waits for the rest of it
+        self._partialCharacter = data[whole:]
+        if whole:
+            self.parser.dataReceived(data[:whole])
 
     def _message(self, message: Any) -> None:
         from twisted.protocols import sip
