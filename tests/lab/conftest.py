@@ -163,8 +163,10 @@ RunDriver = Callable[..., Driver]
 @pytest.fixture
 def runDriver(lab: NetLab) -> Iterator[RunDriver]:
     """
-    ``runDriver(ns, script, args=(), name=None, ready=True)``: start ``drivers/<script>`` in namespace ``ns``
-    and (by default) wait for its ``ready`` event; every driver is stopped at teardown.
+    ``runDriver(ns, script, args=(), name=None, ready=True)``: start ``drivers/<script>`` (or ``"-m module"``,
+    e.g. a twistd role) in namespace ``ns`` and (by default) wait for its ``ready`` event; every driver is
+    stopped at teardown.  This is the extension point for the twistd client/edge roles and RFC 5780 discovery:
+    write a driver that prints JSON lines, start it here, wait on its events with ``expect``/``collect``.
     """
     drivers: List[Driver] = []
 

@@ -390,7 +390,10 @@ class Driver:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join([libraryPath(), str(DRIVERS.parent.parent / "interop")])
         env["PYTHONUNBUFFERED"] = "1"
-        argv = lab.prefixFor(ns) + [sys.executable, str(DRIVERS / script)] + list(args)
+        # "-m package.module" runs a module (e.g. a twistd role) instead of a script from drivers/; its output
+        # need not be JSON: other lines arrive as {"event": "garbage", "line": ...} events.
+        target = ["-m", script[2:].strip()] if script.startswith("-m") else [str(DRIVERS / script)]
+        argv = lab.prefixFor(ns) + [sys.executable] + target + list(args)
         self.process = subprocess.Popen(
             argv,
             stdin=subprocess.PIPE,
@@ -416,7 +419,7 @@ class Driver:
             try:
                 event = json.loads(line)
             except ValueError:
-                event = {"event": "garbage", "line": line}
+                event = {"event": "garbage", "line": line, "t": time.monotonic()}
             self.events.put(event)
         self.events.put({"event": "exited", "t": time.monotonic()})
 

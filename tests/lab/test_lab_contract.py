@@ -260,3 +260,38 @@ def test_lossWithinTheRetransmissionBudgetIsNoFlowFailure(
     record_property("lossAnswersReceived", answered)
     assert answered >= 14, counts
     assert sent > answered, f"30 % loss must have cost retransmissions: {counts}"
+
+
+# ---------------------------------------------------------------------------------------- updateNextHop
+
+
+def test_updateNextHopMovesTheFlowWithoutAFalseRebinding(
+    lab: NetLab, labCoturn: peerkit.RunningPeer, labKamailio: peerkit.RunningPeer, natClient: Callable[..., Driver]
+) -> None:
+    """
+    Random mode gives each destination its own public port, so moving the keepalives from coturn to Kamailio
+    (``updateNextHop``) legitimately changes the XOR-MAPPED-ADDRESS: that is a new flow, not a rebinding, and
+    must not be reported.  The keepalives go to the new hop at once (its conntrack entry appears, the old one
+    is no longer fed), and a real rebinding afterwards is still caught against the new hop's baseline.
+    """
+    interval = 0.5
+    lab.setMode("random")
+    client = natClient(udpKeepaliveInterval=interval, rto=0.1)
+    assert client.call("keepalive", "keepalive", nextHop=list(COTURN))["started"] is True
+    assert flowFailures(client.collect(3 * interval)) == []
+    local = localOf(client)
+    oldHop = lab.mappingFor(local, COTURN)
+    assert oldHop is not None
+    client.call("updateNextHop", "nextHopUpdated", nextHop=list(KAMAILIO))
+    assert flowFailures(client.collect(4 * interval)) == [], client.describe()
+    counts = stats(client)
+    assert counts.get(f"udpRx:{KAMAILIO[0]}:{KAMAILIO[1]}", 0) >= 3, counts
+    newHop = lab.mappingFor(local, KAMAILIO)
+    assert newHop is not None and newHop.publicAddress != oldHop.publicAddress, lab.snapshot()
+    toCoturn = counts.get(f"udpTx:{COTURN[0]}:{COTURN[1]}", 0)
+    assert flowFailures(client.collect(2 * interval)) == []
+    assert stats(client).get(f"udpTx:{COTURN[0]}:{COTURN[1]}", 0) == toCoturn, "nothing more goes to the old hop"
+    lab.flushConntrack()
+    failure = client.expectEvent("flowFailure", interval + 1.0)
+    assert failure["type"] == "MappedAddressChanged", failure
+    assert tuple(failure["old"]) == newHop.publicAddress

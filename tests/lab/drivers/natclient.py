@@ -11,6 +11,7 @@ test process).  Commands:
   (``started``: what ``refreshNATBinding`` returned);
 - ``{"cmd": "connect", "host": h, "port": p}`` → ``connected`` (``local``: the TCP source address): one TCP
   connection through ``SharedStreamFactory``, used by ``keepalive`` with ``"transport": "tcp"``;
+- ``{"cmd": "updateNextHop", "nextHop": [h, p], "transport": "udp"|"tcp"}`` → ``nextHopUpdated``;
 - ``{"cmd": "free"}`` → ``freed`` (``freeResources()``: keepalives stop);
 - ``{"cmd": "stats"}`` → ``stats``: datagrams/bytes written and received, per peer, pings and pongs on TCP;
 - ``{"cmd": "quit"}`` → ``bye`` and exit.
@@ -176,6 +177,11 @@ class Client:
         transport.write = countingWrite
         protocol.dataReceived = countingReceive
 
+    def updateNextHop(self, command: Dict[str, Any]) -> None:
+        observer = self.tcpObserver if command.get("transport", "udp") == "tcp" else self.udpObserver
+        self.controller.updateNextHop(tuple(command["nextHop"]), observer)
+        emit("nextHopUpdated", nextHop=command["nextHop"])
+
     def free(self) -> None:
         self.controller.freeResources()
         emit("freed")
@@ -200,6 +206,8 @@ class Commands(LineReceiver):
                 self.client.keepalive(command)
             elif name == "connect":
                 self.client.connect(command)
+            elif name == "updateNextHop":
+                self.client.updateNextHop(command)
             elif name == "free":
                 self.client.free()
             elif name == "stats":
