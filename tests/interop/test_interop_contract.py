@@ -342,3 +342,61 @@ async def test_tcpFlowFailsWhenKamailioStops(kamailioFactory: Callable[[], Runni
         controller.freeResources()
         if stream.transport.connected:
             stream.transport.loseConnection()
+
+
+# ------------------------------------------------------------------------------------ the shared UDP socket
+
+
+@pytest_twisted.ensureDeferred
+async def test_sipAndKeepalivesShareOneUDPSocketWithKamailio(kamailio: RunningPeer) -> None:
+    """
+    A SIP protocol behind ``SharedDatagramProtocol`` sends OPTIONS to Kamailio through its transport while STUN
+    keepalives run on the same socket: the SIP protocol receives exactly Kamailio's SIP responses, byte for
+    byte as sent, and never a STUN answer; the keepalives are answered.  Calling ``refreshNATBinding`` a second
+    time restarts the keepalives rather than doubling them.
+    """
+    from twisted.internet.protocol import DatagramProtocol
+
+    from twisted_sipnat import NATSettings, NATTraversalController, SharedDatagramProtocol
+
+    class SIPRecorder(DatagramProtocol):
+        def __init__(self) -> None:
+            self.datagrams: List[Tuple[bytes, Any]] = []
+
+        def datagramReceived(self, datagram: bytes, addr: Any) -> None:
+            self.datagrams.append((datagram, addr))
+
+    interval = 0.5
+    controller = NATTraversalController(NATSettings(udpKeepaliveInterval=interval, rto=0.1), reactor=_reactor())
+    sip = SIPRecorder()
+    shared = SharedDatagramProtocol(sipProtocol=sip, controller=controller)
+    port = _reactor().listenUDP(0, shared, interface=LOOPBACK)
+    wire: List[bytes] = []
+    original = shared.datagramReceived
+
+    def tapping(data: bytes, addr: Any) -> None:
+        wire.append(data)
+        original(data, addr)
+
+    shared.datagramReceived = tapping
+    observer = RecordingObserver()
+    local = f"{LOOPBACK}:{port.getHost().port}"
+    try:
+        assert controller.refreshNATBinding(shared, observer, kamailio.address) is True
+        assert controller.refreshNATBinding(shared, observer, kamailio.address) is True
+        for n in range(1, 5):
+            await sleep(0.6)
+            request = OPTIONS.format(host=kamailio.address[0], port=kamailio.address[1], local=local, n=n)
+            sip.transport.write(request.replace("SIP/2.0/TCP", "SIP/2.0/UDP").encode(), kamailio.address)
+        await sleep(0.5)
+        stunOnWire = [d for d in wire if d[:1] in (b"\x00", b"\x01")]
+        sipOnWire = [d for d in wire if d.startswith(b"SIP/2.0")]
+        assert observer.failures == []
+        assert len(sipOnWire) == 4 and all(b" 200 OK" in d.split(b"\r\n")[0] for d in sipOnWire), wire
+        assert [d for d, _ in sip.datagrams] == sipOnWire
+        assert all(addr == kamailio.address for _, addr in sip.datagrams)
+        # 2.9 s of keepalives at 0.4-0.5 s: 5 to 7 answers — twice that would mean the second call doubled them.
+        assert 5 <= len(stunOnWire) <= 8, len(stunOnWire)
+    finally:
+        controller.freeResources()
+        await port.stopListening()
