@@ -81,13 +81,14 @@ def lab() -> Iterator[NetLab]:
 
 @pytest.fixture(autouse=True)
 def _labReset(request: pytest.FixtureRequest) -> Iterator[None]:
-    """After each lab test: back to endpoint-independent mapping, no impairment, empty conntrack."""
+    """After each lab test: endpoint-independent mapping, no impairment, empty conntrack, default timeouts."""
     yield
     if "lab" in request.fixturenames:
         instance: NetLab = request.getfixturevalue("lab")
         instance.clearImpairment()
         instance.setMode("eim")
         instance.setUdpTimeout(UDP_TIMEOUT)
+        instance.setTcpEstablishedTimeout(None)
 
 
 def _startInPub(lab: NetLab, start: Callable[..., RunningPeer], what: str, **kwargs: Any) -> RunningPeer:

@@ -196,6 +196,7 @@ class NetLab:
         self.udpTimeout = udpTimeout
         self.mode = "eim"
         self.impairment: Optional[str] = None
+        self._tcpDefault: Optional[int] = None
         self._processes: List[subprocess.Popen[Any]] = []
 
     # -- running things ------------------------------------------------------------------------------------
@@ -252,6 +253,13 @@ class NetLab:
         for key in ("nf_conntrack_udp_timeout", "nf_conntrack_udp_timeout_stream"):
             self.run(self.nat, ["sysctl", "-qw", f"net.netfilter.{key}={seconds}"])
         self.udpTimeout = seconds
+
+    def setTcpEstablishedTimeout(self, seconds: Optional[int]) -> None:
+        """The router's idle timeout for established TCP entries; ``None`` restores the kernel default."""
+        key = "net.netfilter.nf_conntrack_tcp_timeout_established"
+        if self._tcpDefault is None:
+            self._tcpDefault = int(self.sysctl(self.nat, key))
+        self.run(self.nat, ["sysctl", "-qw", f"{key}={self._tcpDefault if seconds is None else seconds}"])
 
     def sysctl(self, ns: str, key: str) -> str:
         return self.run(ns, ["sysctl", "-n", key]).stdout.strip()

@@ -295,3 +295,59 @@ def test_updateNextHopMovesTheFlowWithoutAFalseRebinding(
     failure = client.expectEvent("flowFailure", interval + 1.0)
     assert failure["type"] == "MappedAddressChanged", failure
     assert tuple(failure["old"]) == newHop.publicAddress
+
+
+# --------------------------------------------------------------------------------- TCP binding lifetime
+
+
+OPTIONS = (
+    "OPTIONS sip:{host}:{port} SIP/2.0\r\n"
+    "Via: SIP/2.0/TCP {local};branch=z9hG4bK-lab-{n};rport\r\n"
+    "Max-Forwards: 70\r\n"
+    "From: <sip:probe@{host}>;tag=lab{n}\r\n"
+    "To: <sip:{host}>\r\n"
+    "Call-ID: sipnat-lab-{n}@{local}\r\n"
+    "CSeq: {n} OPTIONS\r\n"
+    "Content-Length: 0\r\n\r\n"
+)
+
+
+@pytest.mark.parametrize("pings", [True, False])
+def test_tcpPingsKeepTheNATBindingUsable(
+    lab: NetLab, labKamailio: peerkit.RunningPeer, natClient: Callable[..., Driver], pings: bool, record_property: Any
+) -> None:
+    """
+    Random mode and a 3 s idle timeout for established TCP entries in the router.  With CRLFCRLF pings every
+    0.8-1 s, the connection to Kamailio outlives three timeouts of SIP silence and still carries an OPTIONS /
+    200 exchange; without them the router forgets the connection and the next SIP message does not get
+    through (it leaves on a new random port, which Kamailio does not know).
+    """
+    timeout = 3
+    lab.setMode("random")
+    lab.setTcpEstablishedTimeout(timeout)
+    client = natClient(tcpKeepaliveInterval=1.0, pongTimeout=1.0)
+    connected = client.call("connect", "connected", host=KAMAILIO[0], port=KAMAILIO[1])
+    local = (connected["local"][0], connected["local"][1])
+    before = lab.mappingFor(local, KAMAILIO, proto="tcp")
+    assert before is not None, lab.snapshot()
+    if pings:
+        assert client.call("keepalive", "keepalive", nextHop=list(KAMAILIO), transport="tcp")["started"] is True
+        end = time.monotonic() + 3 * timeout
+        while time.monotonic() < end:
+            assert flowFailures(client.collect(1.0)) == []
+            entry = lab.mappingFor(local, KAMAILIO, proto="tcp")
+            assert entry is not None and entry.publicAddress == before.publicAddress, lab.snapshot()
+    else:
+        silentSince = time.monotonic()
+        while lab.mappingFor(local, KAMAILIO, proto="tcp") is not None:
+            assert time.monotonic() - silentSince < timeout + 6, lab.snapshot()
+            client.collect(0.25)
+        record_property("tcpMappingLifetimeIdle", round(time.monotonic() - silentSince, 2))
+    client.send("sipSend", text=OPTIONS.format(host=KAMAILIO[0], port=KAMAILIO[1], local=f"{local[0]}:{local[1]}", n=1))
+    if pings:
+        reply = client.expect(lambda e: e["event"] in ("sipData", "sipConnectionLost"), 3.0, "Kamailio's reply")
+        assert reply["event"] == "sipData" and reply["text"].startswith("SIP/2.0 200"), reply
+    else:
+        outcome = [e for e in client.collect(3.0) if e["event"] in ("sipData", "sipConnectionLost")]
+        record_property("tcpWithoutPingsOutcome", ",".join(e["event"] for e in outcome) or "silence")
+        assert not any(e["event"] == "sipData" for e in outcome), outcome

@@ -12,6 +12,8 @@ test process).  Commands:
 - ``{"cmd": "connect", "host": h, "port": p}`` → ``connected`` (``local``: the TCP source address): one TCP
   connection through ``SharedStreamFactory``, used by ``keepalive`` with ``"transport": "tcp"``;
 - ``{"cmd": "updateNextHop", "nextHop": [h, p], "transport": "udp"|"tcp"}`` → ``nextHopUpdated``;
+- ``{"cmd": "sipSend", "text": "..."}``: the SIP side writes a message on the TCP connection (replies come
+  back as ``sipData`` events; ``sipConnectionLost`` when the connection goes);
 - ``{"cmd": "free"}`` → ``freed`` (``freeResources()``: keepalives stop);
 - ``{"cmd": "stats"}`` → ``stats``: datagrams/bytes written and received, per peer, pings and pongs on TCP;
 - ``{"cmd": "quit"}`` → ``bye`` and exit.
@@ -76,13 +78,17 @@ class Observer:
 
 
 class SIPSide(Protocol):
-    """Stands in for a SIP stack's TCP protocol: it only records what reaches it."""
+    """Stands in for a SIP stack's TCP protocol: reports what reaches it (only SIP bytes should)."""
 
     def __init__(self) -> None:
         self.received = b""
 
     def dataReceived(self, data: bytes) -> None:
         self.received += data
+        emit("sipData", text=data.decode("utf-8", "replace"))
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        emit("sipConnectionLost", reason=reason.getErrorMessage() if reason is not None else None)
 
 
 class Client:
@@ -182,6 +188,13 @@ class Client:
         self.controller.updateNextHop(tuple(command["nextHop"]), observer)
         emit("nextHopUpdated", nextHop=command["nextHop"])
 
+    def sipSend(self, command: Dict[str, Any]) -> None:
+        if self.stream is None:
+            emit("error", message="sipSend before connect")
+            return
+        self.stream.wrappedProtocol.transport.write(command["text"].encode("utf-8"))
+        emit("sipSent")
+
     def free(self) -> None:
         self.controller.freeResources()
         emit("freed")
@@ -208,6 +221,8 @@ class Commands(LineReceiver):
                 self.client.connect(command)
             elif name == "updateNextHop":
                 self.client.updateNextHop(command)
+            elif name == "sipSend":
+                self.client.sipSend(command)
             elif name == "free":
                 self.client.free()
             elif name == "stats":
