@@ -19,6 +19,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from twisted_sipnat import IBindingObserver
+from twisted_sipnat.timers import TimerHeap
 
 CI_EXAMPLES = int(os.environ.get("SIPNAT_FUZZ_CI_EXAMPLES", "300"))
 FUZZ_EXAMPLES = int(os.environ.get("SIPNAT_FUZZ_EXAMPLES", "2000"))
@@ -124,3 +125,27 @@ def counts(controller: Any) -> Dict[str, int]:
         "memory": len(controller._memory),
         "timers": len(controller._timers),
     }
+
+
+class LoopDetector(TimerHeap):
+    """
+    A controller's TimerHeap that notices a timer loop: the same object scheduled again at the same instant
+    over and over inside one wake-up (the controller's ``_wake`` would spin forever).  It then raises, which
+    the controller logs as a failure and survives, so a test ends and can report the loop instead of hanging.
+    """
+
+    def __init__(self, limit: int = 50) -> None:
+        super().__init__()
+        self.limit = limit
+        self.looped = False
+        self._seen: Dict[Tuple[int, float], int] = {}
+
+    def schedule(self, item: Any, when: float) -> None:
+        key = (id(item), when)
+        seen = self._seen[key] = self._seen.get(key, 0) + 1
+        if seen > self.limit:
+            self.looped = True
+            raise RuntimeError(f"timer loop: {item!r} scheduled at {when!r} {seen} times")
+        if len(self._seen) > 100_000:
+            self._seen.clear()
+        super().schedule(item, when)
