@@ -8,6 +8,7 @@ library test in this directory says nothing about the library.
 from __future__ import annotations
 
 import subprocess
+import sys
 import time
 
 import netlab
@@ -121,7 +122,7 @@ def test_unsolicitedDatagramsAreFiltered(lab: NetLab, labCoturn: peerkit.Running
         f"s.bind(('{netlab.PUB_ADDR2}', 40999)); s.sendto(b'hello', ('{public[0]}', {public[1]}))"
     )
     raw.send("listen", timeout=1.5)
-    lab.run(lab.pub, ["python3", "-c", stranger])
+    lab.run(lab.pub, [sys.executable, "-c", stranger])
     heard = raw.expect(lambda e: e["event"] in ("datagram", "silence"), 5, "listen result")
     assert heard["event"] == "silence", heard
 
