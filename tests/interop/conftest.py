@@ -37,6 +37,29 @@ def coturn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningPeer]:
 
 
 @pytest.fixture(scope="session")
+def coturn6(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningPeer]:
+    """
+    coturn on the IPv6 loopback.  A machine without ``::1`` (some containers) cannot run an IPv6 test at all:
+    that is the one skip here, and it names the machine, not the library, as the reason.
+    """
+    import socket
+
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as probe:
+            probe.bind(("::1", 0))
+    except OSError as e:
+        pytest.skip(f"this machine has no IPv6 loopback (::1): {e}")
+    try:
+        peer = peerkit.startCoturn(tmp_path_factory.mktemp("coturn6"), ["::1"])
+    except PeerError as e:
+        pytest.fail(f"coturn is needed for this interop test: {e}", pytrace=False)
+    try:
+        yield peer
+    finally:
+        peer.stop()
+
+
+@pytest.fixture(scope="session")
 def kamailio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningPeer]:
     """One Kamailio edge for the session (tests that stop Kamailio use ``kamailioFactory`` instead)."""
     try:

@@ -48,6 +48,11 @@ NETLAB_SHARED = SHARED / "netlab"
 HostPort = Tuple[str, int]
 
 
+def family(host: str) -> socket.AddressFamily:
+    """AF_INET6 for an IPv6 literal, else AF_INET."""
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
 class PeerError(Exception):
     """A peer could not be started, did not answer in time, or a tool is missing; the message says which."""
 
@@ -91,15 +96,24 @@ class BindingAnswer:
 
 
 def _address(value: bytes, xor: bool, tid: bytes) -> Optional[HostPort]:
-    """Decode a (XOR-)MAPPED-ADDRESS-shaped value; IPv4 only is enough for loopback and the RFC 5737 lab."""
-    if len(value) < 8 or value[1] != 0x01:
+    """Decode a (XOR-)MAPPED-ADDRESS-shaped value (RFC 8489 §14.1-14.2), IPv4 or IPv6; ``None`` if malformed."""
+    if len(value) < 4:
         return None
+    kind = value[1]
     port = struct.unpack("!H", value[2:4])[0]
-    raw = struct.unpack("!I", value[4:8])[0]
     if xor:
         port ^= MAGIC_COOKIE >> 16
-        raw ^= MAGIC_COOKIE
-    return socket.inet_ntoa(struct.pack("!I", raw)), port
+    if kind == 0x01 and len(value) >= 8:
+        raw = value[4:8]
+        if xor:
+            raw = bytes(a ^ b for a, b in zip(raw, struct.pack("!I", MAGIC_COOKIE), strict=True))
+        return socket.inet_ntop(socket.AF_INET, raw), port
+    if kind == 0x02 and len(value) >= 20:
+        raw = value[4:20]
+        if xor:
+            raw = bytes(a ^ b for a, b in zip(raw, struct.pack("!I", MAGIC_COOKIE) + tid, strict=True))
+        return socket.inet_ntop(socket.AF_INET6, raw), port
+    return None
 
 
 def readBindingAnswer(data: bytes, tid: bytes) -> Optional[BindingAnswer]:
@@ -147,7 +161,7 @@ def stunUDP(
     """
     own = sock is None
     if sock is None:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock = socket.socket(family(server[0]), socket.SOCK_DGRAM)
     try:
         tid, request = bindingRequest()
         sock.sendto(request, server)
@@ -162,8 +176,9 @@ def stunUDP(
             except TimeoutError:
                 continue
             answer = readBindingAnswer(data, tid)
-            if answer is not None and source == server:
-                return answer, sock.getsockname()
+            if answer is not None and source[:2] == server:
+                local = sock.getsockname()
+                return answer, (local[0], local[1])
     finally:
         if own:
             sock.close()
@@ -219,7 +234,7 @@ def freePort(host: str = "127.0.0.1", span: int = 1) -> int:
     the peer fixture still checks that the peer really answers.
     """
     for _ in range(200):
-        probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        probe = socket.socket(family(host), socket.SOCK_DGRAM)
         probe.bind((host, 0))
         base = probe.getsockname()[1]
         probe.close()
@@ -229,7 +244,7 @@ def freePort(host: str = "127.0.0.1", span: int = 1) -> int:
         try:
             for p in range(base, base + span):
                 for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
-                    s = socket.socket(socket.AF_INET, kind)
+                    s = socket.socket(family(host), kind)
                     held.append(s)
                     s.bind((host, p))
             return base
@@ -495,7 +510,7 @@ def _main(argv: Sequence[str]) -> int:
     probe.add_argument("--deadline", type=float, default=5.0)
     probe.add_argument("--bind", default=None, help="HOST:PORT to send from")
     args = parser.parse_args(argv)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock = socket.socket(family(args.host), socket.SOCK_DGRAM)
     if args.bind:
         host, _, port = args.bind.rpartition(":")
         sock.bind((host, int(port)))

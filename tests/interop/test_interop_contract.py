@@ -104,6 +104,25 @@ async def test_resolvePublicAddressAgainstCoturn(coturn: RunningPeer) -> None:
 
 
 @pytest_twisted.ensureDeferred
+async def test_resolvePublicAddressAgainstCoturnOverIPv6(coturn6: RunningPeer) -> None:
+    """The same over ``::1``: an ``IPv6Address("UDP", "::1", port)`` comes back."""
+    from twisted.internet.address import IPv6Address
+
+    from twisted_sipnat import NATSettings, NATTraversalController, SharedDatagramProtocol
+
+    controller = NATTraversalController(NATSettings(stunServers=[coturn6.address]), reactor=_reactor())
+    shared = SharedDatagramProtocol(controller=controller)
+    port = _reactor().listenUDP(0, shared, interface="::1")
+    try:
+        address = await controller.resolvePublicAddress("interop", shared, coturn6.address)
+        assert isinstance(address, IPv6Address)
+        assert (address.type, address.host, address.port) == ("UDP", "::1", port.getHost().port)
+    finally:
+        controller.freeResources()
+        await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
 async def test_resolveFailsOverFromASilentServerToCoturn(coturn: RunningPeer) -> None:
     """
     The first server never answers (a port nothing listens on); after its RFC 8489 budget (7 requests, scaled by
