@@ -26,6 +26,7 @@ import struct
 import subprocess
 import sys
 import time
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
@@ -65,6 +66,17 @@ def bindingRequest() -> Tuple[bytes, bytes]:
     """Return ``(transactionId, datagram)`` for an attribute-less Binding request (RFC 8489 §5, §6.1)."""
     tid = os.urandom(12)
     return tid, struct.pack("!HHI", BINDING_REQUEST, 0, MAGIC_COOKIE) + tid
+
+
+def bindingRequestWithFingerprint() -> Tuple[bytes, bytes]:
+    """
+    ``(transactionId, datagram)`` for a Binding request carrying FINGERPRINT (RFC 8489 §14.7: CRC-32 of the
+    message up to the attribute, XOR 0x5354554E, with the header length already counting the attribute).
+    """
+    tid = os.urandom(12)
+    header = struct.pack("!HHI", BINDING_REQUEST, 8, MAGIC_COOKIE) + tid
+    crc = (zlib.crc32(header) ^ 0x5354554E) & 0xFFFFFFFF
+    return tid, header + struct.pack("!HHI", ATTR_FINGERPRINT, 4, crc)
 
 
 @dataclass
@@ -154,6 +166,7 @@ def stunUDP(
     server: HostPort,
     sock: Optional[socket.socket] = None,
     timeout: float = 1.0,
+    fingerprint: bool = False,
 ) -> Tuple[BindingAnswer, HostPort]:
     """
     Send one Binding request over UDP from ``sock`` (a fresh ephemeral socket if ``None``) and wait up to
@@ -163,7 +176,7 @@ def stunUDP(
     if sock is None:
         sock = socket.socket(family(server[0]), socket.SOCK_DGRAM)
     try:
-        tid, request = bindingRequest()
+        tid, request = bindingRequestWithFingerprint() if fingerprint else bindingRequest()
         sock.sendto(request, server)
         deadline = time.monotonic() + timeout
         while True:

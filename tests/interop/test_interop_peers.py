@@ -51,6 +51,27 @@ def test_kamailioAnswersSTUNOnTheSIPPort(kamailio: RunningPeer) -> None:
     assert answer.software is not None and "kamailio" in answer.software
 
 
+def test_kamailioNeverAddsFingerprint(kamailio: RunningPeer, coturn: RunningPeer) -> None:
+    """
+    Even when the request carries FINGERPRINT, Kamailio 5.6's reply has none (coturn's has one): a client that
+    insisted on FINGERPRINT in responses could not use Kamailio as its keepalive peer.
+    """
+    kamailioAnswer, _ = peerkit.stunUDP(kamailio.address, timeout=2.0, fingerprint=True)
+    coturnAnswer, _ = peerkit.stunUDP(coturn.address, timeout=2.0, fingerprint=True)
+    assert kamailioAnswer.messageType == coturnAnswer.messageType == peerkit.BINDING_SUCCESS
+    assert not kamailioAnswer.hasFingerprint
+    assert coturnAnswer.hasFingerprint
+
+
+def test_kamailioAnswersNoSTUNOverTCP(kamailio: RunningPeer) -> None:
+    """
+    Kamailio's stun module serves the SIP UDP port only: a Binding request on its TCP port gets no STUN answer.
+    Recorded here because it is why TCP flows are kept alive with CRLF pings, never STUN.
+    """
+    with pytest.raises(peerkit.PeerError):
+        peerkit.stunTCP(kamailio.address, timeout=1.0)
+
+
 def test_kamailioPongsACRLFPingOnTCP(kamailio: RunningPeer) -> None:
     """``tcp_crlf_ping=yes``: a CRLFCRLF ping is answered with a single CRLF pong (RFC 5626 §4.4.1)."""
     with socket.create_connection(kamailio.address, timeout=2.0) as conn:
