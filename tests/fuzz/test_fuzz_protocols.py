@@ -84,14 +84,15 @@ sipDatagram = st.one_of(
 )
 
 
-def udpSetup(responder: bool, password: Any = None) -> Tuple[Any, ...]:
+def udpSetup(responder: bool, password: Any = None, dropKeepalives: bool = False) -> Tuple[Any, ...]:
     clock = Clock()
     controller = NATTraversalController(
         NATSettings(stunServers=[SERVER], password=password, username="u" if password else None),
         reactor=clock, rng=random.Random(3),
     )
     sip = DatagramRecorder()
-    shared, transport = sharedDatagramSocket(controller, sip, stunResponder=responder, clock=clock)
+    shared, transport = sharedDatagramSocket(controller, sip, stunResponder=responder, clock=clock,
+                                             dropKeepalives=dropKeepalives)
     results: List[Any] = []
     controller.resolvePublicAddress(None, shared, HOP).addBoth(results.append)
     observer = Observer()
@@ -127,9 +128,11 @@ def answerFor(request: stun.Message, how: int, noise: bytes) -> bytes:
     return data
 
 
-def checkDatagrams(responder: bool, traffic: List[Tuple[str, Any, Any]], password: Any = None) -> None:
+def checkDatagrams(responder: bool, traffic: List[Tuple[str, Any, Any]], password: Any = None,
+                   dropKeepalives: bool = False) -> None:
     with watchingLogs() as logs:
-        clock, controller, shared, transport, sip, results, observer, requests = udpSetup(responder, password)
+        clock, controller, shared, transport, sip, results, observer, requests = udpSetup(
+            responder, password, dropKeepalives)
         expected: List[Tuple[bytes, Any]] = []
         for kind, payload, source in traffic:
             if kind == "answer":
@@ -139,7 +142,8 @@ def checkDatagrams(responder: bool, traffic: List[Tuple[str, Any, Any]], passwor
                 data = payload
             before = len(transport.written)
             shared.datagramReceived(data, source)
-            if not stun.isSTUN(data) and (not data or data.strip(b"\r\n")):  # CRLF-only: a keepalive
+            keepalive = bool(data) and not data.strip(b"\r\n")  # CRLF-only: RFC 5626 "crlf" keepalive
+            if not stun.isSTUN(data) and not (dropKeepalives and keepalive):
                 expected.append((data, source))
             for written, to in transport.written[before:]:
                 assert to == source
@@ -153,9 +157,9 @@ def checkDatagrams(responder: bool, traffic: List[Tuple[str, Any, Any]], passwor
 
 
 @ciSettings
-@given(st.booleans(), udpTraffic())
-def test_datagram_protocol(responder: bool, traffic: List[Tuple[str, Any, Any]]) -> None:
-    checkDatagrams(responder, traffic)
+@given(st.booleans(), st.booleans(), udpTraffic())
+def test_datagram_protocol(responder: bool, dropKeepalives: bool, traffic: List[Tuple[str, Any, Any]]) -> None:
+    checkDatagrams(responder, traffic, dropKeepalives=dropKeepalives)
 
 
 @ciSettings
@@ -166,9 +170,10 @@ def test_datagram_protocol_with_credentials(responder: bool, traffic: List[Tuple
 
 @pytest.mark.fuzz
 @fuzzSettings
-@given(st.booleans(), st.booleans(), udpTraffic())
-def test_datagram_protocol_long(responder: bool, credentials: bool, traffic: List[Tuple[str, Any, Any]]) -> None:
-    checkDatagrams(responder, traffic, password="secret" if credentials else None)
+@given(st.booleans(), st.booleans(), st.booleans(), udpTraffic())
+def test_datagram_protocol_long(responder: bool, credentials: bool, dropKeepalives: bool,
+                                traffic: List[Tuple[str, Any, Any]]) -> None:
+    checkDatagrams(responder, traffic, password="secret" if credentials else None, dropKeepalives=dropKeepalives)
 
 
 # -- streams -------------------------------------------------------------------------------------------------------
