@@ -26,6 +26,7 @@ from twisted.internet.testing import StringTransport
 
 from twisted_sipnat import NATSettings, NATTraversalController, SharedStreamFactory, stun
 from twisted_sipnat.responder import AMPLIFICATION_FLOOR
+from twisted_sipnat.sipframing import IncomingSplitter, Pong, SIPData
 from twisted_sipnat.testing import bindingResponse, sharedDatagramSocket
 
 from .stunstrategies import builtMessage, mutatedVector, stunLike
@@ -317,3 +318,70 @@ def test_controller_data_received_never_raises(items: List[Tuple[Any, Any]]) -> 
 @given(controllerInput)
 def test_controller_data_received_never_raises_long(items: List[Tuple[Any, Any]]) -> None:
     checkController(items, False)
+
+
+# -- the server role in both directions ----------------------------------------------------------------------------
+
+serverSteps = st.lists(
+    st.one_of(
+        st.tuples(st.just("in"), st.integers(0, 4)),  # that many CRLFs arrive (pairs are pings)
+        st.tuples(st.just("msg-in"), sipMessage()),
+        st.tuples(st.just("out"), st.integers(1, 70)),  # the SIP stack writes that many bytes of its queue
+        st.tuples(st.just("queue"), sipMessage()),
+        st.tuples(st.just("idle"), st.booleans()),
+    ),
+    max_size=25,
+)
+
+
+def checkServerBothWays(steps: List[Tuple[str, Any]]) -> None:
+    """An edge answering pings while its SIP stack writes partial messages: every pong lands between whole
+    outgoing messages, one per ping, and both SIP streams arrive intact."""
+    with watchingLogs() as logs:
+        clock, controller, shared, transport = streamSetup(True)
+        queue = bytearray()
+        written = bytearray()
+        incoming = bytearray()
+        pendingCRLF = 0
+        pings = 0
+        for kind, value in steps:
+            if kind == "in":
+                shared.dataReceived(b"\r\n" * value)
+                pendingCRLF += value
+                pings += pendingCRLF // 2
+                pendingCRLF %= 2
+            elif kind == "msg-in":
+                shared.dataReceived(value)
+                incoming += value
+                pendingCRLF = 0  # a lone CRLF before a message is noise
+            elif kind == "queue":
+                queue += value
+            elif kind == "out" and queue:
+                chunk, queue = bytes(queue[:value]), queue[value:]
+                written += chunk
+                shared.wrappedProtocol.transport.write(chunk)
+            elif kind == "idle":
+                controller.socketIdle(value, shared)
+        controller.socketIdle(True, shared)
+        if queue:  # finish the message in progress: held pongs go out right after it
+            written += queue
+            shared.wrappedProtocol.transport.write(bytes(queue))
+        events = IncomingSplitter(role="client").feed(transport.value())
+        assert b"".join(e.data for e in events if type(e) is SIPData) == bytes(written)
+        assert sum(1 for e in events if type(e) is Pong) <= pings
+        assert shared.wrappedProtocol.received == bytes(incoming)
+        assert not transport.disconnecting
+    assertNoLoggedFailure(logs)
+
+
+@ciSettings
+@given(serverSteps)
+def test_server_role_pongs_only_between_whole_messages(steps: List[Tuple[str, Any]]) -> None:
+    checkServerBothWays(steps)
+
+
+@pytest.mark.fuzz
+@fuzzSettings
+@given(serverSteps)
+def test_server_role_pongs_only_between_whole_messages_long(steps: List[Tuple[str, Any]]) -> None:
+    checkServerBothWays(steps)
