@@ -302,17 +302,26 @@ def test_free_resources_for_one_observer_cancels_only_its_resolutions() -> None:
     assert clock.getDelayedCalls() == []
 
 
-def test_rto_is_remembered_per_server() -> None:
+def test_rto_is_learned_from_answers_and_forgotten_after_a_timeout() -> None:
     clock = Clock()
     controller = makeController(clock, stunServers=[SERVER])
     shared, transport = sharedDatagramSocket(controller)
     outcome(controller.resolvePublicAddress(None, shared, HOP))
-    clock.advance(39.5)  # timed out: the remembered RTO doubles (RFC 6298 §5.5)
+    clock.advance(0.4)  # answered before any retransmission: a valid RTT sample (Karn's rule)
+    (request, _), = transport.stunRequests()
+    shared.datagramReceived(bindingResponse(request, MAPPED), SERVER)
+    # RFC 6298: SRTT = 0.4, RTTVAR = 0.2, RTO = SRTT + 4 RTTVAR = 1.2 s for the next transaction
     transport.clear()
     outcome(controller.resolvePublicAddress(None, shared, HOP))
+    clock.advance(1.19)
     assert len(transport.written) == 1
-    clock.advance(0.5)
-    assert len(transport.written) == 1
+    clock.advance(0.02)
+    assert len(transport.written) == 2
+    clock.advance(100)  # it times out: the estimate is dropped, the next one starts at the configured 0.5 s
+    transport.clear()
+    result = outcome(controller.resolvePublicAddress(None, shared, HOP))
     clock.advance(0.5)
     assert len(transport.written) == 2
+    clock.advance(39.0)
+    assert result[0].check(STUNTimeout) and result[0].value.elapsed == pytest.approx(39.5)
     controller.freeResources()

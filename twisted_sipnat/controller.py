@@ -196,8 +196,10 @@ class _Txn(ClientTransaction):
         rto: float,
         rc: int = DEFAULT_RC,
         anySource: bool = False,
+        budgetRTO: Optional[float] = None,
     ) -> None:
-        super().__init__(transactionId, request, destination, rto=rto, reliable=sock.shared.isStream, rc=rc)
+        super().__init__(transactionId, request, destination, rto=rto, reliable=sock.shared.isStream, rc=rc,
+                         budgetRTO=budgetRTO)
         #: RFC 5780 CHANGE-REQUEST probes are answered from another address: the ID alone identifies them.
         self.anySource = anySource
         self.sock = sock
@@ -463,10 +465,14 @@ class NATTraversalController:
             self._call = self.reactor.callLater(delay, self._wake)
 
     def _wake(self) -> None:
-        self._call = None
+        call, self._call = self._call, None
+        # A reactor may wake us a hair before the instant asked for (float rounding of delay + now); the core
+        # objects compare strictly, so "now" is never earlier than the instant this call was scheduled for.
         now = self.reactor.seconds()
+        if call is not None:
+            now = max(now, call.getTime())
         try:
-            for item in self._timers.popDue(now + 1e-9):
+            for item in self._timers.popDue(now):
                 try:
                     if type(item) is _Flow:
                         self._flowDue(item, now)
@@ -508,7 +514,8 @@ class NATTraversalController:
             request = self._buildRequest(settings, transactionId, self._isIPv6Socket(sock, destination))
         now = self.reactor.seconds()
         rto = self._rto.rtoFor(destination, now, settings.rto)
-        txn = _Txn(transactionId, request, destination, sock, owner, self._integrityKey(settings), rto, rc, anySource)
+        txn = _Txn(transactionId, request, destination, sock, owner, self._integrityKey(settings), rto, rc, anySource,
+                   settings.rto)
         self._pending[transactionId] = txn
         sock.transactions += 1
         if self._limiter.acquire(txn.limiterKey, txn):
@@ -557,7 +564,9 @@ class NATTraversalController:
                 txn.sock.shared.writeKeepalive(txn.request, txn.destination)
                 self.stats["stun.requests.retransmitted"] += 1
         elif action == TIMEOUT:
-            self._rto.backoff(txn.server, now)
+            # RFC 8489 §6.2.1 caches the RTO of *completed* transactions; a timed-out server starts over at the
+            # configured RTO, so every failure is detected within the same budget (39.5 s by default).
+            self._rto.forget(txn.server)
             self._endTransaction(txn)
             self._txnTimedOut(txn, now)
         if txn.nextTime is not None:

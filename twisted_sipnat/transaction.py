@@ -12,6 +12,8 @@ socket or a clock.  The shell asks :attr:`ClientTransaction.nextTime` when to wa
 
 The instants are data, not code (:func:`udpSchedule`): over UDP the request goes out at 0, RTO, 3 RTO, 7 RTO ...
 (the RTO doubling each time, Rc = 7 sends) and the transaction fails Rm × RTO after the last send (Rm = 16).
+When the RTO comes from the per-server memory (``budgetRTO`` is the configured one), it spaces the sends while
+the failure instant stays the configured one, so failure detection never stretches on a slow path.
 With the default RTO of 500 ms that is 0, 0.5, 1.5, 3.5, 7.5, 15.5, 31.5 s and failure at 39.5 s.  Over TCP (or
 TLS) there is one send and failure after Ti = 39.5 s (§6.2.2).  The clock for these instants starts when the
 request is first actually written (:meth:`~ClientTransaction.start`), so a request the socket arbitration held
@@ -99,13 +101,22 @@ class ClientTransaction:
         rto: float = DEFAULT_RTO,
         reliable: bool = False,
         rc: int = DEFAULT_RC,
+        budgetRTO: Optional[float] = None,
     ) -> None:
         self.transactionId = transactionId
         self.request = request
         self.destination = destination
         self.startedAt: Optional[float] = None
         self.sends = 0
-        self._offsets, self._timeoutOffset = tcpSchedule() if reliable else udpSchedule(rto, rc)
+        if reliable:
+            self._offsets, self._timeoutOffset = tcpSchedule()
+        else:
+            self._offsets, self._timeoutOffset = udpSchedule(rto, rc)
+            if budgetRTO is not None:
+                # A learned RTO spaces the retransmissions, but the failure instant stays the one the configured
+                # RTO gives (39.5 s by default): retransmissions that would fall after it are not sent.
+                self._timeoutOffset = udpSchedule(budgetRTO, rc)[1]
+                self._offsets = tuple(t for t in self._offsets if t < self._timeoutOffset)
         #: When :meth:`fire` must be called next; ``None`` before :meth:`start` and after the end.
         self.nextTime: Optional[float] = None
         self.done = False
@@ -215,15 +226,9 @@ class RTOEstimator:
         self._entries.pop(server, None)
         self._entries[server] = _RTOEntry(srtt, rttvar, rto, now)
 
-    def backoff(self, server: Hashable, now: float) -> None:
-        """A transaction to ``server`` timed out: double the remembered RTO (RFC 6298 §5.5)."""
-        entry = self._entries.get(server)
-        current = self.rtoFor(server, now)
-        if entry is None:
-            entry = _RTOEntry(current, current / 2, current, now)
-            self._entries[server] = entry
-        entry.rto = min(MAX_RTO, current * 2)
-        entry.updatedAt = now
+    def forget(self, server: Hashable) -> None:
+        """Drop what is remembered of ``server`` (its transaction timed out): the next one uses the initial RTO."""
+        self._entries.pop(server, None)
 
     def __len__(self) -> int:
         return len(self._entries)

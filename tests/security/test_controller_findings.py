@@ -21,11 +21,6 @@ SERVER = ("198.51.100.7", 3478)
 HOP = ("198.51.100.1", 5060)
 
 
-@pytest.mark.xfail(strict=True, reason="NATTraversalController._wake pops every timer due by now + 1e-9, but "
-                   "ClientTransaction.fire (and FlowKeeper.fire) return None unless now >= nextTime; _txnDue "
-                   "then schedules the transaction at the same nextTime and popDue yields it again: an endless "
-                   "loop inside the reactor.  A real reactor or Clock wakes that early through float rounding "
-                   "of now + (nextTime - now); test_loss.py hit it naturally (20 flows, t = 71.5 s)")
 def test_a_wake_up_just_before_the_due_time_does_not_spin() -> None:
     clock = Clock()
     controller = NATTraversalController(NATSettings(stunServers=[SERVER]), reactor=clock)
@@ -43,10 +38,6 @@ def test_a_wake_up_just_before_the_due_time_does_not_spin() -> None:
     assert len(transport.written) == 2  # the retransmission went out (once)
 
 
-@pytest.mark.xfail(strict=True, reason="after a keepalive STUNTimeout the RTO memory doubles the server's RTO "
-                   "(RFC 6298 section 5.5), so when the SIP stack re-registers and refreshes the flow on a path "
-                   "that is still dead, the next failure takes 79 s, then 158 s, 316 s, 632 s ... instead of "
-                   "one interval + 39.5 s each time")
 def test_consecutive_keepalive_failures_are_each_reported_within_interval_plus_39_5_s() -> None:
     clock = Clock()
     controller = NATTraversalController(NATSettings(udpKeepaliveInterval=25), reactor=clock, rng=random.Random(1))

@@ -127,10 +127,6 @@ def test_thirty_percent_loss_gives_no_false_flow_failure(seed: int) -> None:
     assert not controller._call
 
 
-@pytest.mark.xfail(strict=True, reason="controller bug: _wake pops timers due within 1e-9 s but "
-                   "ClientTransaction.fire/FlowKeeper.fire compare strictly, so a wake-up a hair before the due "
-                   "time reschedules the same item at the same instant forever (reactor hang); see "
-                   "test_controller_findings.py")
 def test_many_flows_with_loss_and_latency_fail_only_when_unanswered() -> None:
     """Twenty contexts on one socket, 30 % loss, 200 ms jitter: failures are exactly the unanswered ones."""
     clock = Clock()
