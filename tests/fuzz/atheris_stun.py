@@ -41,7 +41,7 @@ def load(instrument: bool) -> None:
         import twisted_sipnat  # noqa: F401
 
     if instrument:
-        import atheris
+        import atheris  # type: ignore[import-untyped]
 
         for name in ("twisted_sipnat.stun", "twisted_sipnat.responder"):
             sys.modules.pop(name, None)
@@ -84,7 +84,7 @@ def TestOneInput(data: bytes) -> None:
 
 
 def main(argv: List[str]) -> None:
-    import atheris
+    import atheris  # type: ignore[import-untyped]
 
     load(instrument=True)
     args = list(argv)

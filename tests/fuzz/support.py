@@ -108,7 +108,7 @@ class Observer:
         self.name = name
         self.failures: List[Failure] = []
 
-    def flowFailure(self, reason: Failure) -> None:
+    def flowFailure(self, reason: Failure) -> None:  # type: ignore[override]
         self.failures.append(reason)
 
     def __repr__(self) -> str:

@@ -40,7 +40,7 @@ def test_harness_target_without_atheris(data: bytes) -> None:
 @pytest.mark.fuzz
 def test_atheris_finds_no_crash(tmp_path: Path) -> None:
     try:
-        import atheris  # noqa: F401
+        import atheris  # type: ignore[import-untyped]  # noqa: F401
     except ImportError as e:  # the fuzz env installs it: its absence is a broken environment, not a skip
         pytest.fail(f"atheris is not importable in this environment ({e}); tox -e fuzz installs it")
     result = subprocess.run(

@@ -178,12 +178,13 @@ class KeepaliveMachine(RuleBasedStateMachine):
     def writeSIP(self, n: int) -> None:
         chunk, self.outgoing = bytes(self.outgoing[:n]), self.outgoing[n:]
         self.sipWritten += chunk
-        self.tcp.wrappedProtocol.transport.write(chunk)
+        self.tcp.wrappedProtocol.transport.write(chunk)  # type: ignore[attr-defined]
         self.notePings()
 
     @rule()
     def writeSIPDatagram(self) -> None:
-        self.udpSip.transport.write(b"OPTIONS sip:a@b SIP/2.0\r\nContent-Length: 0\r\n\r\n", HOPS[0])
+        transport: Any = self.udpSip.transport
+        transport.write(b"OPTIONS sip:a@b SIP/2.0\r\nContent-Length: 0\r\n\r\n", HOPS[0])
 
     @rule(dt=st.sampled_from([0.1, 0.5, 1.0, 2.9, 3.1, 7.0, 12.0]))
     def advance(self, dt: float) -> None:
@@ -262,5 +263,5 @@ TestKeepaliveMachine.settings = settings(
 
 
 @pytest.mark.fuzz
-class TestKeepaliveMachineLong(KeepaliveMachine.TestCase):  # type: ignore[misc,name-defined]
+class TestKeepaliveMachineLong(KeepaliveMachine.TestCase):  # type: ignore[misc,name-defined,valid-type]
     settings = settings(max_examples=max(100, FUZZ_EXAMPLES // 10), stateful_step_count=60, deadline=None)

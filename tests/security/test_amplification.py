@@ -30,7 +30,7 @@ def serverSocket(**kwargs: Any) -> Tuple[Any, Any, Clock]:
     return shared, transport, clock
 
 
-text = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=40)
+text = st.text(st.characters(codec="utf-8", exclude_categories=["Cs"]), max_size=40)
 optionalAttribute = st.one_of(
     text.map(stun.Software),
     st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E), min_size=1, max_size=40).map(stun.Username),

@@ -49,7 +49,8 @@ def deliver(forgery: Forgery, request: stun.Message, server: Tuple[str, int], ke
 
 def only(requests: List[Any]) -> stun.Message:
     assert len(requests) == 1, requests
-    return requests[0][0]
+    message: stun.Message = requests[0][0]
+    return message
 
 
 @pytest.mark.parametrize("name,credentials", CASES)
@@ -114,7 +115,8 @@ def test_forged_keepalive_answer_raises_no_mapped_address_changed(name: str, cre
     # The genuine answer of a real rebinding still gets through, exactly once.
     shared.datagramReceived(bindingResponse(request, ("203.0.113.2", 50000), key=key), HOP)
     assert len(observer.failures) == 1 and observer.failures[0].check(MappedAddressChanged)
-    assert observer.failures[0].value.new == IPv4Address("UDP", "203.0.113.2", 50000)
+    change: Any = observer.failures[0].value
+    assert change.new == IPv4Address("UDP", "203.0.113.2", 50000)
     assert clock.getDelayedCalls() == []
 
 
