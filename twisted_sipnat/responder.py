@@ -10,6 +10,7 @@ shared SIP socket with ``stunResponder=True``, the twistd ``stun``/``edge`` role
 server).  It returns a :class:`Reply` or ``None`` (send nothing) and never raises on any input bytes:
 
 - not STUN (leading bits, magic cookie) or shorter than 20 bytes: ``None``;
+- from source port 0: ``None`` (deliverable, but nothing can be sent back to port 0: ``sendto`` fails);
 - an indication, success or error response: ``None`` (only requests are answered, RFC 8489 §6.3);
 - a request over the per-source rate limit: ``None``;
 - a request that does not decode: 400 Bad Request (the header gave the transaction ID);
@@ -198,7 +199,7 @@ class BindingResponder:
         The reply to ``data`` received from ``source`` on the server address ``receivedOn`` (default: the
         primary) at time ``now``, or ``None`` to send nothing.  Never raises because of ``data``.
         """
-        if len(data) < _HEADER_LENGTH:
+        if len(data) < _HEADER_LENGTH or not source[1]:
             return None
         data = bytes(data)
         msgType = int.from_bytes(data[0:2], "big")
