@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any, Dict, List, Optional, Tuple
 
+from twisted.internet.error import MessageLengthError
 from twisted.internet.interfaces import IAddress
 from twisted.internet.protocol import DatagramProtocol
 from twisted.logger import Logger
@@ -56,6 +57,26 @@ class _PongKey:
 
 
 _PONG = _PongKey()
+
+
+def _sendDatagram(transport: Any, data: bytes, addr: Any, stats: Counter[str], what: str) -> bool:
+    """
+    Write one datagram of ours (a keepalive, or a STUN answer); a write the OS refuses is a lost datagram.
+
+    ``udp.Port.write`` re-raises every ``sendto`` error but EINTR/EMSGSIZE/ECONNREFUSED: ENETUNREACH when the
+    interface is down, EHOSTUNREACH, EPERM from a firewall, EINVAL for a destination such as port 0.  UDP gives
+    no delivery promise anyway, so the caller's retransmission and timeout rules (RFC 8489 §6.2.1) decide what
+    the loss means; raising instead would unwind the controller mid-update (the transaction leaked, the flow's
+    timer lost) or log a traceback for input off the wire.
+    """
+    try:
+        transport.write(data, addr)
+    except (OSError, MessageLengthError) as e:
+        stats["write.errors"] += 1
+        _log.warn("could not send {what} to {addr}: {error}", what=what, addr=addr, error=e,
+                  sipnat_event="write.error")
+        return False
+    return True
 
 
 def _isKeepaliveDatagram(data: bytes) -> bool:
@@ -145,7 +166,7 @@ class SharedDatagramProtocol(DatagramProtocol):
 
     def writeKeepalive(self, data: bytes, addr: Any) -> None:
         if self.transport is not None:
-            self.transport.write(data, addr)
+            _sendDatagram(self.transport, data, addr, self.stats, "a keepalive")
 
     def peerAddress(self) -> None:
         return None
@@ -203,13 +224,13 @@ class SharedDatagramProtocol(DatagramProtocol):
         self.stats["stun.requests.answered"] += 1
         if reply.sendFrom is None or reply.sendFrom == self._local:
             if self.transport is not None:
-                self.transport.write(reply.data, addr)
+                _sendDatagram(self.transport, reply.data, addr, self.stats, "a STUN answer")
             return
         other = self.alternateSockets.get(reply.sendFrom)
         if other is None:
             self.stats["dropped.no-alternate-socket"] += 1
             return
-        other.write(reply.data, addr)
+        _sendDatagram(other, reply.data, addr, self.stats, "a STUN answer")
 
 
 @implementer(ISharedSocket)
