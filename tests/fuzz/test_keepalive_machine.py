@@ -20,6 +20,7 @@ Invariants, after every step:
 
 from __future__ import annotations
 
+import errno
 import random
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -47,16 +48,22 @@ PONG_TIMEOUT = 3.0
 
 
 class HoldCheckingTransport(FakeDatagramTransport):
-    """A UDP port that fails the machine when a keepalive (STUN or CRLFs) is written while the SIP stack holds it."""
+    """
+    A UDP port that fails the machine when a keepalive (STUN or CRLFs) is written while the SIP stack holds it;
+    while ``down``, every write raises ENETUNREACH as ``udp.Port.write`` does when the interface is gone.
+    """
 
     def __init__(self) -> None:
         super().__init__()
         self.held = False
+        self.down = False
         self.violations: List[bytes] = []
 
     def write(self, packet: bytes, addr: Any = None) -> None:
         if self.held and (stun.isSTUN(packet) or not packet.strip(b"\r\n")):
             self.violations.append(bytes(packet))
+        if self.down:
+            raise OSError(errno.ENETUNREACH, "Network is unreachable")
         super().write(packet, addr)
 
 
@@ -183,8 +190,14 @@ class KeepaliveMachine(RuleBasedStateMachine):
 
     @rule()
     def writeSIPDatagram(self) -> None:
+        if self.udpTransport.down:
+            return  # the SIP stack's own writes would raise too; that is its business
         transport: Any = self.udpSip.transport
         transport.write(b"OPTIONS sip:a@b SIP/2.0\r\nContent-Length: 0\r\n\r\n", HOPS[0])
+
+    @rule(down=st.booleans())
+    def network(self, down: bool) -> None:
+        self.udpTransport.down = down
 
     @rule(dt=st.sampled_from([0.1, 0.5, 1.0, 2.9, 3.1, 7.0, 12.0]))
     def advance(self, dt: float) -> None:
