@@ -166,7 +166,7 @@ def _looksLikeStream(socket: Any) -> bool:
 class _SocketState:
     """What the controller tracks per shared socket: its adapter and the flows that ride on it."""
 
-    __slots__ = ("socket", "shared", "flows", "transactions", "__weakref__")
+    __slots__ = ("socket", "shared", "flows", "transactions", "ipv6", "__weakref__")
 
     def __init__(self, socket: Any, shared: Any) -> None:
         self.socket = socket
@@ -174,6 +174,9 @@ class _SocketState:
         self.flows: Set[_Flow] = set()
         #: How many of the controller's pending transactions use this socket.
         self.transactions = 0
+        #: The bound socket's family, learned once it has a local address (it cannot change after binding):
+        #: asking the transport for every keepalive's request size limit costs a ``getsockname`` each time.
+        self.ipv6: Optional[bool] = None
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -443,8 +446,12 @@ class NATTraversalController:
     def _isIPv6Socket(self, sock: _SocketState, destination: Optional[HostPort]) -> bool:
         if destination is not None and ":" in destination[0]:
             return True
-        local = sock.shared.localAddress()
-        return isinstance(local, IPv6Address)
+        if sock.ipv6 is None:
+            local = sock.shared.localAddress()
+            if local is None:
+                return False  # not bound yet: ask again next time
+            sock.ipv6 = isinstance(local, IPv6Address)
+        return sock.ipv6
 
     # -- the one timer ----------------------------------------------------------------------------------------
 
