@@ -125,3 +125,20 @@ WITH_CREDENTIALS: Dict[str, Forgery] = {
 }
 
 ALL: Dict[str, Forgery] = {**ALWAYS, **WITH_CREDENTIALS}
+
+#: Which of the controller's counters each forgery must land in: the one check it violates.
+DROPPED_AS: Dict[str, str] = {
+    "wrong transaction ID": "stun.dropped.unmatched",
+    "wrong source IP": "stun.dropped.wrong-source",
+    "wrong source port": "stun.dropped.wrong-source",
+    "bad FINGERPRINT": "stun.dropped.bad-fingerprint",
+    "response on another socket": "stun.dropped.wrong-socket",
+    "STUN request disguised as the answer": "",  # not for the controller at all: dataReceived returns False
+    "indication with the transaction ID": "stun.indications",
+    "success of another method (Allocate)": "stun.dropped.not-binding",
+    "undecodable body with the right header": "stun.dropped.malformed",
+    "no MESSAGE-INTEGRITY": "stun.dropped.bad-integrity",
+    "MESSAGE-INTEGRITY with the wrong key": "stun.dropped.bad-integrity",
+    "MESSAGE-INTEGRITY-SHA256 with the wrong key": "stun.dropped.bad-integrity",
+    "body tampered after signing (FINGERPRINT fixed up)": "stun.dropped.bad-integrity",
+}

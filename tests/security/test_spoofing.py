@@ -19,7 +19,7 @@ from twisted.internet.task import Clock
 from twisted_sipnat import MappedAddressChanged, NATSettings, NATTraversalController, stun
 from twisted_sipnat.testing import bindingResponse, sharedDatagramSocket
 
-from .forgeries import ALL, ALWAYS, EVIL, WITH_CREDENTIALS, Forgery
+from .forgeries import ALL, ALWAYS, DROPPED_AS, EVIL, WITH_CREDENTIALS, Forgery
 
 SERVER = ("198.51.100.7", 3478)
 HOP = ("198.51.100.1", 5060)
@@ -63,6 +63,8 @@ def test_forged_answer_does_not_resolve(name: str, credentials: bool) -> None:
         request = only(transport.stunRequests())
         deliver(ALL[name], request, SERVER, key, shared, other)
         assert results == [], f"{name}: accepted"
+        counted = {k: v for k, v in controller.stats.items() if k.startswith(("stun.dropped.", "stun.indications"))}
+        assert counted == ({DROPPED_AS[name]: 1} if DROPPED_AS[name] else {}), counted
         assert controller.pendingTransactionCount == 1, f"{name}: the forgery ended the transaction"
         clock.advance(1.0)  # still retransmitting, with the same ID
         assert {m.transactionId for m, _ in transport.stunRequests()} == {request.transactionId}
