@@ -896,11 +896,8 @@ class Message:
         A server answers a request that has any with 420 and lists them in UNKNOWN-ATTRIBUTES; a client
         discards a response that has any (RFC 8489 §6.3.1, §7.3.3).
         """
-        seen: List[int] = []
-        for a in self.attributes:
-            if type(a) is RawAttribute and a.type < 0x8000 and a.type not in seen:
-                seen.append(a.type)
-        return tuple(seen)
+        # dict.fromkeys: ordered and de-duplicated in linear time (a 64 KB datagram holds 16,000 attributes).
+        return tuple(dict.fromkeys(a.type for a in self.attributes if type(a) is RawAttribute and a.type < 0x8000))
 
     @property
     def hasIntegrity(self) -> bool:
