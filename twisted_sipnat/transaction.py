@@ -29,6 +29,7 @@ transactions wait their turn in FIFO order.
 from __future__ import annotations
 
 from collections import deque
+from functools import lru_cache
 from typing import Deque, Dict, Generic, Hashable, Optional, Tuple, TypeVar
 
 HostPort = Tuple[str, int]
@@ -52,6 +53,7 @@ MAX_OUTSTANDING_PER_SERVER = 10
 MAX_RTO = 60.0
 
 
+@lru_cache(maxsize=256)  # a few distinct RTOs serve every transaction: compute each schedule once
 def udpSchedule(rto: float = DEFAULT_RTO, rc: int = DEFAULT_RC, rm: int = DEFAULT_RM) -> Tuple[Tuple[float, ...], float]:
     """
     The UDP send offsets and the failure offset for an initial ``rto`` (RFC 8489 §6.2.1).
@@ -63,6 +65,17 @@ def udpSchedule(rto: float = DEFAULT_RTO, rc: int = DEFAULT_RC, rm: int = DEFAUL
         raise ValueError(f"bad retransmission parameters rto={rto} rc={rc} rm={rm}")
     offsets = tuple(float(((1 << k) - 1) * rto) for k in range(rc))
     return offsets, offsets[-1] + rm * rto
+
+
+@lru_cache(maxsize=256)
+def _budgetedSchedule(rto: float, rc: int, budgetRTO: float) -> Tuple[Tuple[float, ...], float]:
+    """
+    The offsets ``rto`` gives, cut at the failure instant ``budgetRTO`` gives: a learned RTO spaces the
+    retransmissions, the configured one fixes when the transaction fails (39.5 s by default).
+    """
+    offsets = udpSchedule(rto, rc)[0]
+    timeout = udpSchedule(budgetRTO, rc)[1]
+    return tuple(t for t in offsets if t < timeout), timeout
 
 
 def tcpSchedule(ti: float = DEFAULT_TI) -> Tuple[Tuple[float, ...], float]:
@@ -110,13 +123,12 @@ class ClientTransaction:
         self.sends = 0
         if reliable:
             self._offsets, self._timeoutOffset = tcpSchedule()
+        elif budgetRTO is not None:
+            # A learned RTO spaces the retransmissions, but the failure instant stays the one the configured
+            # RTO gives (39.5 s by default): retransmissions that would fall after it are not sent.
+            self._offsets, self._timeoutOffset = _budgetedSchedule(rto, rc, budgetRTO)
         else:
             self._offsets, self._timeoutOffset = udpSchedule(rto, rc)
-            if budgetRTO is not None:
-                # A learned RTO spaces the retransmissions, but the failure instant stays the one the configured
-                # RTO gives (39.5 s by default): retransmissions that would fall after it are not sent.
-                self._timeoutOffset = udpSchedule(budgetRTO, rc)[1]
-                self._offsets = tuple(t for t in self._offsets if t < self._timeoutOffset)
         #: When :meth:`fire` must be called next; ``None`` before :meth:`start` and after the end.
         self.nextTime: Optional[float] = None
         self.done = False
