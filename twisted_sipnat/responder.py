@@ -40,9 +40,10 @@ fingerprinted one at most 4.6x; :class:`RateLimit` bounds the rate per source ad
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
 from ipaddress import IPv6Address
-from typing import Dict, List, Optional, Tuple
+from typing import List, Optional, Tuple
 
 from twisted_sipnat.errors import InvalidSettingsError
 from twisted_sipnat.stun import (
@@ -113,8 +114,10 @@ class RateLimit:
         self.perSourceRate = float(perSourceRate)
         self.burst = burst
         self.maxSources = maxSources
-        # host -> (tokens, time of last refill); dict order is recency order (oldest first).
-        self._buckets: Dict[str, Tuple[float, float]] = {}
+        # host -> (tokens, time of last refill), oldest first.  An OrderedDict, not a dict: forgetting the
+        # oldest of a dict (next(iter(d))) scans the slots of every key deleted before it, so under a spoofed
+        # flood, which evicts once per request, each request cost time in proportion to maxSources.
+        self._buckets: OrderedDict[str, Tuple[float, float]] = OrderedDict()
 
     def __len__(self) -> int:
         """How many sources are tracked."""
@@ -123,12 +126,13 @@ class RateLimit:
     def allow(self, sourceHost: str, now: float) -> bool:
         """Take a token for ``sourceHost`` at time ``now`` (seconds); ``False`` if its bucket is empty."""
         buckets = self._buckets
-        state = buckets.pop(sourceHost, None)
+        state = buckets.get(sourceHost)
         if state is None:
             tokens, last = float(self.burst), now
             if len(buckets) >= self.maxSources:
-                del buckets[next(iter(buckets))]
+                buckets.popitem(last=False)
         else:
+            buckets.move_to_end(sourceHost)
             tokens, last = state
             if now > last:  # a clock that steps back refills nothing and loses nothing
                 tokens = min(float(self.burst), tokens + (now - last) * self.perSourceRate)
