@@ -10,7 +10,7 @@ import time
 from typing import Callable, List
 
 from twisted_sipnat import stun
-from twisted_sipnat.responder import BindingResponder
+from twisted_sipnat.responder import BindingResponder, RateLimit
 
 
 def bestOf(runs: int, work: Callable[[], object]) -> float:
@@ -46,3 +46,22 @@ def test_unknown_attributes_mixed_with_unsupported_ones() -> None:
         return request(attributes)
 
     assertLinear(make, count=10000)
+
+
+def test_rate_limit_cost_does_not_grow_with_the_number_of_sources() -> None:
+    """A flood from spoofed sources keeps the bucket table full and evicts one per request: each eviction must
+    cost O(1), whatever ``maxSources`` is (forgetting the oldest of a plain dict scans its deleted slots)."""
+    hosts = [f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}" for i in range(200_000)]
+
+    def flood(maxSources: int) -> float:
+        limit = RateLimit(20.0, 40, maxSources=maxSources)
+        for i, host in enumerate(hosts[:maxSources]):  # fill the table first
+            limit.allow(host, i * 1e-4)
+        rest = hosts[maxSources : maxSources + 100_000]
+        start = time.perf_counter()
+        for i, host in enumerate(rest):
+            limit.allow(host, 10.0 + i * 1e-4)
+        return (time.perf_counter() - start) / len(rest)
+
+    small, large = min(flood(1000) for _ in range(2)), min(flood(65536) for _ in range(2))
+    assert large < 4 * small, f"{large * 1e6:.1f} us per request with 65,536 sources, {small * 1e6:.1f} with 1,000"
