@@ -1157,9 +1157,14 @@ class NATTraversalController:
         if mapped is None:
             _log.warn("keepalive answer from {server} without a mapped address", server=txn.server)
             return
-        address = _publicAddress(mapped[0], mapped[1], False)
-        first = flow.baseline is None
-        change = flow.judgeMappedAddress(address)
+        baseline = flow.baseline
+        if baseline is not None and (baseline.host, baseline.port) == mapped:
+            # The common case, every keepalive of a healthy flow: unchanged, no new address object to judge.
+            address, first, change = baseline, False, None
+        else:
+            address = _publicAddress(mapped[0], mapped[1], False)
+            first = baseline is None
+            change = flow.judgeMappedAddress(address)
         _log.debug("keepalive answered by {server}: public address {host}:{port}", server=txn.server,
                    host=address.host, port=address.port, observer=flow.observer, rtt=now - (txn.startedAt or now),
                    sipnat_event="keepalive.answered")
