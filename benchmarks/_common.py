@@ -64,12 +64,16 @@ def waitForSTUN(server: HostPort, deadline: float = 10.0) -> None:
 class Child:
     """A child process in its own session, stopped by its pid (SIGTERM, then SIGKILL)."""
 
-    def __init__(self, argv: Sequence[str], name: str, env: Optional[Dict[str, str]] = None) -> None:
+    def __init__(
+        self, argv: Sequence[str], name: str, env: Optional[Dict[str, str]] = None, cpus: Optional[Sequence[int]] = None
+    ) -> None:
         self.name = name
         self.argv = list(argv)
+        affinity = set(cpus) if cpus is not None else None
         self.process = subprocess.Popen(
             self.argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             start_new_session=True, env=env,
+            preexec_fn=(lambda: os.sched_setaffinity(0, affinity)) if affinity else None,
         )
 
     @property
@@ -114,10 +118,12 @@ def _childPids(pid: int) -> List[int]:
         return []
 
 
-def startResponder(workers: int = 1, host: str = LOOPBACK, port: Optional[int] = None) -> Tuple[Child, HostPort]:
+def startResponder(
+    workers: int = 1, host: str = LOOPBACK, port: Optional[int] = None, cpus: Optional[Sequence[int]] = None
+) -> Tuple[Child, HostPort]:
     """
     Our STUN server role (``twistd -n sipnat stun``, no rate limit) on ``host`` in child processes, with
-    ``workers`` processes sharing the port through SO_REUSEPORT when ``workers > 1``.
+    ``workers`` processes sharing the port through SO_REUSEPORT when ``workers > 1``; ``cpus`` pins them.
     """
     port = port or freeUDPPort(host)
     argv = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile=",
@@ -125,7 +131,7 @@ def startResponder(workers: int = 1, host: str = LOOPBACK, port: Optional[int] =
     if workers != 1:
         argv.append(f"--workers={workers}")
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    child = Child(argv, f"responder x{workers}", env=env)
+    child = Child(argv, f"responder x{workers}", env=env, cpus=cpus)
     try:
         waitForSTUN((host, port))
     except BaseException:
@@ -151,3 +157,15 @@ def rssBytes() -> int:
 def cpuSeconds() -> float:
     """user + system CPU time of this process (all threads)."""
     return time.process_time()
+
+
+def pinCPUs() -> Tuple[Optional[List[int]], Optional[List[int]]]:
+    """
+    On a machine with two or more CPUs: pin this process to the first and return ``([first], [the others])``
+    for peers, so the measured process has a core of its own and no peer preempts it mid-``sendto``.
+    """
+    available = sorted(os.sched_getaffinity(0))
+    if len(available) < 2:
+        return None, None
+    os.sched_setaffinity(0, {available[0]})
+    return [available[0]], available[1:]

@@ -103,6 +103,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--software", action="store_true",
                         help="send the default SOFTWARE attribute too (default: off, so requests are header + "
                              "FINGERPRINT like the floor's)")
+    parser.add_argument("--keepalive-events", action="store_true",
+                        help="keep the two debug log events per keepalive (default: keepaliveEvents=False, as a "
+                             "process with tens of thousands of flows runs)")
+    parser.add_argument("--no-pin", action="store_true",
+                        help="do not pin this process to one CPU and the responder to the others")
     parser.add_argument("--profile", default=None, help="write a cProfile of the measured window to this file")
     parser.add_argument("--floor-count", type=int, default=200_000, help="requests sent by the floor loop")
     args = parser.parse_args(argv)
@@ -130,10 +135,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         redirectStandardIO=False,
     )
 
+    mine, others = _common.pinCPUs() if not args.no_pin else (None, None)
     floor20 = floorRequests(args.floor_count, None, False)
     floor28 = floorRequests(args.floor_count, None, True)
 
-    responder, server = _common.startResponder()
+    responder, server = _common.startResponder(cpus=others)
     slips = array("d")
     failureTypes: Counter[str] = Counter()
     recording = [False]
@@ -161,7 +167,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         settings = NATSettings(udpKeepaliveInterval=base)
     else:
         settings = NATSettings(udpKeepaliveInterval=base, software=None)
-    controller = MeasuredController(settings, reactor, maxOutstandingPerServer=size)
+    controller = MeasuredController(settings, reactor, maxOutstandingPerServer=size,
+                                    keepaliveEvents=args.keepalive_events)
     ports = []
     shared = []
     for _ in range(args.sockets):
@@ -185,6 +192,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     def beginWindow() -> None:
         result["cpu"] = _common.cpuSeconds()
+        result["times"] = os.times()
         result["wall"] = time.monotonic()
         result["sent"] = controller.stats["keepalive.sent"]
         result["answered"] = controller.stats["keepalive.answered"]
@@ -202,6 +210,9 @@ def main(argv: Optional[List[str]] = None) -> int:
             result["profiler"].dump_stats(args.profile)
         recording[0] = False
         result["cpu"] = _common.cpuSeconds() - result["cpu"]
+        times = os.times()
+        result["user"] = times.user - result["times"].user
+        result["system"] = times.system - result["times"].system
         result["wall"] = time.monotonic() - result["wall"]
         result["sent"] = controller.stats["keepalive.sent"] - result["sent"]
         result["answered"] = controller.stats["keepalive.answered"] - result["answered"]
@@ -226,13 +237,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     sent, cpu, wall = result["sent"], result["cpu"], result["wall"]
     perKeepalive = cpu / sent if sent else float("nan")
     slipsSorted = sorted(slips)
+    print(f"pinned: this process to CPU {mine}, the responder to {others}" if mine else "not pinned")
     print(f"flows: {size:,} on {args.sockets} UDP sockets; base interval {base:.2f} s "
           f"(keepalive every {0.8 * base:.2f}-{base:.2f} s); window {wall:.1f} s; Python {sys.version.split()[0]}")
+    print(f"keepaliveEvents={args.keepalive_events}; logging to a file at info level (debug events filtered)")
     print(f"keepalives sent in window:     {sent:,} ({result['answered']:,} answered, "
           f"{failures} flow failures {result['failureTypes'] or ''}, {flows:,} flows still alive)")
     print(f"keepalives/s sustained:        {sent / wall:,.0f}/s (expected {size / (MEAN_FACTOR * base):,.0f}/s)")
     print(f"CPU per 1,000 keepalives:      {perKeepalive * 1000:.4f} s  ({perKeepalive * 1e6:.1f} us each; "
-          f"process CPU {cpu:.2f} s in {wall:.1f} s = {cpu / wall:.1%} of one core)")
+          f"process CPU {cpu:.2f} s in {wall:.1f} s = {cpu / wall:.1%} of one core; "
+          f"user {result['user']:.2f} s, system {result['system']:.2f} s)")
     print(f"memory per flow:               {tracedPerFlow:,.0f} B traced (tracemalloc, flow creation); "
           f"{(peakRSS - rssBefore) / size:,.0f} B peak RSS growth over the run")
     print(f"timer slip (n={len(slips):,}):       p50 {_common.percentile(slipsSorted, 0.5) * 1e3:.2f} ms, "
