@@ -755,7 +755,12 @@ class NATTraversalController:
         if not isinstance(host, str) or not host or isinstance(port, bool) or not isinstance(port, int) \
                 or not 0 < port < 65536:
             raise NATTraversalError(f"nextHop must be (host, port) with a port 1-65535, not {nextHop!r}")
-        return (_normalHost(host), port)
+        normal = _normalHost(host)
+        if normal == host and type(nextHop) is tuple:
+            # Already canonical: keep the caller's tuple, so the flows of a farm that share a next hop share
+            # one (host, port) instead of a copy each (about 100 bytes a flow).
+            return nextHop
+        return (normal, port)
 
     def _tryNextServer(self, resolution: _Resolution) -> None:
         if resolution.done:
