@@ -1,0 +1,189 @@
+"""
+twisted_sipnat.reuseport: SO_REUSEPORT sockets adopted by the reactor, the worker pool's life cycle (a Clock and
+a recording process reactor), and the arguments a worker is started with.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from typing import Any, Dict, List, Optional, Tuple
+
+import pytest
+import pytest_twisted  # type: ignore[import-untyped]
+from twisted.internet import defer
+from twisted.internet.protocol import DatagramProtocol
+from twisted.internet.task import Clock
+from twisted.python.failure import Failure
+
+from twisted_sipnat import reuseport
+from twisted_sipnat.reuseport import WorkerPool, listenUDPReusePort, reusePortSocket, workerArguments
+
+LOOPBACK = "127.0.0.1"
+
+
+def test_two_sockets_share_a_port_only_with_so_reuseport() -> None:
+    first = reusePortSocket(0, LOOPBACK)
+    try:
+        port = first.getsockname()[1]
+        second = reusePortSocket(port, LOOPBACK)
+        try:
+            assert second.getsockname() == (LOOPBACK, port)
+            assert not second.getblocking()
+        finally:
+            second.close()
+        plain = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            with pytest.raises(OSError):
+                plain.bind((LOOPBACK, port))
+        finally:
+            plain.close()
+    finally:
+        first.close()
+
+
+def test_an_ipv6_interface_gives_an_ipv6_socket() -> None:
+    try:
+        sock = reusePortSocket(0, "::1")
+    except OSError as e:  # a host without IPv6 loopback: say what happened, do not pretend
+        pytest.fail(f"cannot bind ::1 on this host: {e}")
+    try:
+        assert sock.family == socket.AF_INET6
+    finally:
+        sock.close()
+
+
+class Recorder(DatagramProtocol):
+    def __init__(self) -> None:
+        self.received: List[Tuple[bytes, Any]] = []
+        self.arrived: Optional[defer.Deferred[None]] = None
+
+    def datagramReceived(self, datagram: bytes, addr: Any) -> None:
+        self.received.append((datagram, addr))
+        if self.arrived is not None and not self.arrived.called:
+            self.arrived.callback(None)
+
+
+@pytest_twisted.ensureDeferred  # type: ignore[untyped-decorator]
+async def test_the_kernel_spreads_flows_over_adopted_ports_and_keeps_each_flow_on_one() -> None:
+    from twisted.internet import reactor
+
+    first, second = Recorder(), Recorder()
+    portA = listenUDPReusePort(reactor, 0, first, LOOPBACK)
+    number = portA.getHost().port
+    portB = listenUDPReusePort(reactor, number, second, LOOPBACK)
+    senders = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(64)]
+    try:
+        assert portB.getHost().port == number
+        for _ in range(2):  # every flow twice: it must land where it landed the first time
+            for i, sender in enumerate(senders):
+                sender.sendto(b"flow %d" % i, (LOOPBACK, number))
+        deadline = reactor.seconds() + 5
+        while len(first.received) + len(second.received) < 128 and reactor.seconds() < deadline:
+            d: defer.Deferred[None] = defer.Deferred()
+            reactor.callLater(0.01, d.callback, None)
+            await d
+        assert len(first.received) + len(second.received) == 128
+        assert first.received and second.received  # 64 flows on one socket alone: chance 2**-63
+        flowsA = {data for data, _ in first.received}
+        flowsB = {data for data, _ in second.received}
+        assert not flowsA & flowsB
+    finally:
+        for sender in senders:
+            sender.close()
+        await defer.gatherResults([defer.maybeDeferred(portA.stopListening),
+                                   defer.maybeDeferred(portB.stopListening)])
+
+
+def test_worker_arguments_reproduce_the_options_with_overrides() -> None:
+    from twisted_sipnat.tap import STUNOptions
+
+    options = STUNOptions()
+    options.parseOptions(["--udp=udp:3478:interface=127.0.0.1", "--rate=5", "--no-rate-limit"])
+    argv = workerArguments(options, {"udp": "udp:40000:interface=127.0.0.1", "tcp": None, "extra": "x"})
+    assert "--udp=udp:40000:interface=127.0.0.1" in argv
+    assert "--rate=5" in argv and "--no-rate-limit" in argv and "--extra=x" in argv
+    assert not any(a.startswith("--tcp") for a in argv)
+    again = STUNOptions()
+    again.parseOptions([a for a in argv if a != "--extra=x"])
+    assert again["udp"] == "udp:40000:interface=127.0.0.1" and again["no-rate-limit"]
+
+
+class FakeProcessTransport:
+    def __init__(self) -> None:
+        self.signals: List[str] = []
+
+    def signalProcess(self, name: str) -> None:
+        self.signals.append(name)
+
+
+class ProcessClock(Clock):
+    """A Clock that records spawnProcess calls instead of starting anything."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.spawned: List[Tuple[Any, str, List[str], Dict[str, str]]] = []
+
+    def spawnProcess(self, proto: Any, executable: str, args: List[str], env: Dict[str, str],
+                     childFDs: Any = None) -> FakeProcessTransport:
+        transport = FakeProcessTransport()
+        proto.transport = transport
+        self.spawned.append((proto, executable, list(args), env))
+        return transport
+
+
+def endWorker(proto: Any) -> None:
+    from twisted.internet.error import ProcessTerminated
+
+    proto.processEnded(Failure(ProcessTerminated(signal=15)))
+
+
+def test_the_pool_starts_the_other_workers_restarts_a_dead_one_and_stops_them_all() -> None:
+    clock = ProcessClock()
+    pool = WorkerPool(clock, 3, lambda: ["-m", "twisted_sipnat.reuseport", "stun", "--reuse-port"],
+                      env={"PATH": os.environ.get("PATH", "")}, executable="/usr/bin/python3")
+    pool.startService()
+    assert [args for _, _, args, _ in clock.spawned] == [
+        ["/usr/bin/python3", "-m", "twisted_sipnat.reuseport", "stun", "--reuse-port"]
+    ] * 2
+    assert sorted(env["TWISTED_SIPNAT_WORKER"] for _, _, _, env in clock.spawned) == ["1", "2"]
+    assert sorted(pool.workers) == [1, 2]
+
+    endWorker(clock.spawned[0][0])  # worker 1 dies
+    assert sorted(pool.workers) == [2]
+    clock.advance(reuseport.RESTART_DELAY)
+    assert sorted(pool.workers) == [1, 2] and len(clock.spawned) == 3 and pool.restarts == 1
+
+    stopped = pool.stopService()
+    running = [clock.spawned[1][0], clock.spawned[2][0]]
+    assert all(p.transport.signals == ["TERM"] for p in running)
+    assert not stopped.called
+    for proto in running:
+        endWorker(proto)
+    assert stopped.called and pool.workers == {}
+    assert clock.getDelayedCalls() == []  # nothing restarts after the stop
+
+
+def test_a_restart_pending_at_stop_is_cancelled() -> None:
+    clock = ProcessClock()
+    pool = WorkerPool(clock, 2, lambda: ["-c", "pass"])
+    pool.startService()
+    endWorker(clock.spawned[0][0])
+    assert len(clock.getDelayedCalls()) == 1
+    stopped = pool.stopService()
+    assert stopped.called and clock.getDelayedCalls() == []
+    clock.advance(10)
+    assert len(clock.spawned) == 1
+
+
+def test_one_worker_means_no_child() -> None:
+    clock = ProcessClock()
+    pool = WorkerPool(clock, 1, lambda: ["-c", "pass"])
+    pool.startService()
+    assert clock.spawned == [] and pool.stopService().called
+
+
+@pytest.mark.parametrize("count", [0, -1, 1.5, "2"])
+def test_a_bad_worker_count_is_refused(count: Any) -> None:
+    with pytest.raises(ValueError):
+        WorkerPool(Clock(), count, lambda: [])
