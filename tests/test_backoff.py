@@ -54,3 +54,16 @@ def test_backoffCountsAndResets() -> None:
     b.succeeded()
     assert b.failures == 0
     assert b.nextDelay(allFlowsFailed=False) == 45.0
+
+
+def test_base_time_can_be_replaced_and_is_checked() -> None:
+    from twisted_sipnat.backoff import Backoff, reRegistrationDelay
+    from twisted_sipnat.errors import InvalidSettingsError
+
+    assert reRegistrationDelay(0, random=lambda: 0.0, baseTime=1.0) == 0.5
+    assert reRegistrationDelay(3, random=lambda: 0.999999, baseTime=1.0) == pytest.approx(8.0, abs=1e-4)
+    backoff = Backoff(lambda: 0.0, baseTime=2.0)
+    assert [backoff.nextDelay(), backoff.nextDelay()] == [1.0, 2.0]
+    for bad in (0, -1, float("nan"), 1e9, True):
+        with pytest.raises(InvalidSettingsError):
+            Backoff(baseTime=bad)

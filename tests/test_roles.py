@@ -609,3 +609,18 @@ def test_edge_stream_closes_on_bytes_that_are_not_utf8() -> None:
     edge, transport, registry = _streamEdge()
     edge.dataReceived(b"REGISTER sip:\xff\xfe SIP/2.0\r\n")
     assert transport.disconnecting and transport.value() == b""
+
+
+def test_edge_fills_a_bare_rport_behind_a_port_preserving_nat() -> None:
+    """RFC 3581 §4: the 200 OK goes to the source port even when it equals the Via port (Twisted left it True)."""
+    from twisted.protocols import sip
+
+    from twisted_sipnat.roles import _registrarClasses
+
+    EdgeRegisterProxy, ClockedRegistry = _registrarClasses()
+    proxy = EdgeRegisterProxy(host="203.0.113.20", port=5062)
+    message = sip.Request("REGISTER", "sip:example.com")
+    message.addHeader("via", "SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bK1;rport")
+    proxy._fixupNAT(message, ("203.0.113.1", 5060))
+    via = sip.parseViaHeader(message.headers["via"][0])
+    assert (via.received, via.rport) == ("203.0.113.1", 5060)

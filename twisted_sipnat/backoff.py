@@ -38,16 +38,21 @@ def reRegistrationDelay(
     allFlowsFailed: bool = True,
     random: Optional[Callable[[], float]] = None,
     maxTime: float = MAX_TIME,
+    baseTime: Optional[float] = None,
 ) -> float:
     """
     The delay, in seconds, before the next registration attempt after ``failures`` consecutive failures.
 
     ``failures`` counts from 0 (the first retry after the first failure uses ``2**0``).  ``random`` returns a
     float in ``[0, 1)`` (default :func:`random.random`) and picks the point between 50 % and 100 %.
+    ``baseTime`` replaces the RFC's base-time (30 s / 90 s), e.g. for a lab that cannot wait.
     """
     if isinstance(failures, bool) or not isinstance(failures, int) or failures < 0:
         raise InvalidSettingsError("failures", failures, "must be an int >= 0")
-    base = ALL_FAILED_BASE if allFlowsFailed else SOME_OK_BASE
+    if baseTime is not None and (isinstance(baseTime, bool) or not isinstance(baseTime, (int, float))
+                                 or not 0 < baseTime <= maxTime):
+        raise InvalidSettingsError("baseTime", baseTime, f"must be a number of seconds in (0, {maxTime:g}]")
+    base = baseTime if baseTime is not None else (ALL_FAILED_BASE if allFlowsFailed else SOME_OK_BASE)
     # Cap the exponent before computing it: 2**n for a huge n is a needless big integer.
     ceiling = maxTime if failures >= 64 else min(maxTime, base * (2**failures))
     draw = (random or _random.random)()
@@ -62,15 +67,18 @@ class Backoff:
     after a 2xx to REGISTER, as RFC 5626 §4.5 resets it once a flow works again.
     """
 
-    __slots__ = ("failures", "_random")
+    __slots__ = ("failures", "_random", "baseTime")
 
-    def __init__(self, random: Optional[Callable[[], float]] = None) -> None:
+    def __init__(self, random: Optional[Callable[[], float]] = None, baseTime: Optional[float] = None) -> None:
         self.failures = 0
         self._random = random
+        if baseTime is not None:
+            reRegistrationDelay(0, baseTime=baseTime)  # refuse a bad value now, not at the first failure
+        self.baseTime = baseTime
 
     def nextDelay(self, allFlowsFailed: bool = True) -> float:
         """The delay before the next attempt; counts one more consecutive failure."""
-        delay = reRegistrationDelay(self.failures, allFlowsFailed, self._random)
+        delay = reRegistrationDelay(self.failures, allFlowsFailed, self._random, baseTime=self.baseTime)
         self.failures += 1
         return delay
 

@@ -385,7 +385,7 @@ class ClientRole(service.MultiService):
     the port it bound).  ``settings`` is a ``{domain: NATSettings}`` mapping as the controller takes it, and
     ``domain`` the key to use.  ``register`` is an AOR (``alice@example.com``) to REGISTER with the next hop
     after the address is known; its 200 OK's Flow-Timer (or Via ``keep``) becomes the keepalive interval.
-    ``random`` feeds the RFC 5626 §4.5 backoff.
+    ``random`` feeds the RFC 5626 §4.5 backoff; ``backoffBase`` replaces its base-time (30 s).
 
     Attributes a test or an operator reads: ``publicAddress`` (the last resolved ``IPv4Address``/``IPv6Address``),
     ``flowTimer`` (what the registrar asked for), ``failures`` (flow failures so far), ``keepalivesStarted``.
@@ -401,6 +401,7 @@ class ClientRole(service.MultiService):
         register: Optional[str] = None,
         random: Optional[Callable[[], float]] = None,
         controller: Any = None,
+        backoffBase: Optional[float] = None,
     ) -> None:
         service.MultiService.__init__(self)
         from . import NATTraversalController, SharedDatagramProtocol
@@ -417,7 +418,7 @@ class ClientRole(service.MultiService):
         self.listener = UDPListener(reactor, listen[0], self.shared, listen[1])
         self.listener.setServiceParent(self)
         self.observer = _Flow(self)
-        self.backoff = Backoff(random)
+        self.backoff = Backoff(random, backoffBase)
         self.publicAddress: Union[IPv4Address, IPv6Address, None] = None
         self.flowTimer: Optional[int] = None
         self.failures = 0
@@ -595,6 +596,17 @@ def _registrarClasses() -> Tuple[type, type]:
         """
 
         flowTimer: Optional[int] = None
+
+        def _fixupNAT(self, message: Any, sourcePeer: Any) -> None:
+            # RFC 3581 §4: a bare ";rport" always gets the source port.  Twisted fills it only when the port
+            # differs from the Via's, so behind a port-preserving NAT it stayed True and the response went to
+            # port 1.
+            sip.RegisterProxy._fixupNAT(self, message, sourcePeer)
+            via = sip.parseViaHeader(message.headers["via"][0])
+            if via.rport is True:
+                via.received = sourcePeer[0]
+                via.rport = sourcePeer[1]
+                message.headers["via"][0] = via.toString()
 
         def datagramReceived(self, data: bytes, addr: Any) -> None:
             # Twisted's parser logs a traceback for non-UTF-8 input and raises for a message without a Via;

@@ -61,6 +61,8 @@ class ClientOptions(usage.Options):
         ["interval", "i", None, "UDP keepalive interval in seconds (keepalives every 80-100% of it; 0 disables). "
                                 "Default: the config's udpKeepaliveInterval, else 25."],
         ["method", "m", None, "UDP keepalive method: stun (Binding request) or crlf (CRLFCRLF datagram). Default: stun."],
+        ["backoff-base", None, None, "Base time in seconds of the RFC 5626 section 4.5 re-registration backoff "
+                                     "(retries after 50-100% of base * 2^failures). Default: 30."],
     ]
 
     def __init__(self) -> None:
@@ -156,7 +158,9 @@ def _clientService(reactor: Any, options: Options, sub: ClientOptions) -> Any:
         except InvalidSettingsError as e:
             names = {"stunServers": "stun", "udpKeepaliveInterval": "interval", "udpKeepaliveMethod": "method"}
             raise InvalidSettingsError(names.get(e.key, e.key), e.value, e.why) from None
-    return ClientRole(reactor, nextHop, settings, domain, listen=listen, register=sub["register"])
+    backoffBase = _number("backoff-base", sub["backoff-base"])
+    return ClientRole(reactor, nextHop, settings, domain, listen=listen, register=sub["register"],
+                      backoffBase=backoffBase)
 
 
 def _edgeService(reactor: Any, sub: EdgeOptions) -> Any:

@@ -8,9 +8,8 @@ reads from the two processes' structured logs — the edge's ``sipnat.edge.regis
 Contact), the client's ``sipnat.client.*`` events and the controller's ``keepalive.answered`` /
 ``public.address.changed`` / ``flow.failure`` — and from the router's conntrack table, which must agree.
 
-The RFC 5626 §4.5 backoff before registering again is 50-100 % of 30 s for a UA whose only flow failed, and the
-client role has no option to shorten it (``ClientRole`` takes only a ``random`` source; ``twistd sipnat client``
-nothing), so the test waits those 15-30 s: it is the only long wait in this module.
+The RFC 5626 §4.5 backoff before registering again is 50-100 % of base-time × 2^failures; the client runs with
+``--backoff-base 4`` so the lab waits 2-4 s instead of the RFC's 15-30 s.
 """
 
 from __future__ import annotations
@@ -30,12 +29,13 @@ CLIENT = (netlab.LAN_ADDR, 5060)
 DOMAIN = "example.com"
 AOR = f"alice@{DOMAIN}"
 FLOW_TIMER = 1
-# RFC 5626 §4.5: the first retry after the only flow failed waits 50-100 % of base-time 30 s.
-BACKOFF = (15.0, 30.0)
+# RFC 5626 §4.5: the first retry after the only flow failed waits 50-100 % of base-time (--backoff-base 4).
+BACKOFF_BASE = 4
+BACKOFF = (BACKOFF_BASE / 2, BACKOFF_BASE)
 
-# The edge role answers REGISTER through twisted.protocols.sip, whose Base._fixupNAT leaves a bare ``rport``
-# (RFC 3581) unfilled when the source port equals the Via port but the host differs — exactly what a
-# port-preserving NAT produces — so deliverResponse sends the 200 OK to port ``True``, i.e. 1.
+# Found by this module (fixed in roles.EdgeRegisterProxy._fixupNAT): twisted.protocols.sip's Base._fixupNAT leaves a
+# bare ``rport`` (RFC 3581) unfilled when the source port equals the Via port but the host differs — exactly what
+# a port-preserving NAT produces — so deliverResponse sent the 200 OK to port ``True``, i.e. 1.
 RPORT_BUG = (
     "edge role (twisted.protocols.sip Base._fixupNAT via roles.EdgeRegisterProxy): behind a port-preserving NAT "
     "the Via keeps a bare ';rport' (received= is set, rport= is not, because the port did not change), and "
@@ -64,7 +64,7 @@ def startClient(runDriver: Callable[..., Driver], lab: NetLab) -> Driver:
         lab.lan,
         "twistdrole.py",
         ["client", "--listen", f"udp:{CLIENT[1]}:interface={CLIENT[0]}", "--next-hop", f"{EDGE[0]}:{EDGE[1]}",
-         "--register", AOR, "--interval", "1"],
+         "--register", AOR, "--interval", "1", "--backoff-base", str(BACKOFF_BASE)],
         name="twistd sipnat client",
     )
 
@@ -132,7 +132,7 @@ def keepalivesAnswered(client: Driver, lab: NetLab, public: Tuple[str, int], dur
     ("mode", "rebind"),
     [
         ("random", "flush"),
-        pytest.param("eim", "modeChange", marks=pytest.mark.xfail(strict=True, raises=ResponseSentToPortOne, reason=RPORT_BUG)),
+        ("eim", "modeChange"),  # port-preserving: the case RPORT_BUG broke
     ],
 )
 def test_clientRoleRegistersKeepsAliveAndReregistersAfterRebinding(
@@ -149,12 +149,12 @@ def test_clientRoleRegistersKeepsAliveAndReregistersAfterRebinding(
        the same mapped address, and the router keeps the same mapping;
     3. the router rebinds — ``conntrack -F`` with random ports, or a switch from port-preserving to random
        masquerade — and the next keepalive sees a new mapped address: ``MappedAddressChanged`` (the client logs
-       the flow failure and its RFC 5626 §4.5 backoff, 15-30 s) within about one keepalive interval;
-    4. after the backoff the client resolves again (the rebound mapping has expired by then in random mode, so
-       a third port), REGISTERs the new address — the edge's registry is updated to it — and its keepalives
+       the flow failure and its RFC 5626 §4.5 backoff, 2-4 s with ``--backoff-base 4``) within about one
+       keepalive interval;
+    4. after the backoff the client resolves again, REGISTERs the new address — the edge's registry is updated to it — and its keepalives
        are answered from the new mapping, which is what conntrack holds.
 
-    ``eim`` fails today (strict xfail): see ``RPORT_BUG``.
+    ``eim`` is the port-preserving NAT that ``RPORT_BUG`` broke.
     """
     lab.setMode(mode)
     edge = startEdge(runDriver, lab)
