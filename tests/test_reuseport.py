@@ -187,3 +187,128 @@ def test_one_worker_means_no_child() -> None:
 def test_a_bad_worker_count_is_refused(count: Any) -> None:
     with pytest.raises(ValueError):
         WorkerPool(Clock(), count, lambda: [])
+
+
+# -- the twistd roles with --workers ----------------------------------------------------------------------------
+
+
+def parseRole(argv: List[str]) -> Any:
+    from twisted_sipnat.tap import Options, buildService
+
+    options = Options()
+    options.parseOptions(argv)
+    return buildService(options, ProcessClock())
+
+
+@pytest.mark.parametrize("role", ["stun", "edge"])
+def test_one_worker_is_the_role_itself_and_more_add_a_pool(role: str) -> None:
+    from twisted_sipnat.roles import EdgeRole, STUNRole
+
+    single: Any = parseRole([role, "--udp=udp:0:interface=127.0.0.1"])
+    assert isinstance(single, (EdgeRole, STUNRole))
+    listener = single.udp if role == "edge" else single.listener
+    assert listener.reusePort is False
+    several = parseRole([role, "--udp=udp:0:interface=127.0.0.1", "--workers=3"])
+    assert several.workers.count == 3
+    listener = several.role.udp if role == "edge" else several.role.listener
+    assert listener.reusePort is True
+    assert parseRole([role, "--udp=udp:0", "--reuse-port"]).__class__ is single.__class__
+
+
+@pytest.mark.parametrize("value", ["0", "-2", "two", "1.5"])
+def test_a_bad_workers_value_is_refused_naming_the_option(value: str) -> None:
+    from twisted_sipnat.errors import InvalidSettingsError
+
+    with pytest.raises(InvalidSettingsError) as info:
+        parseRole(["stun", f"--workers={value}"])
+    assert "workers" in str(info.value)
+
+
+def freePort() -> int:
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    probe.bind((LOOPBACK, 0))
+    port = int(probe.getsockname()[1])
+    probe.close()
+    return port
+
+
+def stunAnswers(port: int, flows: int, deadline: float) -> int:
+    """Send a Binding request from ``flows`` sockets (retrying until ``deadline``); how many got an answer."""
+    import time
+
+    from twisted_sipnat import stun
+
+    answered = 0
+    end = time.monotonic() + deadline
+    for _ in range(flows):
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.settimeout(0.2)
+        try:
+            while time.monotonic() < end:
+                request = stun.encodeBindingRequest(os.urandom(12))
+                sock.sendto(request, (LOOPBACK, port))
+                try:
+                    data, _ = sock.recvfrom(2048)
+                except (TimeoutError, ConnectionRefusedError):
+                    continue
+                if data[8:20] == request[8:20]:
+                    answered += 1
+                    break
+        finally:
+            sock.close()
+    return answered
+
+
+def childPids(pid: int) -> List[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(p) for p in f.read().split()]
+    except OSError:
+        return []
+
+
+@pytest.mark.timeout(60)
+def test_twistd_stun_with_two_workers_answers_on_one_port_and_stops_its_worker() -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    port = freePort()
+    repo = Path(__file__).resolve().parents[1]
+    process = subprocess.Popen(
+        [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile=", "sipnat", "stun",
+         f"--udp=udp:{port}:interface={LOOPBACK}", "--no-rate-limit", "--workers=2"],
+        cwd=repo, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        env=dict(os.environ, PYTHONPATH=str(repo)), start_new_session=True,
+    )
+    try:
+        assert stunAnswers(port, 1, 20) == 1, "the first worker never answered"
+        end = time.monotonic() + 20
+        while time.monotonic() < end and not childPids(process.pid):
+            time.sleep(0.1)
+        workers = childPids(process.pid)
+        assert len(workers) == 1, workers
+        time.sleep(1.0)  # the second worker binds a moment after it starts
+        assert stunAnswers(port, 32, 10) == 32
+        process.send_signal(signal.SIGTERM)
+        process.wait(20)
+        end = time.monotonic() + 10
+        while time.monotonic() < end and os.path.exists(f"/proc/{workers[0]}"):
+            with open(f"/proc/{workers[0]}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                    break
+            time.sleep(0.1)
+        alive = os.path.exists(f"/proc/{workers[0]}")
+        if alive:
+            with open(f"/proc/{workers[0]}/stat") as f:
+                alive = f.read().rsplit(")", 1)[1].split()[0] != "Z"
+        assert not alive, "the worker outlived twistd"
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(10)
+        output = process.stdout.read().decode("utf-8", "replace") if process.stdout else ""
+    assert "worker 1 of 2 started" in output, output
+    assert "Traceback" not in output, output

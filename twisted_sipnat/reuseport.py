@@ -31,7 +31,7 @@ from twisted.internet import defer, protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-__all__ = ["WorkerPool", "listenUDPReusePort", "main", "reusePortSocket", "workerArguments"]
+__all__ = ["WorkerPool", "listenUDPReusePort", "main", "reusePortSocket", "withWorkers", "workerArguments"]
 
 log = Logger(namespace="twisted_sipnat.reuseport")
 
@@ -97,6 +97,43 @@ def workerArguments(options: Any, overrides: Optional[Mapping[str, Optional[str]
         if options.get(entry[0]):
             argv.append(f"--{entry[0]}")
     return argv
+
+
+def withWorkers(
+    reactor: Any,
+    role: service.IService,
+    listener: Any,
+    roleName: str,
+    options: Any,
+    workers: int,
+    overrides: Optional[Mapping[str, Optional[str]]] = None,
+) -> service.IService:
+    """
+    ``role`` alone for one worker; else a service that starts ``role`` (its UDP sockets bound with
+    ``SO_REUSEPORT``) and then a :class:`WorkerPool` of ``workers - 1`` more processes running ``python -m
+    twisted_sipnat.reuseport roleName`` with the same ``options``, on the port ``listener`` (a
+    :class:`~twisted_sipnat.roles.UDPListener`) actually bound -- so ``udp:0`` works too.  ``overrides``
+    changes options for the workers (the ``edge`` role keeps TCP in the first process: ``{"tcp": "none"}``).
+    """
+    if workers == 1:
+        return role
+    top = service.MultiService()
+    role.setServiceParent(top)
+
+    def argvFor() -> List[str]:
+        port = listener.port.getHost().port
+        udp = f"udp:{port}:interface={listener.interface}" if listener.interface else f"udp:{port}"
+        changes: Dict[str, Optional[str]] = {"udp": udp, "workers": "1", **(overrides or {})}
+        argv = ["-m", "twisted_sipnat.reuseport", roleName] + workerArguments(options, changes)
+        if "--reuse-port" not in argv:
+            argv.append("--reuse-port")
+        return argv
+
+    pool = WorkerPool(reactor, workers, argvFor)
+    pool.setServiceParent(top)  # after the role: the port is bound before the first worker starts
+    top.role = role  # type: ignore[attr-defined]
+    top.workers = pool  # type: ignore[attr-defined]
+    return top
 
 
 class _WorkerProcess(protocol.ProcessProtocol):

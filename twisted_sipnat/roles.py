@@ -137,18 +137,27 @@ class UDPListener(service.Service):
 
     The twistd equivalent of ``strports.service`` for UDP, which Twisted does not provide.  ``port`` is the
     ``IListeningPort`` while running (``port.getHost().port`` is the real number after ``udp:0``).
+    ``reusePort`` binds with ``SO_REUSEPORT`` so worker processes can share the port
+    (:mod:`~twisted_sipnat.reuseport`).
     """
 
-    def __init__(self, reactor: Any, portNumber: int, proto: protocol.AbstractDatagramProtocol, interface: str = "") -> None:
+    def __init__(self, reactor: Any, portNumber: int, proto: protocol.AbstractDatagramProtocol, interface: str = "",
+                 reusePort: bool = False) -> None:
         self.reactor = reactor
         self.portNumber = portNumber
         self.protocol = proto
         self.interface = interface
+        self.reusePort = reusePort
         self.port: Any = None
 
     def startService(self) -> None:
         # Bind before marking running, so a bind error surfaces from startService (twistd reports it).
-        self.port = self.reactor.listenUDP(self.portNumber, self.protocol, interface=self.interface)
+        if self.reusePort:
+            from .reuseport import listenUDPReusePort
+
+            self.port = listenUDPReusePort(self.reactor, self.portNumber, self.protocol, self.interface)
+        else:
+            self.port = self.reactor.listenUDP(self.portNumber, self.protocol, interface=self.interface)
         service.Service.startService(self)
 
     def stopService(self) -> Any:
@@ -713,7 +722,8 @@ class EdgeRole(service.MultiService):
     ``SharedDatagramProtocol(stunResponder=True)`` (so STUN keepalives on the SIP port are answered) and, when
     ``tcp`` is an endpoint description, SIP over TCP behind ``SharedStreamFactory(pongResponder=True)`` (so
     CRLFCRLF pings get a CRLF pong).  ``flowTimer`` adds ``Flow-Timer: N`` to REGISTER 200s.  ``host`` is what
-    the proxy writes in its Via (default: the UDP interface, else 127.0.0.1).
+    the proxy writes in its Via (default: the UDP interface, else 127.0.0.1).  ``reusePort`` binds the UDP
+    socket with ``SO_REUSEPORT`` (``--workers``).
     """
 
     def __init__(
@@ -724,6 +734,7 @@ class EdgeRole(service.MultiService):
         domain: str = "localhost",
         host: Optional[str] = None,
         flowTimer: Optional[int] = None,
+        reusePort: bool = False,
     ) -> None:
         service.MultiService.__init__(self)
         from . import SharedDatagramProtocol, SharedStreamFactory
@@ -738,7 +749,7 @@ class EdgeRole(service.MultiService):
         self.proxy.registry = self.registry
         self.proxy.locator = self.registry
         self.shared = SharedDatagramProtocol(sipProtocol=self.proxy, stunResponder=True, clock=reactor)
-        self.udp = UDPListener(reactor, udp[0], self.shared, udp[1])
+        self.udp = UDPListener(reactor, udp[0], self.shared, udp[1], reusePort=reusePort)
         self.udp.setServiceParent(self)
         self.tcp: Optional[_StreamListener] = None
         if tcp:
@@ -803,7 +814,8 @@ class STUNRole(service.MultiService):
     honours CHANGE-REQUEST by answering from the socket it asks for.  The alternate IP must be an address of
     this machine, and the primary interface must be given (a wildcard cannot be an OTHER-ADDRESS).
     ``rateLimit`` is ``(perSourceRate, burst)`` or ``None`` to switch it off (on by default: 20/s, burst 40),
-    so the server cannot be used to amplify floods.
+    so the server cannot be used to amplify floods.  ``reusePort`` binds every UDP socket with ``SO_REUSEPORT``
+    (``--workers``).
     """
 
     def __init__(
@@ -814,6 +826,7 @@ class STUNRole(service.MultiService):
         alternate: Optional[HostPort] = None,
         rateLimit: Optional[Tuple[float, int]] = (20.0, 40),
         software: Optional[str] = None,
+        reusePort: bool = False,
     ) -> None:
         service.MultiService.__init__(self)
         from .responder import BindingResponder, RateLimit
@@ -823,6 +836,7 @@ class STUNRole(service.MultiService):
         if alternate is not None and not udp[0]:
             raise InvalidSettingsError("alternate", alternate, "RFC 5780 needs a fixed primary port, not udp:0")
         self.reactor = reactor
+        self.reusePort = reusePort
         limit = RateLimit(rateLimit[0], rateLimit[1]) if rateLimit is not None else None
         primary = (udp[1], udp[0]) if alternate is not None else None
         self.responder = BindingResponder(software=software, primary=primary, alternate=alternate, rateLimit=limit)
@@ -840,7 +854,7 @@ class STUNRole(service.MultiService):
         from . import SharedDatagramProtocol
 
         shared = SharedDatagramProtocol(stunResponder=True, responder=self.responder, clock=self.reactor)
-        listener = UDPListener(self.reactor, port, shared, interface)
+        listener = UDPListener(self.reactor, port, shared, interface, reusePort=self.reusePort)
         listener.setServiceParent(self)
         self.sockets[(interface, port)] = listener
         return listener

@@ -7,6 +7,7 @@
     twistd -n sipnat client --next-hop 192.0.2.1:5060 --stun stun.example.com
     twistd -n sipnat edge --udp udp:5060 --tcp tcp:5060 --domain example.com --flow-timer 30
     twistd -n sipnat stun --udp udp:3478:interface=192.0.2.7 --alternate 192.0.2.8:3479
+    twistd -n sipnat stun --udp udp:3478 --workers 4     # four processes on one port (SO_REUSEPORT)
     twistd -n sipnat --config sipnat.ini client --domain example.com --next-hop 192.0.2.1:5060
 
 Parsing never touches the network and never imports the reactor: the plugin file names this module as a string,
@@ -88,7 +89,10 @@ class EdgeOptions(usage.Options):
         ["domain", "d", "localhost", "The SIP domain the registrar accepts registrations for."],
         ["host", None, None, "Host written in the proxy's Via (default: the UDP interface, else 127.0.0.1)."],
         ["flow-timer", "f", None, "Send Flow-Timer: N (seconds) in REGISTER 200 OK responses (RFC 5626)."],
+        ["workers", None, "1", "Processes sharing the UDP port (SO_REUSEPORT: the kernel keeps each flow on one "
+                               "worker); TCP stays with the first.  Each worker has its own registrar."],
     ]
+    optFlags = [["reuse-port", None, "Bind the UDP socket with SO_REUSEPORT (what every worker does)."]]
 
 
 class STUNOptions(usage.Options):
@@ -102,8 +106,11 @@ class STUNOptions(usage.Options):
         ["rate", None, "20", "Rate limit: answers per second per source address."],
         ["burst", None, "40", "Rate limit: burst size per source address."],
         ["software", None, None, "SOFTWARE attribute for responses (default: none)."],
+        ["workers", None, "1", "Processes sharing the UDP port(s) (SO_REUSEPORT: the kernel keeps each flow on one "
+                               "worker); TCP stays with the first."],
     ]
-    optFlags = [["no-rate-limit", None, "Answer every request (not for a public address: STUN reflects floods)."]]
+    optFlags = [["no-rate-limit", None, "Answer every request (not for a public address: STUN reflects floods)."],
+                ["reuse-port", None, "Bind the UDP sockets with SO_REUSEPORT (what every worker does)."]]
 
 
 class Options(usage.Options):
@@ -170,14 +177,27 @@ def _edgeService(reactor: Any, sub: EdgeOptions) -> Any:
     if flowTimer is not None and flowTimer < 1:
         raise InvalidSettingsError("flow-timer", sub["flow-timer"], "must be at least 1 second")
     tcp = sub["tcp"]
-    return EdgeRole(
+    workers = _workers(sub)
+    role = EdgeRole(
         reactor,
         udp=parseUDPDescription(sub["udp"], "udp"),
         tcp=None if tcp is None or tcp.lower() == "none" else tcp,
         domain=sub["domain"],
         host=sub["host"],
         flowTimer=int(flowTimer) if flowTimer is not None else None,
+        reusePort=workers > 1 or bool(sub["reuse-port"]),
     )
+    from .reuseport import withWorkers
+
+    return withWorkers(reactor, role, role.udp, "edge", sub, workers, {"tcp": "none"})
+
+
+def _workers(sub: Any) -> int:
+    """``--workers``: a whole number >= 1."""
+    workers = _number("workers", sub["workers"], integer=True)
+    if workers is None or workers < 1:
+        raise InvalidSettingsError("workers", sub["workers"], "must be a whole number >= 1")
+    return int(workers)
 
 
 def _stunService(reactor: Any, sub: STUNOptions) -> Any:
@@ -192,14 +212,19 @@ def _stunService(reactor: Any, sub: STUNOptions) -> Any:
                                        "must be > 0 (use --no-rate-limit to switch the limit off)")
         rateLimit = (rate, int(burst))
     alternate = parseHostPort(sub["alternate"], "alternate") if sub["alternate"] else None
-    return STUNRole(
+    workers = _workers(sub)
+    role = STUNRole(
         reactor,
         udp=parseUDPDescription(sub["udp"], "udp"),
         tcp=sub["tcp"],
         alternate=alternate,
         rateLimit=rateLimit,
         software=sub["software"],
+        reusePort=workers > 1 or bool(sub["reuse-port"]),
     )
+    from .reuseport import withWorkers
+
+    return withWorkers(reactor, role, role.listener, "stun", sub, workers, {"tcp": None})
 
 
 def _embeddedService(reactor: Any, options: Options) -> Any:
