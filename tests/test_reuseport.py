@@ -206,7 +206,7 @@ def test_one_worker_is_the_role_itself_and_more_add_a_pool(role: str) -> None:
 
     single: Any = parseRole([role, "--udp=udp:0:interface=127.0.0.1"])
     assert isinstance(single, (EdgeRole, STUNRole))
-    listener: Any = single.udp if role == "edge" else single.listener
+    listener: Any = getattr(single, "udp" if role == "edge" else "listener")
     assert listener.reusePort is False
     several = parseRole([role, "--udp=udp:0:interface=127.0.0.1", "--workers=3"])
     assert several.workers.count == 3
