@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import inspect
 import itertools
 import os
 import secrets
@@ -204,8 +205,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         settings = NATSettings(udpKeepaliveInterval=base)
     else:
         settings = NATSettings(udpKeepaliveInterval=base, software=None)
-    controller = MeasuredController(settings, reactor, maxOutstandingPerServer=size,
-                                    keepaliveEvents=args.keepalive_events)
+    options: Dict[str, Any] = {"maxOutstandingPerServer": size}
+    if "keepaliveEvents" in inspect.signature(NATTraversalController).parameters:  # older versions: always on
+        options["keepaliveEvents"] = args.keepalive_events
+    controller = MeasuredController(settings, reactor, **options)
     ports = []
     shared = []
     for _ in range(args.sockets):
