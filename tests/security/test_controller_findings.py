@@ -27,7 +27,7 @@ def test_a_wake_up_just_before_the_due_time_does_not_spin() -> None:
     controller.resolvePublicAddress(None, shared, HOP).addErrback(lambda f: None)
     (call,) = clock.getDelayedCalls()
     clock.rightNow = call.getTime() - 1e-12  # the reactor wakes a hair before the first retransmission ...
-    call.time = clock.rightNow  # ... running the call it considers due
+    call.time = clock.rightNow  # type: ignore[attr-defined]  # ... running the call it considers due
     with watchingLogs() as logs:
         clock.advance(0)
     assert not heap.looped
