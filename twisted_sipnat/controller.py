@@ -43,6 +43,7 @@ from .errors import (
     UnknownDomainError,
 )
 from .interfaces import ISharedSocket
+from .protocols import _sendDatagram
 from .settings import DEFAULT_STUN_PORT, NATSettings, ServerSpec, isIPLiteral
 from .timers import TimerHeap
 from .transaction import DEFAULT_RC, SEND, TIMEOUT, ClientTransaction, OutstandingLimiter, RTOEstimator
@@ -121,10 +122,11 @@ class _BareSocket:
     protocol with a ``transport``.  The controller keeps its arbiter, since it sees no SIP writes.
     """
 
-    def __init__(self, socket: Any, isStream: bool) -> None:
+    def __init__(self, socket: Any, isStream: bool, stats: Counter[str]) -> None:
         self._socket = socket
         self.isStream = isStream
         self.arbiter = Arbiter(stream=isStream)
+        self._stats = stats
 
     def _transport(self) -> Any:
         return getattr(self._socket, "transport", None) or self._socket
@@ -134,7 +136,8 @@ class _BareSocket:
         if self.isStream:
             transport.write(data)
         else:
-            transport.write(data, addr)
+            # A write the OS refuses is a lost datagram: the transaction's timers report it (RFC 8489 §6.2.1).
+            _sendDatagram(transport, data, addr, self._stats, "a keepalive")
 
     def peerAddress(self) -> Optional[HostPort]:
         if not self.isStream:
@@ -441,7 +444,7 @@ class NATTraversalController:
         if ISharedSocket.providedBy(socket):
             shared: Any = socket
         else:
-            shared = _BareSocket(socket, _looksLikeStream(socket))
+            shared = _BareSocket(socket, _looksLikeStream(socket), self.stats)
         state = self._sockets[id(socket)] = _SocketState(socket, shared)
         return state
 
@@ -1260,6 +1263,9 @@ class NATTraversalController:
         try:
             self.writeReleased(sock.shared, released, write=True)
         finally:
+            if idle:
+                # nothing to hold and nothing riding on it: keep no state (a stack may report every connection)
+                self._forgetSocketIfUnused(sock)
             self._reschedule()
 
     def writeReleased(self, shared: Any, released: List[Tuple[Any, bytes]], write: bool) -> None:

@@ -245,10 +245,6 @@ def test_repeated_resolve_cancel_and_refresh_free_leave_nothing_behind() -> None
     assert clock.getDelayedCalls() == []
 
 
-@pytest.mark.xfail(strict=True, reason="controller bug: socketIdle() on a socket with no context creates a "
-                   "_SocketState (holding a strong reference to the socket) that nothing removes unless "
-                   "socketClosed() is called -- a SIP stack that reports idleness on every TCP connection it "
-                   "opens grows controller._sockets without limit (10,000 connections -> 10,000 entries)")
 def test_socket_idle_on_unused_sockets_keeps_nothing() -> None:
     clock, controller = controllerWith()
     for _ in range(10_000):

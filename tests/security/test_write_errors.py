@@ -87,11 +87,6 @@ def test_an_answer_that_cannot_be_sent_logs_no_traceback(code: int) -> None:
     assertNoLoggedFailure(logs)
 
 
-@pytest.mark.xfail(strict=True, reason="controller bug: _BareSocket.writeKeepalive (a SIP stack passing its own "
-                   "UDP transport as the socket) lets the OSError of udp.Port.write escape into the controller: "
-                   "the keepalive transaction leaks in _pending, the flow's timer is never re-armed and no "
-                   "flowFailure is ever reported; resolvePublicAddress raises OSError (protocols.py's shared "
-                   "socket treats it as loss since fd84abc)")
 def test_bare_transport_write_errors_are_loss_too() -> None:
     clock = Clock()
     controller = NATTraversalController(NATSettings(udpKeepaliveInterval=25), reactor=clock, rng=random.Random(3))
