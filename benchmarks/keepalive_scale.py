@@ -147,6 +147,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                         help="do not pin this process to one CPU and the responder to the others")
     parser.add_argument("--profile", default=None, help="write a cProfile of the measured window to this file")
     parser.add_argument("--floor-count", type=int, default=200_000, help="requests sent by the floor loop")
+    parser.add_argument("--floor-seconds", type=float, default=3.0, help="length of the round-trip floor run")
     args = parser.parse_args(argv)
     size = args.size
     base = args.interval if args.interval is not None else size / (MEAN_FACTOR * TARGET_RATE)
@@ -177,7 +178,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     floor28 = floorRequests(args.floor_count, None, True)
 
     responder, server = _common.startResponder(cpus=others)
-    floorRTT = floorRoundTrips(server, 44, 3.0)
+    floorRTT = floorRoundTrips(server, 44, args.floor_seconds)
     slips = array("d")
     failureTypes: Counter[str] = Counter()
     recording = [False]
