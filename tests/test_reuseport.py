@@ -312,3 +312,24 @@ def test_twistd_stun_with_two_workers_answers_on_one_port_and_stops_its_worker()
         output = process.stdout.read().decode("utf-8", "replace") if process.stdout else ""
     assert "worker 1 of 2 started" in output, output
     assert "Traceback" not in output, output
+
+
+def test_a_worker_asked_to_stop_twice_stops_once() -> None:
+    """SIGTERM from the pool and from a supervisor signalling the process group: one reactor.stop()."""
+
+    class Reactor:
+        running = True
+        stops = 0
+
+        def stop(self) -> None:
+            self.stops += 1
+
+    reactor = Reactor()
+    stop = reuseport._stopper(reactor)
+    stop()
+    stop()
+    assert reactor.stops == 1
+    idle = Reactor()
+    idle.running = False
+    reuseport._stopper(idle)()
+    assert idle.stops == 0

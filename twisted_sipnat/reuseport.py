@@ -22,6 +22,7 @@ hashes to.
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import sys
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
@@ -217,14 +218,29 @@ class WorkerPool(service.Service):
         return defer.DeferredList(ended)
 
 
-def _watchParent(reactor: Any, parent: int) -> Any:
+def _stopper(reactor: Any) -> Callable[[], None]:
+    """
+    A stop that may be asked for more than once: a worker gets SIGTERM from its pool *and*, when a supervisor
+    signals the whole process group, from the supervisor; ``reactor.stop()`` twice logs a traceback.
+    """
+    stopping: List[bool] = []
+
+    def stop() -> None:
+        if not stopping and reactor.running:
+            stopping.append(True)
+            reactor.stop()
+
+    return stop
+
+
+def _watchParent(reactor: Any, parent: int, stop: Callable[[], None]) -> Any:
     """Stop the reactor once the parent process is gone (the worker is re-parented)."""
     from twisted.internet import task
 
     def check() -> None:
         if os.getppid() != parent:
             log.warn("parent process {pid} is gone: stopping", pid=parent)
-            reactor.stop()
+            stop()
 
     loop = task.LoopingCall(check)
     loop.clock = reactor
@@ -256,10 +272,13 @@ def main(argv: Optional[Sequence[str]] = None, reactor: Any = None) -> int:
     globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stdout)], redirectStandardIO=False)
     top = service.IService(buildService(options, reactor))
     parent = os.getppid()
+    stop = _stopper(reactor)
     reactor.callWhenRunning(top.startService)
-    reactor.callWhenRunning(_watchParent, reactor, parent)
+    reactor.callWhenRunning(_watchParent, reactor, parent, stop)
     reactor.addSystemEventTrigger("before", "shutdown", top.stopService)
-    reactor.run()  # SIGTERM and SIGINT stop it
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: reactor.callFromThread(stop))
+    reactor.run(installSignalHandlers=False)
     return 0
 
 
