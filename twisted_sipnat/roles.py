@@ -131,7 +131,20 @@ def _hostOf(address: Any) -> str:
     return str(address.host)
 
 
-class UDPListener(service.Service):
+class _PortService(service.Service):
+    """A service that owns one listening port: stopping the service closes it."""
+
+    port: Any = None
+
+    def stopService(self) -> Any:
+        service.Service.stopService(self)
+        port, self.port = self.port, None
+        if port is not None:
+            return port.stopListening()
+        return None
+
+
+class UDPListener(_PortService):
     """
     One UDP port as a service: listens on start, stops listening on stop.
 
@@ -160,12 +173,6 @@ class UDPListener(service.Service):
             self.port = self.reactor.listenUDP(self.portNumber, self.protocol, interface=self.interface)
         service.Service.startService(self)
 
-    def stopService(self) -> Any:
-        service.Service.stopService(self)
-        port, self.port = self.port, None
-        if port is not None:
-            return port.stopListening()
-        return None
 
     def address(self) -> HostPort:
         """The bound ``(host, port)``; a wildcard interface reads as the loopback address of its family."""
@@ -180,7 +187,7 @@ class UDPListener(service.Service):
         return name, host.port
 
 
-class _StreamListener(service.Service):
+class _StreamListener(_PortService):
     """A stream endpoint as a service, keeping the port so that stopping closes it."""
 
     def __init__(self, reactor: Any, description: str, factory: Any) -> None:
@@ -207,12 +214,6 @@ class _StreamListener(service.Service):
 
         d.addCallbacks(listening, failed)
 
-    def stopService(self) -> Any:
-        service.Service.stopService(self)
-        port, self.port = self.port, None
-        if port is not None:
-            return port.stopListening()
-        return None
 
 
 # ---- the client role -------------------------------------------------------------------------------------
