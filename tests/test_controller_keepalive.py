@@ -16,11 +16,9 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
-from zope.interface import implementer
 
 from twisted_sipnat import (
     FlowConnectionLost,
-    IBindingObserver,
     MappedAddressChanged,
     NATSettings,
     NATTraversalController,
@@ -29,20 +27,14 @@ from twisted_sipnat import (
     STUNTimeout,
     stun,
 )
-from twisted_sipnat.testing import answerAll, bindingResponse, sharedDatagramSocket
+from twisted_sipnat.testing import RecordingObserver, answerAll, bindingResponse, sharedDatagramSocket
 
 HOP = ("198.51.100.1", 5060)
 HOP2 = ("198.51.100.2", 5060)
 MAPPED = ("203.0.113.1", 40000)
 
 
-@implementer(IBindingObserver)
-class Observer:
-    def __init__(self) -> None:
-        self.failures: List[Failure] = []
-
-    def flowFailure(self, reason: Failure) -> None:
-        self.failures.append(reason)
+Observer = RecordingObserver
 
 
 def setup(**settings: Any) -> Tuple[Clock, NATTraversalController, Any, Any, Observer]:

@@ -5,7 +5,9 @@ Test doubles for SIP stacks that use twisted_sipnat (as ``treq.testing`` ships i
   requests the controller sent and feed back answers;
 - :func:`sharedDatagramSocket`: a :class:`~twisted_sipnat.protocols.SharedDatagramProtocol` connected to one;
 - :func:`bindingResponse`: the answer a STUN server would give to a request the controller wrote, with the knobs
-  a test needs (error codes, wrong transaction ID, bad FINGERPRINT, integrity).
+  a test needs (error codes, wrong transaction ID, bad FINGERPRINT, integrity);
+- :class:`RecordingObserver`: an :class:`~twisted_sipnat.interfaces.IBindingObserver` that keeps its flow
+  failures.
 
 Everything runs with ``twisted.internet.task.Clock`` and no sockets.
 """
@@ -16,9 +18,11 @@ from typing import Any, Iterable, List, Optional, Sequence, Tuple
 
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.interfaces import IUDPTransport
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from . import stun
+from .interfaces import IBindingObserver
 from .protocols import SharedDatagramProtocol
 
 HostPort = Tuple[str, int]
@@ -74,6 +78,21 @@ class FakeDatagramTransport:
 
     def clear(self) -> None:
         del self.written[:]
+
+
+@implementer(IBindingObserver)
+class RecordingObserver:
+    """One flow's observer that records every ``flowFailure`` reason (a ``Failure``) in :attr:`failures`."""
+
+    def __init__(self, name: str = "observer") -> None:
+        self.name = name
+        self.failures: List[Failure] = []
+
+    def flowFailure(self, reason: Failure) -> None:  # type: ignore[override]
+        self.failures.append(reason)
+
+    def __repr__(self) -> str:
+        return f"<RecordingObserver {self.name}>"
 
 
 def sharedDatagramSocket(

@@ -15,10 +15,9 @@ from typing import Any, Dict, Iterator, List, Tuple
 from hypothesis import HealthCheck, settings
 from twisted.internet.protocol import DatagramProtocol, Protocol
 from twisted.logger import ILogObserver, LogEvent, formatEvent, globalLogPublisher
-from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from twisted_sipnat import IBindingObserver
+from twisted_sipnat.testing import RecordingObserver
 from twisted_sipnat.timers import TimerHeap
 
 CI_EXAMPLES = int(os.environ.get("SIPNAT_FUZZ_CI_EXAMPLES", "300"))
@@ -100,19 +99,8 @@ class StreamRecorder(Protocol):
         self._received += data
 
 
-@implementer(IBindingObserver)
-class Observer:
-    """An IBindingObserver that records its flow failures."""
-
-    def __init__(self, name: str = "observer") -> None:
-        self.name = name
-        self.failures: List[Failure] = []
-
-    def flowFailure(self, reason: Failure) -> None:  # type: ignore[override]
-        self.failures.append(reason)
-
-    def __repr__(self) -> str:
-        return f"<Observer {self.name}>"
+#: An IBindingObserver that records its flow failures (the library ships it).
+Observer = RecordingObserver
 
 
 def counts(controller: Any) -> Dict[str, int]:

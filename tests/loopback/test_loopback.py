@@ -12,16 +12,14 @@ import pytest_twisted
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import ClientFactory, DatagramProtocol, Factory, Protocol
-from twisted.python.failure import Failure
-from zope.interface import implementer
 
 from twisted_sipnat import (
-    IBindingObserver,
     NATSettings,
     NATTraversalController,
     SharedDatagramProtocol,
     SharedStreamFactory,
 )
+from twisted_sipnat.testing import RecordingObserver
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -38,13 +36,7 @@ def sleep(seconds: float) -> Deferred[None]:
     return task.deferLater(reactor(), seconds, lambda: None)
 
 
-@implementer(IBindingObserver)
-class Observer:
-    def __init__(self) -> None:
-        self.failures: List[Failure] = []
-
-    def flowFailure(self, reason: Failure) -> None:
-        self.failures.append(reason)
+Observer = RecordingObserver
 
 
 class SIPRecorder(DatagramProtocol):
