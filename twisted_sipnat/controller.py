@@ -727,7 +727,8 @@ class NATTraversalController:
         ("UDP"), or errbacks with :class:`~twisted_sipnat.errors.STUNErrorResponse` (the last error, if any server
         answered with one) or :class:`~twisted_sipnat.errors.STUNTimeout`.  ``cancel()`` stops retransmitting and
         errbacks ``CancelledError``.  Raises :class:`~twisted_sipnat.errors.NATTraversalError` at once for an
-        unknown domain or a bad ``nextHop``.
+        unknown domain or a bad ``nextHop``.  With an ``observer``, its domain, next hop and result are remembered
+        for :meth:`refreshNATBinding` until ``freeResources(observer)``.
         """
         settings = self.settingsFor(domain)
         hop = self._checkNextHop(nextHop)
