@@ -43,7 +43,7 @@ from .errors import (
     UnknownDomainError,
 )
 from .interfaces import ISharedSocket
-from .protocols import _sendDatagram
+from .protocols import sendDatagram
 from .settings import DEFAULT_STUN_PORT, NATSettings, ServerSpec, isIPLiteral
 from .timers import TimerHeap
 from .transaction import DEFAULT_RC, SEND, TIMEOUT, ClientTransaction, OutstandingLimiter, RTOEstimator
@@ -137,7 +137,7 @@ class _BareSocket:
             transport.write(data)
         else:
             # A write the OS refuses is a lost datagram: the transaction's timers report it (RFC 8489 §6.2.1).
-            _sendDatagram(transport, data, addr, self._stats, "a keepalive")
+            sendDatagram(transport, data, addr, self._stats, "a keepalive")
 
     def peerAddress(self) -> Optional[HostPort]:
         if not self.isStream:

@@ -59,7 +59,7 @@ class _PongKey:
 _PONG = _PongKey()
 
 
-def _sendDatagram(transport: Any, data: bytes, addr: Any, stats: Counter[str], what: str) -> bool:
+def sendDatagram(transport: Any, data: bytes, addr: Any, stats: Counter[str], what: str) -> bool:
     """
     Write one datagram of ours (a keepalive, or a STUN answer); a write the OS refuses is a lost datagram.
 
@@ -123,8 +123,8 @@ class SharedDatagramProtocol(DatagramProtocol):
     ``controller``: the :class:`~twisted_sipnat.controller.NATTraversalController` that gets STUN responses.
     ``stunResponder=True``: the server role: Binding requests no transaction claims are answered (RFC 8489
     §6.3) by a :class:`~twisted_sipnat.responder.BindingResponder` rate-limited to 20 answers per second per
-    source IP (burst 40); pass ``responder=`` to configure one (another limit, none, RFC 5780 alternates); ``alternateSockets`` maps each alternate
-    ``(host, port)`` to the transport that sends from it).
+    source IP (burst 40); pass ``responder=`` to configure one (another limit, none, RFC 5780 alternates);
+    ``alternateSockets`` maps each alternate ``(host, port)`` to the transport that sends from it.
 
     Every datagram that is not STUN reaches ``sipProtocol`` unchanged, CRLF-only keepalive datagrams (RFC 5626
     §4.4.1 "crlf" method) included, as SIP stacks ignore them (RFC 3261 §7.5); ``dropKeepalives=True`` counts
@@ -166,7 +166,7 @@ class SharedDatagramProtocol(DatagramProtocol):
 
     def writeKeepalive(self, data: bytes, addr: Any) -> None:
         if self.transport is not None:
-            _sendDatagram(self.transport, data, addr, self.stats, "a keepalive")
+            sendDatagram(self.transport, data, addr, self.stats, "a keepalive")
 
     def peerAddress(self) -> None:
         return None
@@ -224,13 +224,13 @@ class SharedDatagramProtocol(DatagramProtocol):
         self.stats["stun.requests.answered"] += 1
         if reply.sendFrom is None or reply.sendFrom == self._local:
             if self.transport is not None:
-                _sendDatagram(self.transport, reply.data, addr, self.stats, "a STUN answer")
+                sendDatagram(self.transport, reply.data, addr, self.stats, "a STUN answer")
             return
         other = self.alternateSockets.get(reply.sendFrom)
         if other is None:
             self.stats["dropped.no-alternate-socket"] += 1
             return
-        _sendDatagram(other, reply.data, addr, self.stats, "a STUN answer")
+        sendDatagram(other, reply.data, addr, self.stats, "a STUN answer")
 
 
 @implementer(ISharedSocket)
