@@ -325,3 +325,20 @@ def test_rto_is_learned_from_answers_and_forgotten_after_a_timeout() -> None:
     clock.advance(39.0)
     assert result[0].check(STUNTimeout) and result[0].value.elapsed == pytest.approx(39.5)
     controller.freeResources()
+
+
+def test_a_response_with_unknown_comprehension_required_attributes_fails_that_server() -> None:
+    """RFC 8489 §6.3.3: discarded, and the transaction has failed: the next server is asked at once."""
+    clock = Clock()
+    controller = makeController(clock, stunServers=[SERVER, OTHER])
+    shared, transport = sharedDatagramSocket(controller)
+    result = outcome(controller.resolvePublicAddress(None, shared, HOP))
+    (request, _), = transport.stunRequests()
+    transport.clear()
+    shared.datagramReceived(bindingResponse(request, ("6.6.6.6", 6), extra=[stun.RawAttribute(0x7F00, b"zz")]), SERVER)
+    assert result == [] and controller.stats["stun.dropped.unknown-comprehension-required"] == 1
+    (request2, addr2), = transport.stunRequests()
+    assert addr2 == OTHER
+    shared.datagramReceived(bindingResponse(request2, MAPPED, extra=[stun.RawAttribute(0xC000, b"ok")]), OTHER)
+    assert result == [IPv4Address("UDP", *MAPPED)]  # comprehension-optional ones are fine
+    assert clock.getDelayedCalls() == []

@@ -555,3 +555,34 @@ def test_benchmarkRuns(capsys: pytest.CaptureFixture[str]) -> None:
     assert module.main(["--size", "20", "--repeat", "1"]) == 0
     out = capsys.readouterr().out
     assert "decode" in out and "encode" in out and "raw struct" in out
+
+
+# ---- review findings -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("data", ["x" * 20, None, -1, 10**10, 3.5])
+def test_decode_refuses_what_is_not_bytes(data: Any) -> None:
+    with pytest.raises(stun.STUNDecodeError):
+        stun.decode(data)
+
+
+def test_password_algorithms_without_final_padding_is_malformed() -> None:
+    value = bytes.fromhex("0002000170")  # one algorithm, 1 byte of parameters, padding missing
+    message = stun.Message(stun.BINDING, stun.REQUEST, b"t" * 12, [stun.RawAttribute(stun.PASSWORD_ALGORITHMS, value)])
+    with pytest.raises(stun.STUNDecodeError):
+        stun.decode(message.encode(fingerprint=False))
+
+
+def test_bytearray_keys_work_like_bytes() -> None:
+    message = stun.Message(stun.BINDING, stun.REQUEST, b"t" * 12)
+    assert message.encode(key=bytearray(b"k")) == message.encode(key=b"k")
+    assert stun.encodeBindingRequest(b"t" * 12, key=bytearray(b"k")) == stun.encodeBindingRequest(b"t" * 12, key=b"k")
+
+
+def test_encoder_recomputes_raw_integrity_and_refuses_wide_types() -> None:
+    raw = [stun.RawAttribute(stun.FINGERPRINT, b"\0" * 4), stun.RawAttribute(stun.MESSAGE_INTEGRITY, b"\0" * 20)]
+    data = stun.Message(stun.BINDING, stun.REQUEST, b"t" * 12, raw).encode(key=b"k")
+    decoded = stun.decode(data)
+    assert decoded.verifyIntegrity(b"k") and decoded.verifyFingerprint()
+    with pytest.raises(stun.STUNEncodeError):
+        stun.Message(stun.BINDING, stun.REQUEST, b"t" * 12, [stun.RawAttribute(0x10000, b"")]).encode()

@@ -685,6 +685,11 @@ class NATTraversalController:
         if txn.integrityKey is not None and not message.verifyIntegrity(txn.integrityKey):
             return self._drop("bad-integrity", addr)
         now = self.reactor.seconds()
+        if message.unknownComprehensionRequired:
+            self._drop("unknown-comprehension-required", addr)
+            self._endTransaction(txn)
+            self._responseUnusable(txn, message)
+            return True
         rtt = txn.answered(now)
         if rtt is not None:
             self._rto.sample(txn.server, rtt, now)
@@ -699,6 +704,26 @@ class NATTraversalController:
             assert isinstance(owner, _Resolution)
             self._resolutionAnswered(owner, txn, message, now)
         return True
+
+    def _responseUnusable(self, txn: _Txn, message: Any) -> None:
+        """
+        RFC 8489 §6.3.3/§6.3.4: a response with unknown comprehension-required attributes is discarded and its
+        transaction has failed.  A resolution moves on to the next server and a probe errbacks; a keepalive's
+        next hop did answer, so the flow is alive, but its mapped address is not taken.
+        """
+        owner = txn.owner
+        why = "response with unknown comprehension-required attributes " + ", ".join(
+            f"0x{t:04x}" for t in message.unknownComprehensionRequired)
+        _log.warn("{server[0]}:{server[1]} sent a {why}", server=txn.server, why=why, sipnat_event="stun.response.invalid")
+        if type(owner) is _Flow:
+            owner.txn = None
+            owner.stunInFlight = False
+        elif type(owner) is _Probe:
+            self._finishProbe(owner, Failure(NATTraversalError(f"{txn.server[0]}:{txn.server[1]} sent a {why}")))
+        else:
+            assert isinstance(owner, _Resolution)
+            owner.txn = None
+            self._tryNextServer(owner)
 
     def _pongReceived(self, socket: Any) -> bool:
         sock = self._sockets.get(id(socket))

@@ -9,13 +9,13 @@ Theory of operation
 shared SIP socket with ``stunResponder=True``, the twistd ``stun``/``edge`` roles, the RFC 5780 discovery
 server).  It returns a :class:`Reply` or ``None`` (send nothing) and never raises on any input bytes:
 
-- not STUN (leading bits, magic cookie) or shorter than 20 bytes: ``None``;
+- not STUN, or failing RFC 8489 §6.3's header checks (leading bits, magic cookie, a length that matches the
+  datagram), or a method other than Binding: ``None`` (silently discarded, §6.3);
 - from source port 0: ``None`` (deliverable, but nothing can be sent back to port 0: ``sendto`` fails);
 - an indication, success or error response: ``None`` (only requests are answered, RFC 8489 §6.3);
 - a request over the per-source rate limit: ``None``;
-- a request that does not decode: 400 Bad Request (the header gave the transaction ID);
+- a request with a sound header whose attributes do not decode: 400 Bad Request;
 - a request whose FINGERPRINT is present but wrong: ``None`` (RFC 8489 §7.3: not STUN meant for us);
-- a method other than Binding: 400 Bad Request (RFC 8489 has no more specific code);
 - unknown comprehension-required attributes: 420 with UNKNOWN-ATTRIBUTES (RFC 8489 §6.3.1);
 - RESPONSE-PORT or PADDING (RFC 5780 §7.5, §7.6): 420, not supported -- both would let a small request steer
   or inflate the answer;
@@ -50,7 +50,6 @@ from twisted_sipnat.stun import (
     BINDING,
     CHANGE_REQUEST,
     ERROR,
-    MAGIC_COOKIE,
     PADDING,
     REQUEST,
     RESPONSE_PORT,
@@ -66,7 +65,7 @@ from twisted_sipnat.stun import (
     UnknownAttributes,
     XorMappedAddress,
     decode,
-    splitMessageType,
+    peekHeader,
 )
 
 __all__ = ["AMPLIFICATION_FLOOR", "BindingResponder", "RateLimit", "Reply"]
@@ -203,29 +202,29 @@ class BindingResponder:
         The reply to ``data`` received from ``source`` on the server address ``receivedOn`` (default: the
         primary) at time ``now``, or ``None`` to send nothing.  Never raises because of ``data``.
         """
-        if len(data) < _HEADER_LENGTH or not source[1]:
+        if not source[1]:
             return None
         data = bytes(data)
-        msgType = int.from_bytes(data[0:2], "big")
-        if msgType & 0xC000 or int.from_bytes(data[4:8], "big") != MAGIC_COOKIE:
+        # RFC 8489 §6.3: a message whose header checks fail (leading bits, cookie, a sensible length) or whose
+        # method is not supported is silently discarded; only requests are answered.
+        header = peekHeader(data)
+        if header is None:
             return None
-        method, messageClass = splitMessageType(msgType)
-        if messageClass != REQUEST:
+        method, messageClass, transactionId = header
+        if messageClass != REQUEST or method != BINDING:
             return None
         rateLimit = self.rateLimit
         if rateLimit is not None and not rateLimit.allow(source[0], now):
             return None
-        transactionId = data[8:20]
         budget = max(len(data), AMPLIFICATION_FLOOR)
         try:
             request = decode(data)
         except STUNDecodeError:
+            # a sound header around malformed attributes: a Bad Request (RFC 8489 §6.3.1)
             return self._error(method, transactionId, 400, "Bad Request", [], False, budget)
         fingerprint = request.hasFingerprint
         if fingerprint and not request.verifyFingerprint():
             return None
-        if method != BINDING:
-            return self._error(method, transactionId, 400, "Bad Request", [], fingerprint, budget)
 
         unknown = list(request.unknownComprehensionRequired)
         for unsupported in UNSUPPORTED:  # one pass each, not a list search per attribute: no quadratic work

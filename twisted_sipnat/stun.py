@@ -249,6 +249,7 @@ def _hmac(key: bytes, data: bytes, algorithm: str) -> bytes:
     Same result as ``hmac.digest``, about three times faster for short messages, because OpenSSL's HMAC
     setup dominates the cost of signing an 80-byte STUN message.  The cache holds at most 1024 keys.
     """
+    key = bytes(key)  # a bytearray key would be unhashable in the cache
     pads = _pads.get((key, algorithm))
     if pads is None:
         ctor = _HASHES[algorithm]
@@ -667,6 +668,7 @@ for _cls in (*ATTRIBUTE_CLASSES.values(), RawAttribute):
 
 # The attributes encode() computes rather than copies.
 _COMPUTED = frozenset((MessageIntegrity, MessageIntegritySHA256, Fingerprint))
+_COMPUTED_TYPES = frozenset((MESSAGE_INTEGRITY, MESSAGE_INTEGRITY_SHA256, FINGERPRINT))
 _new = tuple.__new__
 
 
@@ -698,6 +700,8 @@ def _parseAlgorithms(value: bytes) -> Tuple[Tuple[int, bytes], ...]:
             raise STUNDecodeError("password algorithm parameters overrun", value)
         out.append((algorithm, value[pos + 4 : end]))
         pos = end + (-plen % 4)
+    if pos != n:
+        raise STUNDecodeError("password algorithm parameters lack their padding", value)
     return tuple(out)
 
 
@@ -962,8 +966,10 @@ class Message:
         parts = []
         tlv = _TLV.pack
         for a in self.attributes:
-            if type(a) in _COMPUTED:
+            if type(a) in _COMPUTED or a.type in _COMPUTED_TYPES:  # a RawAttribute of those types too
                 continue
+            if not 0 <= a.type <= 0xFFFF:
+                raise STUNEncodeError(f"attribute type {a.type!r} is not 16 bits")
             value = a.encodeValue(tid)
             n = len(value)
             if n > 0xFFFF:
@@ -1011,6 +1017,8 @@ def decode(data: bytes) -> Message:
     Raises :class:`STUNDecodeError`, and nothing else, when ``data`` is not a well-formed STUN message; see the
     module docstring for what is checked.
     """
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise STUNDecodeError(f"not bytes: {type(data).__name__}")
     data = bytes(data)
     n = len(data)
     if n < HEADER_LENGTH:
@@ -1147,6 +1155,8 @@ _FP_TLV = _TLV.pack(FINGERPRINT, 4)
 def _template(
     software: Optional[str], username: Optional[str], key: Optional[bytes], fingerprint: bool
 ) -> _Template:
+    if key is not None:
+        key = bytes(key)
     cacheKey = (software, username, key, fingerprint)
     found = _templates.get(cacheKey)
     if found is not None:
