@@ -49,11 +49,11 @@ def test_badFailureCountIsTypedError(bad: object) -> None:
 
 def test_backoffCountsAndResets() -> None:
     b = Backoff(random=lambda: 0.0)
-    assert [b.nextDelay(), b.nextDelay(), b.nextDelay()] == [15.0, 30.0, 60.0]
+    assert [b.nextDelay(), b.nextDelay(), b.nextDelay()] == [30.0, 60.0, 120.0]  # 50 % of 30 s x 2^1, 2^2, 2^3
     assert b.failures == 3
     b.succeeded()
     assert b.failures == 0
-    assert b.nextDelay(allFlowsFailed=False) == 45.0
+    assert b.nextDelay(allFlowsFailed=False) == 90.0  # 50 % of 90 s x 2^1
 
 
 def test_base_time_can_be_replaced_and_is_checked() -> None:
@@ -63,7 +63,18 @@ def test_base_time_can_be_replaced_and_is_checked() -> None:
     assert reRegistrationDelay(0, random=lambda: 0.0, baseTime=1.0) == 0.5
     assert reRegistrationDelay(3, random=lambda: 0.999999, baseTime=1.0) == pytest.approx(8.0, abs=1e-4)
     backoff = Backoff(lambda: 0.0, baseTime=2.0)
-    assert [backoff.nextDelay(), backoff.nextDelay()] == [1.0, 2.0]
+    assert [backoff.nextDelay(), backoff.nextDelay()] == [2.0, 4.0]
     for bad in (0, -1, float("nan"), 1e9, True):
         with pytest.raises(InvalidSettingsError):
             Backoff(baseTime=bad)
+
+
+def test_the_failure_being_reported_counts_as_in_the_rfc_example() -> None:
+    """RFC 5626 §4.5: base 30 s and three consecutive failures give an upper bound of 240 s."""
+    from twisted_sipnat.backoff import Backoff
+
+    backoff = Backoff(lambda: 0.999999)
+    bounds = [backoff.nextDelay() for _ in range(3)]
+    assert bounds == [pytest.approx(60.0, abs=1e-3), pytest.approx(120.0, abs=1e-3), pytest.approx(240.0, abs=1e-3)]
+    backoff.succeeded()
+    assert backoff.nextDelay() == pytest.approx(60.0, abs=1e-3)

@@ -182,9 +182,9 @@ def test_flowFailureResolvesAgainAfterBackoff() -> None:
     failedAt = _runUntilRetry(net, client)
     assert client.failures == 1
     assert 8 + 39.5 - 0.3 <= failedAt <= 1 + 10 + 39.5 + 0.3, "keepalive at 8-10 s after the resolve, unanswered for 39.5 s"
-    assert client._retry.getTime() - failedAt == pytest.approx(15.0, abs=0.25), "50 % of 30 s (random=0)"
+    assert client._retry.getTime() - failedAt == pytest.approx(30.0, abs=0.25), "50 % of 30 s x 2^1 (random=0)"
     net.drop = False
-    net.run(16)
+    net.run(31)
     assert client.keepalivesStarted == 2, "resolved again and resumed"
     assert client.backoff.failures == 0, "a success resets the backoff"
     client.stopService()
@@ -199,10 +199,10 @@ def test_unreachableServerRetriesWithGrowingBackoff() -> None:
     first = _runUntilRetry(net, client)
     assert first == pytest.approx(39.5, abs=0.3), "RFC 8489 gives up at 39.5 s"
     assert client.publicAddress is None
-    assert client._retry.getTime() - first == pytest.approx(15.0, abs=0.25)
-    net.advance(15.0)
+    assert client._retry.getTime() - first == pytest.approx(30.0, abs=0.25), "50 % of 30 s x 2^1"
+    net.advance(30.0)
     second = _runUntilRetry(net, client)
-    assert client._retry.getTime() - second == pytest.approx(30.0, abs=0.25), "doubled"
+    assert client._retry.getTime() - second == pytest.approx(60.0, abs=0.25), "doubled"
     client.stopService()
     assert net.getDelayedCalls() == []
     assert net.ports == {}
@@ -567,6 +567,13 @@ def test_failedRefreshIsAFlowFailure() -> None:
 class _Registry:
     def __init__(self) -> None:
         self.registered: List[Any] = []
+        self.unregistered: List[str] = []
+
+    def unregisterAddress(self, domainURL: Any, logicalURL: Any, physicalURL: Any) -> Any:
+        from twisted.internet import defer
+
+        self.unregistered.append(logicalURL.toString())
+        return defer.succeed(None)
 
     def registerAddress(self, domainURL: Any, logicalURL: Any, physicalURL: Any) -> Any:
         from twisted.internet import defer
@@ -624,3 +631,72 @@ def test_edge_fills_a_bare_rport_behind_a_port_preserving_nat() -> None:
     proxy._fixupNAT(message, ("203.0.113.1", 5060))
     via = sip.parseViaHeader(message.headers["via"][0])
     assert (via.received, via.rport) == ("203.0.113.1", 5060)
+
+
+# ---- review findings: registry expiry, TCP unregistration, listener failures, stray refresh -------------------
+
+
+def _registry(clock: Any) -> Any:
+    from twisted_sipnat.roles import _registrarClasses
+
+    _, ClockedRegistry = _registrarClasses()
+    return ClockedRegistry("example.com", clock)
+
+
+def test_edge_registry_expires_registrations_and_takes_them_again() -> None:
+    from twisted.internet.task import Clock
+    from twisted.protocols import sip
+
+    clock = Clock()
+    registry = _registry(clock)
+    aor, contact = sip.URL("example.com", "alice"), sip.URL("203.0.113.1", "alice", port=5060)
+    registry.registerAddress(sip.URL("example.com"), aor, contact)
+    clock.advance(3601)  # Twisted's own expiry raised AlreadyCalled here and kept the user
+    assert "alice" not in registry.users
+    registry.registerAddress(sip.URL("example.com"), aor, contact)  # and this raised on the dead timer
+    assert "alice" in registry.users
+    registry.clear()
+    assert clock.getDelayedCalls() == []
+
+
+def test_edge_stream_unregisters_on_expires_zero() -> None:
+    edge, transport, registry = _streamEdge()
+    edge.dataReceived(_UTF8_REGISTER.replace(b"Content-Length: 0", b"Expires: 0\r\nContent-Length: 0"))
+    assert transport.value().startswith(b"SIP/2.0 200 OK\r\n")
+    assert registry.registered == [] and registry.unregistered == ["sip:zoe@example.com"]
+
+
+def test_edge_refuses_a_bad_tcp_description_and_fails_on_a_taken_port() -> None:
+    import socket as _socket
+
+    from twisted.internet import reactor as globalReactor
+
+    from twisted_sipnat.errors import InvalidSettingsError
+    from twisted_sipnat.roles import _StreamListener
+
+    with pytest.raises(InvalidSettingsError, match="tcp"):
+        _StreamListener(globalReactor, "bogus:1", None)
+    taken = _socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen(1)
+    try:
+        from twisted.internet.protocol import Factory, Protocol
+
+        listener = _StreamListener(globalReactor, f"tcp:{taken.getsockname()[1]}:interface=127.0.0.1",
+                                   Factory.forProtocol(Protocol))
+        with pytest.raises(Exception, match="(?i)address already in use|CannotListen"):
+            listener.startService()
+        assert not listener.running and listener.port is None
+    finally:
+        taken.close()
+
+
+def test_config_is_refused_for_roles_that_do_not_read_it() -> None:
+    from twisted_sipnat.errors import InvalidSettingsError
+    from twisted_sipnat.tap import Options, buildService
+
+    for role in ("edge", "stun"):
+        options = Options()
+        options.parseOptions(["--config", "/nonexistent.ini", role])
+        with pytest.raises(InvalidSettingsError, match="config"):
+            buildService(options, None)

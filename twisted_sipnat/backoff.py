@@ -5,7 +5,8 @@ RFC 5626 §4.5: how long a UA waits before it tries to register a failed flow ag
     where ``n`` is the number of consecutive failures, max-time is 1800 s and base-time is 30 s when every flow
     has failed and 90 s when at least one still works.
 
-So a lone UA whose only flow dies retries after 15-30 s, then 30-60 s, 60-120 s, ... up to 15-30 minutes; the
+``n`` counts the failure that just happened (the RFC's example: three failures, base 30 s, give 240 s).  So a lone
+UA whose only flow dies retries after 30-60 s, then 60-120 s, 120-240 s, ... up to 15-30 minutes; the
 randomness spreads a crowd of UAs that lost the same edge proxy at the same moment.  Pure and sans-IO: the
 random source is injected, so tests and the twistd roles give exact, reproducible delays.
 """
@@ -43,7 +44,7 @@ def reRegistrationDelay(
     """
     The delay, in seconds, before the next registration attempt after ``failures`` consecutive failures.
 
-    ``failures`` counts from 0 (the first retry after the first failure uses ``2**0``).  ``random`` returns a
+    ``failures`` is RFC 5626's consecutive-failures: 1 after the first failure (``2**1``), and so on.  ``random`` returns a
     float in ``[0, 1)`` (default :func:`random.random`) and picks the point between 50 % and 100 %.
     ``baseTime`` replaces the RFC's base-time (30 s / 90 s), e.g. for a lab that cannot wait.
     """
@@ -78,9 +79,8 @@ class Backoff:
 
     def nextDelay(self, allFlowsFailed: bool = True) -> float:
         """The delay before the next attempt; counts one more consecutive failure."""
-        delay = reRegistrationDelay(self.failures, allFlowsFailed, self._random, baseTime=self.baseTime)
-        self.failures += 1
-        return delay
+        self.failures += 1  # the failure being reported counts (RFC 5626 §4.5)
+        return reRegistrationDelay(self.failures, allFlowsFailed, self._random, baseTime=self.baseTime)
 
     def succeeded(self) -> None:
         """A registration worked: the next failure starts from the base again."""

@@ -188,32 +188,42 @@ class UDPListener(_PortService):
 
 
 class _StreamListener(_PortService):
-    """A stream endpoint as a service, keeping the port so that stopping closes it."""
+    """
+    A stream endpoint as a service, keeping the port so that stopping closes it.  A description the endpoint
+    parser refuses is an :class:`InvalidSettingsError` at construction; a listen that fails at start-up (the port
+    is taken) raises from ``startService``, as a UDP port does, instead of leaving the role running half-up.
+    """
 
     def __init__(self, reactor: Any, description: str, factory: Any) -> None:
+        from twisted.internet import endpoints
+
         self.reactor = reactor
         self.description = description
         self.factory = factory
         self.port: Any = None
-        self._listening: Optional[defer.Deferred[Any]] = None
+        try:
+            self.endpoint = endpoints.serverFromString(reactor, description)
+        except Exception as e:  # noqa: BLE001 - the parser raises ValueError, KeyError, TypeError ...
+            raise InvalidSettingsError("tcp", description, f"not a stream endpoint description ({e})") from None
 
     def startService(self) -> None:
-        from twisted.internet import endpoints
-
         service.Service.startService(self)
-        endpoint = endpoints.serverFromString(self.reactor, self.description)
-        d = endpoint.listen(self.factory)
-        self._listening = d
+        outcome: List[Any] = []
+        d = self.endpoint.listen(self.factory)
+        d.addBoth(outcome.append)
+        if outcome and isinstance(outcome[0], Failure):
+            service.Service.stopService(self)
+            outcome[0].raiseException()  # tcp:/ssl: listen at once: the port is taken, say so now
 
         def listening(port: Any) -> None:
             self.port = port
             log.info("listening on {description}", description=self.description)
 
-        def failed(f: Failure) -> None:
-            log.failure("cannot listen on {description}", f, description=self.description)
-
-        d.addCallbacks(listening, failed)
-
+        if outcome:
+            listening(outcome[0])
+        else:  # an endpoint that listens later: a failure can only be logged
+            d.addCallbacks(listening, lambda f: log.failure("cannot listen on {description}", f,
+                                                            description=self.description))
 
 
 # ---- the client role -------------------------------------------------------------------------------------
@@ -477,7 +487,11 @@ class ClientRole(service.MultiService):
         log.info("registered {aor} for {expires} s; registrar keepalive interval {flowTimer}", aor=self.aor,
                  expires=granted, flowTimer=interval, log_event="sipnat.client.registered")
         self._keepAlive(hop, interval)
-        # Refresh the registration before it lapses (RFC 3261 §10.2.4); a failed refresh is a failed flow.
+        self._scheduleRefresh(granted, hop)
+
+    def _scheduleRefresh(self, granted: int, hop: HostPort) -> None:
+        """Refresh the registration before it lapses (RFC 3261 §10.2.4); a failed refresh is a failed flow."""
+        self._cancelRefresh()
         self._refresh = self.reactor.callLater(max(1.0, 0.9 * granted), self._refreshRegistration, hop)
 
     def _refreshRegistration(self, hop: HostPort) -> None:
@@ -496,7 +510,7 @@ class ClientRole(service.MultiService):
             self.flowTimer = interval
             self.controller.refreshNATBinding(self.shared, self.observer, nextHop=hop, flowTimer=interval)
         granted = _grantedExpires(response, self.registerClient.expires if self.registerClient else 3600)
-        self._refresh = self.reactor.callLater(max(1.0, 0.9 * granted), self._refreshRegistration, hop)
+        self._scheduleRefresh(granted, hop)
 
     def _refreshFailed(self, reason: Failure) -> None:
         self._pending = None
@@ -524,6 +538,12 @@ class ClientRole(service.MultiService):
 
     def _flowFailed(self, reason: object) -> None:
         self._cancelRefresh()
+        # a refresh REGISTER in flight belongs to the failed flow: stop it, or its 200 would revive that flow
+        pending, self._pending = self._pending, None
+        if pending is not None and not pending.called:
+            pending.cancel()
+        if self.registerClient is not None:
+            self.registerClient.stop()
         self.failures += 1
         why = reason.getErrorMessage() if isinstance(reason, Failure) else str(reason)
         log.warn("flow failure: {why}", why=why, log_event="sipnat.client.flowFailure")
@@ -577,8 +597,9 @@ def _registrarClasses() -> Tuple[type, type]:
         def registerAddress(self, domainURL: Any, logicalURL: Any, physicalURL: Any) -> Any:
             if domainURL.host != self.domain or logicalURL.host != self.domain:
                 return defer.fail(sip.RegistrationError(404))
-            if logicalURL.username in self.users:
-                call, _ = self.users[logicalURL.username]
+            known = self.users.get(logicalURL.username)
+            if known is not None and known[0].active():
+                call = known[0]
                 call.reset(3600)
             else:
                 call = self.reactor.callLater(3600, self._expireRegistration, logicalURL.username)
@@ -586,6 +607,21 @@ def _registrarClasses() -> Tuple[type, type]:
             log.info("registered {aor} at {contact}", aor=logicalURL.toString(), contact=physicalURL.toString(),
                      log_event="sipnat.edge.registered")
             return defer.succeed(sip.Registration(3600, physicalURL))
+
+        def _expireRegistration(self, username: str) -> None:
+            # Twisted's version cancels the very call that is running it (AlreadyCalled), so the user was never
+            # forgotten and every later REGISTER for it failed on the dead timer.
+            entry = self.users.pop(username, None)
+            if entry is not None and entry[0].active():
+                entry[0].cancel()
+            log.info("registration of {user} expired", user=username, log_event="sipnat.edge.expired")
+
+        def unregisterAddress(self, domainURL: Any, logicalURL: Any, physicalURL: Any) -> Any:
+            entry = self.users.get(logicalURL.username)
+            if entry is None or entry[1] != physicalURL:
+                return defer.fail(sip.RegistrationError(404))
+            self._expireRegistration(logicalURL.username)
+            return defer.succeed(sip.Registration(0, physicalURL))
 
         def getRegistrationInfo(self, userURI: Any) -> Any:
             if userURI.host != self.domain or userURI.username not in self.users:
@@ -689,10 +725,14 @@ class SIPStreamProtocol(protocol.Protocol):
             try:
                 _, toURL, _ = sip.parseAddress(message.headers["to"][0], clean=1)
                 if contact is not None:
-                    _, contactURL, _ = sip.parseAddress(contact, host=peer.host, port=peer.port)
-                    self.registry.registerAddress(message.uri, toURL, contactURL).addErrback(lambda _: None)
-                    response.addHeader("contact", contactURL.toString())
-                    response.addHeader("expires", "3600")
+                    _, contactURL, params = sip.parseAddress(contact, host=peer.host, port=peer.port)
+                    expires = params.get("expires", message.headers.get("expires", ["3600"])[0])
+                    if str(expires).strip() == "0":  # RFC 3261 §10.2.2: removing a binding
+                        self.registry.unregisterAddress(message.uri, toURL, contactURL).addErrback(lambda _: None)
+                    else:
+                        self.registry.registerAddress(message.uri, toURL, contactURL).addErrback(lambda _: None)
+                        response.addHeader("contact", contactURL.toString())
+                        response.addHeader("expires", "3600")
             except Exception:  # noqa: BLE001 - a malformed REGISTER gets 400, never a traceback
                 response = sip.Response(400)
                 for name in ("via", "to", "from", "call-id", "cseq"):

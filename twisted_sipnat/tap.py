@@ -63,7 +63,7 @@ class ClientOptions(usage.Options):
                                 "Default: the config's udpKeepaliveInterval, else 25."],
         ["method", "m", None, "UDP keepalive method: stun (Binding request) or crlf (CRLFCRLF datagram). Default: stun."],
         ["backoff-base", None, None, "Base time in seconds of the RFC 5626 section 4.5 re-registration backoff "
-                                     "(retries after 50-100% of base * 2^failures). Default: 30."],
+                                     "(retries after 50-100% of base * 2^failures, failures >= 1). Default: 30."],
     ]
 
     def __init__(self) -> None:
@@ -121,7 +121,7 @@ class Options(usage.Options):
         "it and keeping the binding alive (every 80-100% of 5 s), logging each step."
     )
     optParameters = [
-        ["config", "c", None, "INI (or, on Python 3.11+, .toml) file with one section of NATSettings per SIP "
+        ["config", "c", None, "Client and embedded default only: INI (or, on Python 3.11+, .toml) file with one section of NATSettings per SIP "
                               "domain; section 'default' for any other domain."],
     ]
     subCommands = [
@@ -166,6 +166,8 @@ def _clientService(reactor: Any, options: Options, sub: ClientOptions) -> Any:
             names = {"stunServers": "stun", "udpKeepaliveInterval": "interval", "udpKeepaliveMethod": "method"}
             raise InvalidSettingsError(names.get(e.key, e.key), e.value, e.why) from None
     backoffBase = _number("backoff-base", sub["backoff-base"])
+    if backoffBase is not None and backoffBase == 0:
+        raise InvalidSettingsError("backoff-base", sub["backoff-base"], "must be > 0 seconds")
     return ClientRole(reactor, nextHop, settings, domain, listen=listen, register=sub["register"],
                       backoffBase=backoffBase)
 
@@ -252,6 +254,9 @@ def buildService(options: Options, reactor: Any) -> Any:
     or ``[section] key`` of the first bad value; nothing is bound until the service starts.
     """
     sub: Any = getattr(options, "subOptions", None)
+    if options["config"] is not None and options.subCommand in ("edge", "stun"):
+        raise InvalidSettingsError("config", options["config"],
+                                   f"holds NAT settings for the client; the {options.subCommand} role does not read it")
     if options.subCommand == "client":
         return _clientService(reactor, options, sub)
     if options.subCommand == "edge":
