@@ -164,6 +164,19 @@ def test_the_pool_starts_the_other_workers_restarts_a_dead_one_and_stops_them_al
     assert clock.getDelayedCalls() == []  # nothing restarts after the stop
 
 
+def test_a_worker_that_ignores_sigterm_is_killed_after_the_grace_period() -> None:
+    clock = ProcessClock()
+    pool = WorkerPool(clock, 2, lambda: ["-c", "pass"])
+    pool.startService()
+    (worker, _, _, _), = clock.spawned
+    stopped = pool.stopService()
+    assert worker.transport.signals == ["TERM"] and not stopped.called
+    clock.advance(reuseport.STOP_GRACE)
+    assert worker.transport.signals == ["TERM", "KILL"]
+    endWorker(worker)
+    assert stopped.called and clock.getDelayedCalls() == []
+
+
 def test_a_restart_pending_at_stop_is_cancelled() -> None:
     clock = ProcessClock()
     pool = WorkerPool(clock, 2, lambda: ["-c", "pass"])

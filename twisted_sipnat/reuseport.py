@@ -209,13 +209,35 @@ class WorkerPool(service.Service):
                 call.cancel()
         self._pendingRestarts.clear()
         ended = []
-        for worker in list(self.workers.values()):
+        workers = list(self.workers.values())
+        for worker in workers:
             ended.append(worker.ended)
             try:
                 worker.transport.signalProcess("TERM")  # type: ignore[union-attr]
             except Exception:  # already gone: processEnded is on its way
                 pass
-        return defer.DeferredList(ended)
+        allEnded: defer.Deferred[Any] = defer.DeferredList(ended)
+        if not workers:
+            return allEnded
+
+        def kill() -> None:
+            # A worker stuck past the grace period must not hang twistd's shutdown.
+            for worker in workers:
+                if not worker.ended.called:
+                    log.warn("worker {pid} did not stop within {grace} s: killing it", pid=getattr(worker.transport, "pid", None),
+                             grace=STOP_GRACE)
+                    try:
+                        worker.transport.signalProcess("KILL")  # type: ignore[union-attr]
+                    except Exception:
+                        pass
+
+        killer = self.reactor.callLater(STOP_GRACE, kill)
+        allEnded.addBoth(lambda result: (killer.cancel() if killer.active() else None, result)[1])
+        return allEnded
+
+
+#: Seconds a worker gets after SIGTERM before the pool sends SIGKILL.
+STOP_GRACE = 5.0
 
 
 def _stopper(reactor: Any) -> Callable[[], None]:
