@@ -17,15 +17,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
-import traceback
 from collections import Counter
 from typing import Any, Dict, List, Optional, Tuple
 
+from driverkit import CommandLines, emit
 from twisted.internet import reactor as _reactor
 from twisted.internet import stdio
-from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
 
 from twisted_sipnat import NATSettings, NATTraversalController, SharedDatagramProtocol
@@ -33,19 +31,18 @@ from twisted_sipnat import NATSettings, NATTraversalController, SharedDatagramPr
 reactor: Any = _reactor
 
 
-def emit(event: str, **fields: Any) -> None:
-    sys.stdout.write(json.dumps({"event": event, "t": time.monotonic(), **fields}) + "\n")
-    sys.stdout.flush()
 
 
 def pair(address: Any) -> Optional[List[Any]]:
     return None if address is None else [address[0], address[1]]
 
 
-class Discoverer(LineReceiver):
-    delimiter = b"\n"
-
+class Discoverer(CommandLines):
     def __init__(self, settings: NATSettings, bind: Tuple[str, int]) -> None:
+        super().__init__({
+            "discover": self.discover,
+            "received": lambda command: emit("received", sources=dict(self.sources)),
+        })
         self.controller = NATTraversalController(settings, reactor=reactor)
         self.shared = SharedDatagramProtocol(controller=self.controller)
         self.port = reactor.listenUDP(bind[1], self.shared, interface=bind[0])
@@ -86,26 +83,6 @@ class Discoverer(LineReceiver):
                  duration=time.monotonic() - started)
 
         d.addCallbacks(done, failed)
-
-    def lineReceived(self, line: bytes) -> None:
-        try:
-            command = json.loads(line)
-            name = command["cmd"]
-            if name == "discover":
-                self.discover(command)
-            elif name == "received":
-                emit("received", sources=dict(self.sources))
-            elif name == "quit":
-                emit("bye")
-                reactor.stop()
-            else:
-                emit("error", message=f"unknown command {name!r}")
-        except Exception as e:  # a driver reports its own bugs as events rather than dying silently
-            emit("error", message=f"{type(e).__name__}: {e}", traceback=traceback.format_exc())
-
-    def connectionLost(self, reason: Optional[Failure] = None) -> None:
-        if reactor.running:
-            reactor.stop()
 
 
 def main() -> None:

@@ -27,17 +27,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
-import traceback
 from collections import Counter
 from typing import Any, Dict, Optional, Tuple
 
+from driverkit import CommandLines, emit
 from twisted.internet import reactor as _reactor
 from twisted.internet import stdio
 from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.protocol import ClientFactory, Protocol
-from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -47,9 +45,6 @@ from twisted_sipnat.interfaces import IBindingObserver
 reactor: Any = _reactor
 
 
-def emit(event: str, **fields: Any) -> None:
-    sys.stdout.write(json.dumps({"event": event, "t": time.monotonic(), **fields}) + "\n")
-    sys.stdout.flush()
 
 
 def addressPair(address: Any) -> Optional[list]:
@@ -203,41 +198,17 @@ class Client:
         emit("stats", counts=dict(self.counts), local=self.local())
 
 
-class Commands(LineReceiver):
-    delimiter = b"\n"
-
+class Commands(CommandLines):
     def __init__(self, client: Client) -> None:
-        self.client = client
-
-    def lineReceived(self, line: bytes) -> None:
-        try:
-            command = json.loads(line)
-            name = command["cmd"]
-            if name == "resolve":
-                self.client.resolve(command)
-            elif name == "keepalive":
-                self.client.keepalive(command)
-            elif name == "connect":
-                self.client.connect(command)
-            elif name == "updateNextHop":
-                self.client.updateNextHop(command)
-            elif name == "sipSend":
-                self.client.sipSend(command)
-            elif name == "free":
-                self.client.free()
-            elif name == "stats":
-                self.client.stats()
-            elif name == "quit":
-                emit("bye")
-                reactor.stop()
-            else:
-                emit("error", message=f"unknown command {name!r}")
-        except Exception as e:  # a driver reports its own bugs as events rather than dying silently
-            emit("error", message=f"{type(e).__name__}: {e}", traceback=traceback.format_exc())
-
-    def connectionLost(self, reason: Optional[Failure] = None) -> None:
-        if reactor.running:
-            reactor.stop()
+        super().__init__({
+            "resolve": client.resolve,
+            "keepalive": client.keepalive,
+            "connect": client.connect,
+            "updateNextHop": client.updateNextHop,
+            "sipSend": client.sipSend,
+            "free": lambda command: client.free(),
+            "stats": lambda command: client.stats(),
+        })
 
 
 def main() -> None:

@@ -10,11 +10,9 @@ server's side too), and runs until the test stops it.
 from __future__ import annotations
 
 import argparse
-import json
-import sys
-import time
 from typing import Any
 
+from driverkit import emit
 from twisted.internet import reactor as _reactor
 
 from twisted_sipnat import SharedDatagramProtocol
@@ -22,9 +20,6 @@ from twisted_sipnat import SharedDatagramProtocol
 reactor: Any = _reactor
 
 
-def emit(event: str, **fields: Any) -> None:
-    sys.stdout.write(json.dumps({"event": event, "t": time.monotonic(), **fields}) + "\n")
-    sys.stdout.flush()
 
 
 def main() -> None:
