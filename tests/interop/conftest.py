@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Callable, Iterator, List
+from typing import Any, Callable, Iterator, List
 
 import pytest
 
@@ -23,17 +23,19 @@ from peerkit import PeerError, RunningPeer  # noqa: E402
 LOOPBACK = "127.0.0.1"
 
 
+def started(what: str, start: Callable[..., RunningPeer], *args: Any) -> RunningPeer:
+    """``start(*args)``, or the test fails (never skips) naming the missing peer: ``.ci/run`` installs them."""
+    try:
+        return start(*args)
+    except PeerError as e:
+        pytest.fail(f"{what} is needed for this interop test: {e}", pytrace=False)
+
+
 @pytest.fixture(scope="session")
 def coturn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningPeer]:
     """One coturn for the session, on 127.0.0.1 and a free port."""
-    try:
-        peer = peerkit.startCoturn(tmp_path_factory.mktemp("coturn"), [LOOPBACK])
-    except PeerError as e:
-        pytest.fail(f"coturn is needed for this interop test: {e}", pytrace=False)
-    try:
+    with started("coturn", peerkit.startCoturn, tmp_path_factory.mktemp("coturn"), [LOOPBACK]) as peer:
         yield peer
-    finally:
-        peer.stop()
 
 
 @pytest.fixture(scope="session")
@@ -49,27 +51,15 @@ def coturn6(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningPeer]:
             probe.bind(("::1", 0))
     except OSError as e:
         pytest.skip(f"this machine has no IPv6 loopback (::1): {e}")
-    try:
-        peer = peerkit.startCoturn(tmp_path_factory.mktemp("coturn6"), ["::1"])
-    except PeerError as e:
-        pytest.fail(f"coturn is needed for this interop test: {e}", pytrace=False)
-    try:
+    with started("coturn", peerkit.startCoturn, tmp_path_factory.mktemp("coturn6"), ["::1"]) as peer:
         yield peer
-    finally:
-        peer.stop()
 
 
 @pytest.fixture(scope="session")
 def kamailio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningPeer]:
     """One Kamailio edge for the session (tests that stop Kamailio use ``kamailioFactory`` instead)."""
-    try:
-        peer = peerkit.startKamailio(tmp_path_factory.mktemp("kamailio"), LOOPBACK)
-    except PeerError as e:
-        pytest.fail(f"Kamailio is needed for this interop test: {e}", pytrace=False)
-    try:
+    with started("Kamailio", peerkit.startKamailio, tmp_path_factory.mktemp("kamailio"), LOOPBACK) as peer:
         yield peer
-    finally:
-        peer.stop()
 
 
 @pytest.fixture
@@ -78,20 +68,17 @@ def kamailioFactory(tmp_path: Path) -> Iterator[Callable[[], RunningPeer]]:
     Start a private Kamailio for one test, which the test may stop mid-way (``peer.stop()``) to see the flow
     fail; every instance is stopped at teardown whatever happened.
     """
-    started: List[RunningPeer] = []
+    instances: List[RunningPeer] = []
 
     def make() -> RunningPeer:
-        try:
-            peer = peerkit.startKamailio(tmp_path / f"kamailio{len(started)}", LOOPBACK)
-        except PeerError as e:
-            pytest.fail(f"Kamailio is needed for this interop test: {e}", pytrace=False)
-        started.append(peer)
+        peer = started("Kamailio", peerkit.startKamailio, tmp_path / f"kamailio{len(instances)}", LOOPBACK)
+        instances.append(peer)
         return peer
 
     try:
         yield make
     finally:
-        for peer in started:
+        for peer in instances:
             peer.stop()
 
 

@@ -458,6 +458,12 @@ class RunningPeer:
     def running(self) -> bool:
         return self.process.deadReason() is None
 
+    def __enter__(self) -> RunningPeer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
 
 #: ``ready(process, server, deadline)`` waits until the peer answers STUN at ``server`` (raising
 #: :class:`PeerError` if it does not by ``deadline``); the lab swaps in a probe run inside a namespace.
@@ -466,6 +472,16 @@ ReadyCheck = Callable[[PeerProcess, HostPort, float], BindingAnswer]
 
 def loopbackReady(process: PeerProcess, server: HostPort, deadline: float) -> BindingAnswer:
     return waitForSTUN(server, deadline, process.name, process.deadReason)
+
+
+def _whenReady(process: PeerProcess, server: HostPort, ready: ReadyCheck, startDeadline: float) -> RunningPeer:
+    """The started peer once it answers STUN at ``server``; a peer that never does is stopped, not left behind."""
+    try:
+        answer = ready(process, server, time.monotonic() + startDeadline)
+    except BaseException:
+        process.stop()
+        raise
+    return RunningPeer(process.name, server, process, answer)
 
 
 def startCoturn(
@@ -482,12 +498,7 @@ def startCoturn(
         port = freePort(listen[0], span=2)
     argv = coturnArgv(listen, port, workDir / "turnserver.pid", prefix)
     process = PeerProcess("coturn", argv, workDir / "coturn.log")
-    try:
-        answer = ready(process, (listen[0], port), time.monotonic() + startDeadline)
-    except BaseException:
-        process.stop()
-        raise
-    return RunningPeer("coturn", (listen[0], port), process, answer)
+    return _whenReady(process, (listen[0], port), ready, startDeadline)
 
 
 def startKamailio(
@@ -504,12 +515,7 @@ def startKamailio(
         port = freePort(host)
     cfg = writeKamailioConfig(workDir, host, port)
     process = PeerProcess("kamailio", kamailioArgv(cfg, workDir / "run", prefix), workDir / "kamailio.log")
-    try:
-        answer = ready(process, (host, port), time.monotonic() + startDeadline)
-    except BaseException:
-        process.stop()
-        raise
-    return RunningPeer("kamailio", (host, port), process, answer)
+    return _whenReady(process, (host, port), ready, startDeadline)
 
 
 def _main(argv: Sequence[str]) -> int:

@@ -111,10 +111,8 @@ def labCoturn(lab: NetLab, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         listen=[netlab.PUB_ADDR, netlab.PUB_ADDR2],
         port=COTURN_PORT,
     )
-    try:
+    with peer:
         yield peer
-    finally:
-        peer.stop()
 
 
 @pytest.fixture(scope="session")
@@ -128,10 +126,8 @@ def labKamailio(lab: NetLab, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         host=netlab.PUB_ADDR,
         port=KAMAILIO_PORT,
     )
-    try:
+    with peer:
         yield peer
-    finally:
-        peer.stop()
 
 
 @pytest.fixture
