@@ -5,7 +5,7 @@ spoofing, failover, redirects, error responses, credentials, cancellation and th
 
 from __future__ import annotations
 
-from typing import Any, List
+from typing import Any, List, Tuple
 
 import pytest
 from twisted.internet.address import IPv4Address, IPv6Address
@@ -37,6 +37,14 @@ def outcome(d: Deferred[Any]) -> List[Any]:
 
 def makeController(clock: Clock, **settings: Any) -> NATTraversalController:
     return NATTraversalController(NATSettings(**settings), reactor=clock)
+
+
+def resolving(**settings: Any) -> Tuple[Clock, NATTraversalController, Any, Any, List[Any]]:
+    """A controller on a Clock and a recording socket, with one resolvePublicAddress toward HOP started."""
+    clock = Clock()
+    controller = makeController(clock, **settings)
+    shared, transport = sharedDatagramSocket(controller)
+    return clock, controller, shared, transport, outcome(controller.resolvePublicAddress(None, shared, HOP))
 
 
 def sendInstants(clock: Clock, transport: Any, until: float, step: float = 0.25) -> List[float]:
@@ -102,10 +110,7 @@ def test_software_none_leaves_it_out() -> None:
 
 
 def test_mapped_address_only_response_is_accepted() -> None:
-    clock = Clock()
-    controller = makeController(clock, stunServers=[SERVER])
-    shared, transport = sharedDatagramSocket(controller)
-    result = outcome(controller.resolvePublicAddress(None, shared, HOP))
+    clock, controller, shared, transport, result = resolving(stunServers=[SERVER])
     (request, _), = transport.stunRequests()
     response = stun.Message(stun.BINDING, stun.SUCCESS, request.transactionId,
                             [stun.MappedAddress("203.0.113.9", 1234)]).encode(fingerprint=False)
@@ -114,10 +119,7 @@ def test_mapped_address_only_response_is_accepted() -> None:
 
 
 def test_spoofed_responses_are_ignored_and_counted() -> None:
-    clock = Clock()
-    controller = makeController(clock, stunServers=[SERVER])
-    shared, transport = sharedDatagramSocket(controller)
-    result = outcome(controller.resolvePublicAddress(None, shared, HOP))
+    clock, controller, shared, transport, result = resolving(stunServers=[SERVER])
     (request, _), = transport.stunRequests()
     # right transaction ID, wrong source (address, then port)
     shared.datagramReceived(bindingResponse(request, ("6.6.6.6", 666)), ("198.51.100.99", 3478))
@@ -135,10 +137,7 @@ def test_spoofed_responses_are_ignored_and_counted() -> None:
 
 
 def test_failover_to_the_next_server_after_a_timeout() -> None:
-    clock = Clock()
-    controller = makeController(clock, stunServers=[SERVER, OTHER])
-    shared, transport = sharedDatagramSocket(controller)
-    result = outcome(controller.resolvePublicAddress(None, shared, HOP))
+    clock, controller, shared, transport, result = resolving(stunServers=[SERVER, OTHER])
     clock.advance(39.4)
     assert all(addr == SERVER for _, addr in transport.written)
     transport.clear()
@@ -151,10 +150,7 @@ def test_failover_to_the_next_server_after_a_timeout() -> None:
 
 
 def test_every_server_times_out_gives_stuntimeout_naming_them() -> None:
-    clock = Clock()
-    controller = makeController(clock, stunServers=[SERVER, OTHER])
-    shared, _ = sharedDatagramSocket(controller)
-    result = outcome(controller.resolvePublicAddress(None, shared, HOP))
+    clock, controller, shared, transport, result = resolving(stunServers=[SERVER, OTHER])
     clock.advance(39.5)
     assert result == []
     clock.advance(39.5)
@@ -163,10 +159,7 @@ def test_every_server_times_out_gives_stuntimeout_naming_them() -> None:
 
 
 def test_error_response_moves_on_at_once_and_last_error_wins() -> None:
-    clock = Clock()
-    controller = makeController(clock, stunServers=[SERVER, OTHER])
-    shared, transport = sharedDatagramSocket(controller)
-    result = outcome(controller.resolvePublicAddress(None, shared, HOP))
+    clock, controller, shared, transport, result = resolving(stunServers=[SERVER, OTHER])
     (request, _), = transport.stunRequests()
     transport.clear()
     shared.datagramReceived(bindingResponse(request, error=(500, "Server Error")), SERVER)
@@ -179,10 +172,7 @@ def test_error_response_moves_on_at_once_and_last_error_wins() -> None:
 
 
 def test_error_then_timeout_reports_the_error() -> None:
-    clock = Clock()
-    controller = makeController(clock, stunServers=[SERVER, OTHER])
-    shared, transport = sharedDatagramSocket(controller)
-    result = outcome(controller.resolvePublicAddress(None, shared, HOP))
+    clock, controller, shared, transport, result = resolving(stunServers=[SERVER, OTHER])
     (request, _), = transport.stunRequests()
     shared.datagramReceived(bindingResponse(request, error=(401, "Unauthorized")), SERVER)
     clock.advance(39.5)
@@ -190,10 +180,7 @@ def test_error_then_timeout_reports_the_error() -> None:
 
 
 def test_300_try_alternate_redirects_once_per_server() -> None:
-    clock = Clock()
-    controller = makeController(clock, stunServers=[SERVER])
-    shared, transport = sharedDatagramSocket(controller)
-    result = outcome(controller.resolvePublicAddress(None, shared, HOP))
+    clock, controller, shared, transport, result = resolving(stunServers=[SERVER])
     (request, _), = transport.stunRequests()
     transport.clear()
     shared.datagramReceived(bindingResponse(request, error=(300, "Try Alternate"), alternate=OTHER), SERVER)
@@ -234,10 +221,7 @@ def test_unknown_domain_raises_synchronously() -> None:
 
 
 def test_next_hop_is_the_stun_server_when_none_configured() -> None:
-    clock = Clock()
-    controller = makeController(clock)
-    shared, transport = sharedDatagramSocket(controller)
-    result = outcome(controller.resolvePublicAddress(None, shared, HOP))
+    clock, controller, shared, transport, result = resolving()
     (request, addr), = transport.stunRequests()
     assert addr == HOP
     shared.datagramReceived(bindingResponse(request, MAPPED), HOP)
@@ -245,10 +229,7 @@ def test_next_hop_is_the_stun_server_when_none_configured() -> None:
 
 
 def test_credentials_sign_requests_and_unsigned_responses_are_dropped() -> None:
-    clock = Clock()
-    controller = makeController(clock, stunServers=[SERVER], username="alice", password="s3cret")
-    shared, transport = sharedDatagramSocket(controller)
-    result = outcome(controller.resolvePublicAddress(None, shared, HOP))
+    clock, controller, shared, transport, result = resolving(stunServers=[SERVER], username="alice", password="s3cret")
     (request, _), = transport.stunRequests()
     key = stun.shortTermKey("s3cret")
     assert request.get(stun.USERNAME) is not None and request.verifyIntegrity(key)
@@ -329,10 +310,7 @@ def test_rto_is_learned_from_answers_and_forgotten_after_a_timeout() -> None:
 
 def test_a_response_with_unknown_comprehension_required_attributes_fails_that_server() -> None:
     """RFC 8489 §6.3.3: discarded, and the transaction has failed: the next server is asked at once."""
-    clock = Clock()
-    controller = makeController(clock, stunServers=[SERVER, OTHER])
-    shared, transport = sharedDatagramSocket(controller)
-    result = outcome(controller.resolvePublicAddress(None, shared, HOP))
+    clock, controller, shared, transport, result = resolving(stunServers=[SERVER, OTHER])
     (request, _), = transport.stunRequests()
     transport.clear()
     shared.datagramReceived(bindingResponse(request, ("6.6.6.6", 6), extra=[stun.RawAttribute(0x7F00, b"zz")]), SERVER)
