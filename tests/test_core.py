@@ -138,12 +138,44 @@ def test_timer_heap_matches_a_model(operations: List[tuple]) -> None:
         assert heap.nextTime() == (min(model.values()) if model else None)
 
 
+def test_timer_heap_keeps_what_a_consumer_stopping_early_did_not_take() -> None:
+    heap = TimerHeap()
+    items = [Item(i) for i in range(5)]
+    for item in items:
+        heap.schedule(item, 1.0)  # one bucket
+    heap.schedule(items[4], 2.0)  # its entry at 1.0 is now stale
+    taken = []
+    for item in heap.popDue(1.0):
+        taken.append(item.name)
+        if len(taken) == 2:
+            break
+    assert taken == [0, 1]
+    assert len(heap) == 3 and heap.nextTime() == 1.0
+    assert [item.name for item in heap.popDue(5.0)] == [2, 3, 4]
+    assert len(heap) == 0 and heap.nextTime() is None
+
+
+def test_timer_heap_pops_one_instant_in_scheduling_order_and_takes_reschedules_in_the_same_pass() -> None:
+    heap = TimerHeap()
+    items = [Item(i) for i in range(4)]
+    for item in reversed(items):
+        heap.schedule(item, 3.0)
+    seen = []
+    for item in heap.popDue(3.0):
+        seen.append(item.name)
+        if item.name == 3:
+            heap.schedule(item, 3.0)  # again at the instant being popped: comes out in this pass, once more
+            item.name = 30
+    assert seen == [3, 2, 1, 0, 30]
+    assert len(heap) == 0
+
+
 def test_timer_heap_compacts_stale_entries() -> None:
     heap = TimerHeap()
     item = Item(0)
     for t in range(5000):
         heap.schedule(item, float(t))
-    assert len(heap) == 1 and len(heap._heap) < 2 * 1 + 1024 + 2
+    assert len(heap) == 1 and heap._entries < 2 * 1 + 1024 + 2 and len(heap._instants) == len(heap._buckets) < 1024 + 4
 
 
 @given(st.floats(0.5, 3600), st.integers(0, 2**32))

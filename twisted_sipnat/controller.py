@@ -515,7 +515,12 @@ class NATTraversalController:
         extra: Sequence[Any] = (),
         rc: int = DEFAULT_RC,
         anySource: bool = False,
+        now: Optional[float] = None,
     ) -> _Txn:
+        """
+        Start a Binding transaction (``now``: the instant of the wake-up that starts it, so every transaction
+        started in one wake-up shares its retransmission instants, and one timer bucket).
+        """
         if len(self._pending) >= self.maxTransactions:
             raise ResourceLimitError("pending STUN transactions", self.maxTransactions)
         transactionId = secrets.token_bytes(12)
@@ -532,7 +537,8 @@ class NATTraversalController:
             )
         else:
             request = self._buildRequest(settings, transactionId, self._isIPv6Socket(sock, destination))
-        now = self.reactor.seconds()
+        if now is None:
+            now = self.reactor.seconds()
         rto = self._rto.rtoFor(destination, now, settings.rto)
         txn = _Txn(transactionId, request, destination, sock, owner, self._integrityKey(settings), rto, rc, anySource,
                    settings.rto)
@@ -1164,7 +1170,7 @@ class NATTraversalController:
             assert hop is not None
             flow.stunInFlight = True
             try:
-                flow.txn = self._newTransaction(flow.sock, hop, flow.settings, flow)
+                flow.txn = self._newTransaction(flow.sock, hop, flow.settings, flow, now=now)
             except ResourceLimitError:
                 flow.stunInFlight = False
                 self.stats["keepalive.skipped.limit"] += 1

@@ -1,5 +1,6 @@
 """
-Many timers, one wake-up: a lazily-invalidated binary heap (sans-IO).
+Many timers, one wake-up: a lazily-invalidated heap of instants, each with the bucket of objects due then
+(sans-IO).
 
 A carrier-scale controller keeps tens of thousands of flows alive; a ``LoopingCall`` or ``IDelayedCall`` per flow
 costs a reactor heap entry, a closure and a reschedule per keepalive.  Instead every sans-IO object that needs
@@ -7,16 +8,21 @@ waking (a transaction, a flow) is a :class:`Timed` with a ``dueAt`` instant, and
 them.  The Twisted shell keeps exactly one ``IDelayedCall`` in step with :meth:`TimerHeap.nextTime` (the aioquic
 pattern), so timers fire at their exact instants rather than on a tick grid.
 
-Rescheduling pushes a new entry and leaves the old one in place; an entry is live only while its ``when``
-equals the object's current ``dueAt``.  Stale entries are dropped when they surface, and the heap is compacted
-when they outnumber the live ones, so memory stays proportional to the number of live timers.
+Objects due at the same instant share one bucket, and the heap holds each distinct instant once.  That is the
+common case at scale: keepalive instants sit on a 10 ms grid (:data:`twisted_sipnat.keepalive.SLOT`) and every
+transaction started in one wake-up has the same retransmission instants, so scheduling is a dict lookup and a
+list append, and the heap stays as small as the number of distinct instants (a few thousand) instead of the
+number of timers (hundreds of thousands), with ``heappush``/``heappop`` cost to match.
+
+Rescheduling adds a new entry and leaves the old one in place; an entry is live only while its instant equals
+the object's current ``dueAt``.  Stale entries are dropped when their bucket surfaces, and everything is
+compacted when they outnumber the live ones, so memory stays proportional to the number of live timers.
 """
 
 from __future__ import annotations
 
 import heapq
-from itertools import count
-from typing import Any, Iterator, List, Optional, Protocol, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Protocol
 
 
 class Timed(Protocol):
@@ -26,12 +32,15 @@ class Timed(Protocol):
 
 
 class TimerHeap:
-    __slots__ = ("_heap", "_sequence", "_live")
+    __slots__ = ("_instants", "_buckets", "_live", "_entries")
 
     def __init__(self) -> None:
-        self._heap: List[Tuple[float, int, Any]] = []
-        self._sequence = count()
+        #: A heap of the distinct instants that have a bucket.
+        self._instants: List[float] = []
+        #: Instant -> the objects scheduled at it, in the order they were scheduled (some may be stale).
+        self._buckets: Dict[float, List[Any]] = {}
         self._live = 0
+        self._entries = 0
 
     def __len__(self) -> int:
         """The number of scheduled objects."""
@@ -42,8 +51,14 @@ class TimerHeap:
         if item.dueAt is None:
             self._live += 1
         item.dueAt = when
-        heapq.heappush(self._heap, (when, next(self._sequence), item))
-        if len(self._heap) > 2 * self._live + 1024:
+        bucket = self._buckets.get(when)
+        if bucket is None:
+            self._buckets[when] = [item]
+            heapq.heappush(self._instants, when)
+        else:
+            bucket.append(item)
+        self._entries += 1
+        if self._entries > 2 * self._live + 1024:
             self._compact()
 
     def unschedule(self, item: Timed) -> None:
@@ -53,37 +68,64 @@ class TimerHeap:
 
     def nextTime(self) -> Optional[float]:
         """The earliest live instant, or ``None`` when nothing is scheduled."""
-        heap = self._heap
-        while heap:
-            when, _, item = heap[0]
-            if item.dueAt == when:
-                return when
-            heapq.heappop(heap)
+        instants, buckets = self._instants, self._buckets
+        while instants:
+            when = instants[0]
+            bucket = buckets[when]
+            for index, item in enumerate(bucket):
+                if item.dueAt == when:
+                    if index:
+                        del bucket[:index]  # stale entries in front: each is dropped once, not scanned again
+                        self._entries -= index
+                    return when
+            heapq.heappop(instants)
+            del buckets[when]
+            self._entries -= len(bucket)
         return None
 
     def popDue(self, now: float) -> Iterator[Any]:
         """
-        Yield, earliest first, every object due at or before ``now``, unscheduling each before it is yielded
-        (so the consumer may schedule it again, even at or before ``now``: it will come out in this same pass).
+        Yield, earliest first (and in scheduling order within one instant), every object due at or before
+        ``now``, unscheduling each before it is yielded (so the consumer may schedule it again, even at or before
+        ``now``: it will come out in this same pass).
         """
-        heap = self._heap
-        while heap:
-            when, _, item = heap[0]
-            if when > now:
-                return
-            heapq.heappop(heap)
-            if item.dueAt != when:
-                continue
-            item.dueAt = None
-            self._live -= 1
-            yield item
+        instants, buckets = self._instants, self._buckets
+        while instants and instants[0] <= now:
+            when = heapq.heappop(instants)
+            bucket = buckets.pop(when)
+            self._entries -= len(bucket)
+            taken = 0
+            try:
+                for item in bucket:
+                    taken += 1
+                    if item.dueAt == when:
+                        item.dueAt = None
+                        self._live -= 1
+                        yield item
+            finally:
+                # A consumer that stops early (an exception through its loop) leaves the rest scheduled.
+                for item in bucket[taken:]:
+                    if item.dueAt == when:
+                        item.dueAt = None
+                        self._live -= 1
+                        self.schedule(item, when)
 
     def clear(self) -> None:
-        for _, _, item in self._heap:
-            item.dueAt = None
-        self._heap.clear()
+        for bucket in self._buckets.values():
+            for item in bucket:
+                item.dueAt = None
+        self._instants.clear()
+        self._buckets.clear()
         self._live = 0
+        self._entries = 0
 
     def _compact(self) -> None:
-        self._heap = [entry for entry in self._heap if entry[2].dueAt == entry[0]]
-        heapq.heapify(self._heap)
+        buckets: Dict[float, List[Any]] = {}
+        for when, bucket in self._buckets.items():
+            live = [item for item in bucket if item.dueAt == when]
+            if live:
+                buckets[when] = live
+        self._buckets = buckets
+        self._instants = list(buckets)
+        heapq.heapify(self._instants)
+        self._entries = sum(len(bucket) for bucket in buckets.values())
