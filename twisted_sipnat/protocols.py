@@ -17,11 +17,12 @@ Both provide :class:`~twisted_sipnat.interfaces.ISharedSocket`: the ``socket`` t
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Set, Tuple
 
-from twisted.internet.error import MessageLengthError
+from twisted.internet.error import InvalidAddressError, MessageLengthError
 from twisted.internet.interfaces import IAddress
 from twisted.internet.protocol import DatagramProtocol
+from twisted.internet.udp import Port as UDPPort
 from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.python.failure import Failure
@@ -46,6 +47,9 @@ DEFAULT_RESPONDER_BURST = 40
 #: RFC 3261 §18.1.1 and RFC 5626: a SIP message on a stream above this is refused (configurable).
 DEFAULT_MAX_MESSAGE_SIZE = 65536
 
+#: How many keepalive destinations a shared UDP socket remembers as accepted by its port (then it starts over).
+MAX_VETTED_DESTINATIONS = 4096
+
 
 class _PongKey:
     """The arbitration key of the server role's pong: at most one held per connection."""
@@ -67,11 +71,12 @@ def sendDatagram(transport: Any, data: bytes, addr: Any, stats: Counter[str], wh
     interface is down, EHOSTUNREACH, EPERM from a firewall, EINVAL for a destination such as port 0.  UDP gives
     no delivery promise anyway, so the caller's retransmission and timeout rules (RFC 8489 §6.2.1) decide what
     the loss means; raising instead would unwind the controller mid-update (the transaction leaked, the flow's
-    timer lost) or log a traceback for input off the wire.
+    timer lost) or log a traceback for input off the wire.  A destination the port refuses outright (a name,
+    or an IPv6 literal on an IPv4 port: ``InvalidAddressError``) is counted and logged the same way.
     """
     try:
         transport.write(data, addr)
-    except (OSError, MessageLengthError) as e:
+    except (OSError, MessageLengthError, InvalidAddressError) as e:
         stats["write.errors"] += 1
         _log.warn("could not send {what} to {addr}: {error}", what=what, addr=addr, error=e,
                   sipnat_event="write.error")
@@ -161,12 +166,34 @@ class SharedDatagramProtocol(DatagramProtocol):
         self.stats: Counter[str] = Counter()
         self._clock = clock
         self._local: Optional[HostPort] = None
+        self._sendto: Any = None
+        self._vetted: Set[Any] = set()
 
     # -- ISharedSocket ----------------------------------------------------------------------------------------
 
     def writeKeepalive(self, data: bytes, addr: Any) -> None:
-        if self.transport is not None:
-            sendDatagram(self.transport, data, addr, self.stats, "a keepalive")
+        """
+        Write a keepalive (or a retransmission) to ``addr``.
+
+        Twisted's ``udp.Port.write`` checks the destination on every write (it parses the address string three
+        times, which costs more than the ``sendto`` itself), but a flow writes to the same next hop every
+        interval.  So a destination the port has accepted once is written to with the socket's own ``sendto``;
+        if that raises, the datagram was not sent and goes through ``udp.Port.write`` after all, which keeps
+        its error handling (EINTR retried, ECONNREFUSED ignored, the rest counted and logged).
+        """
+        transport = self.transport
+        if transport is None:
+            return
+        if addr in self._vetted:
+            try:
+                self._sendto(data, addr)
+                return
+            except OSError:
+                pass
+        if sendDatagram(transport, data, addr, self.stats, "a keepalive") and self._sendto is not None:
+            if len(self._vetted) >= MAX_VETTED_DESTINATIONS:
+                self._vetted.clear()
+            self._vetted.add(addr)
 
     def peerAddress(self) -> None:
         return None
@@ -177,6 +204,9 @@ class SharedDatagramProtocol(DatagramProtocol):
     # -- DatagramProtocol -------------------------------------------------------------------------------------
 
     def startProtocol(self) -> None:
+        # Only a real Twisted UDP port has a socket whose sendto does what its write does (see writeKeepalive).
+        if type(self.transport) is UDPPort:
+            self._sendto = self.transport.socket.sendto
         host = self.transport.getHost() if self.transport is not None else None
         if host is not None and getattr(host, "port", None) is not None:
             self._local = (host.host, host.port)
@@ -184,6 +214,8 @@ class SharedDatagramProtocol(DatagramProtocol):
             self.sipProtocol.makeConnection(SharedDatagramTransport(self))  # type: ignore[arg-type]
 
     def stopProtocol(self) -> None:
+        self._sendto = None
+        self._vetted.clear()
         if self.sipProtocol is not None:
             self.sipProtocol.doStop()
         if self.controller is not None:

@@ -162,3 +162,46 @@ def test_tcp_client_keeps_a_flow_alive_against_our_pong_responder() -> Any:
         controller.freeResources()
         connector.disconnect()
         yield listening.stopListening()
+
+
+@pytest_twisted.inlineCallbacks
+def test_keepalive_writes_check_a_destination_once_then_use_the_sockets_sendto() -> Any:
+    r = reactor()
+    sink = SIPRecorder()
+    sinkPort = r.listenUDP(0, sink, interface="127.0.0.1")
+    shared = SharedDatagramProtocol()
+    port = r.listenUDP(0, shared, interface="127.0.0.1")
+    hop = ("127.0.0.1", sinkPort.getHost().port)
+    portWrites: List[Any] = []
+    realWrite = port.write
+
+    def countingWrite(data: bytes, addr: Any = None) -> Any:
+        portWrites.append(addr)
+        return realWrite(data, addr)
+
+    port.write = countingWrite  # type: ignore[method-assign]
+    try:
+        for i in range(3):
+            shared.writeKeepalive(b"\x00\x01\x00\x00" + bytes([i]) * 16, hop)
+        yield sleep(0.1)
+        assert [d[4] for d in sink.received] == [0, 1, 2]  # every datagram arrived, in order
+        assert portWrites == [hop]  # only the first went through udp.Port.write's address checks
+
+        # A name is not an address: the port refuses it every time (it is never remembered), and says why.
+        shared.writeKeepalive(b"\x00\x01\x00\x00" + b"n" * 16, ("localhost", hop[1]))
+        shared.writeKeepalive(b"\x00\x01\x00\x00" + b"n" * 16, ("localhost", hop[1]))
+        assert portWrites[1:] == [("localhost", hop[1])] * 2
+        assert shared.stats["write.errors"] == 2
+
+        # If the socket's sendto fails, the datagram goes through udp.Port.write after all (its error rules).
+        def failing(data: bytes, addr: Any) -> Any:
+            raise InterruptedError(4, "Interrupted system call")
+
+        shared._sendto = failing
+        shared.writeKeepalive(b"\x00\x01\x00\x00" + b"e" * 16, hop)
+        yield sleep(0.1)
+        assert sink.received[-1][4:5] == b"e" and portWrites[-1] == hop
+    finally:
+        yield port.stopListening()
+        yield sinkPort.stopListening()
+    assert shared._vetted == set()
