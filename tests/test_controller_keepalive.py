@@ -351,3 +351,133 @@ def test_tcp_pongs_never_reach_the_sip_protocol() -> None:
     clock.advance(30)
     assert observer.failures == []
     controller.freeResources()
+
+
+# -- a healthy flow's repeated answers (controller._AnswerMemo) ------------------------------------------------
+
+
+def countDecodes(monkeypatch: pytest.MonkeyPatch) -> List[int]:
+    """Count the responses decoded (the test helpers decode the requests, which are not counted)."""
+    calls = [0]
+    real = stun.decode
+
+    def counting(data: bytes) -> Any:
+        header = stun.peekHeader(data)
+        if header is not None and header[1] != stun.REQUEST:
+            calls[0] += 1
+        return real(data)
+
+    monkeypatch.setattr(stun, "decode", counting)
+    return calls
+
+
+def answerNext(clock: Clock, shared: Any, transport: Any, **kwargs: Any) -> None:
+    """Advance to the next keepalive and answer it with ``bindingResponse(**kwargs)``."""
+    while not transport.written:
+        clock.advance(0.5)
+    (request, addr), = transport.stunRequests()
+    transport.clear()
+    kwargs.setdefault("mapped", MAPPED)
+    shared.datagramReceived(bindingResponse(request, **kwargs), addr)
+
+
+def test_an_answer_identical_to_the_last_is_taken_without_decoding_but_its_fingerprint_is_checked(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clock, controller, shared, transport, observer = setup()
+    decodes = countDecodes(monkeypatch)
+    controller.refreshNATBinding(shared, observer, HOP)
+    answerNext(clock, shared, transport)
+    assert decodes[0] == 1 and controller.stats["keepalive.answered"] == 1
+    for _ in range(3):
+        answerNext(clock, shared, transport)
+    assert decodes[0] == 1 and controller.stats["keepalive.answered"] == 4
+
+    # The same answer with a broken FINGERPRINT is decoded, dropped, and the flow keeps waiting.
+    answerNext(clock, shared, transport, corruptFingerprint=True)
+    assert decodes[0] == 2 and controller.stats["stun.dropped.bad-fingerprint"] == 1
+    assert controller.stats["keepalive.answered"] == 4
+    clock.advance(0.5)  # the retransmission; answer it properly
+    (request, addr), = transport.stunRequests()
+    transport.clear()
+    shared.datagramReceived(bindingResponse(request, MAPPED), addr)
+    assert controller.stats["keepalive.answered"] == 5 and decodes[0] == 2
+
+    # Any other byte changed takes the full path: a new port is a rebinding.
+    answerNext(clock, shared, transport, mapped=("203.0.113.1", 40001))
+    assert decodes[0] == 3
+    assert len(observer.failures) == 1 and observer.failures[0].check(MappedAddressChanged)
+
+
+def test_answers_are_always_decoded_and_checked_with_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock, controller, shared, transport, observer = setup(username="alice", password="secret")
+    key = stun.shortTermKey("secret")
+    decodes = countDecodes(monkeypatch)
+    controller.refreshNATBinding(shared, observer, HOP)
+    for _ in range(3):
+        answerNext(clock, shared, transport, key=key)
+    assert decodes[0] == 3 and controller.stats["keepalive.answered"] == 3
+    answerNext(clock, shared, transport, key=stun.shortTermKey("wrong"))
+    assert controller.stats["stun.dropped.bad-integrity"] == 1 and controller.stats["keepalive.answered"] == 3
+
+
+def test_a_new_next_hop_is_not_judged_by_the_old_hops_answers() -> None:
+    clock, controller, shared, transport, observer = setup()
+    controller.refreshNATBinding(shared, observer, HOP)
+    answerNext(clock, shared, transport)
+    answerNext(clock, shared, transport)
+    controller.updateNextHop(HOP2, observer)
+    answerNext(clock, shared, transport, mapped=("203.0.113.9", 50000))  # the new hop's view: a new baseline
+    answerNext(clock, shared, transport, mapped=("203.0.113.9", 50000))
+    answerNext(clock, shared, transport, mapped=MAPPED)  # the old view from the new hop is a change
+    assert len(observer.failures) == 1 and observer.failures[0].check(MappedAddressChanged)
+    assert observer.failures[0].value.old == IPv4Address("UDP", "203.0.113.9", 50000)
+
+
+ANSWER_KINDS = {
+    "same": {},
+    "other-port": {"mapped": ("203.0.113.1", 40001)},
+    "ipv6": {"mapped": ("2001:db8::1", 40000)},
+    "bad-fingerprint": {"corruptFingerprint": True},
+    "no-fingerprint": {"fingerprint": False},
+    "error": {"error": (500, "Server Error")},
+    "software": {"extra": [stun.Software("peer")]},
+    "unknown-required": {"extra": [stun.RawAttribute(0x0023, b"xxxx")]},
+}
+
+
+@given(st.lists(st.sampled_from(sorted(ANSWER_KINDS)), min_size=1, max_size=12))
+@settings(max_examples=150, deadline=None)
+def test_skipping_the_decode_of_repeated_answers_changes_no_outcome(kinds: List[str]) -> None:
+    from unittest import mock
+
+    from twisted_sipnat.controller import _AnswerMemo
+
+    def run() -> Tuple[List[str], Any]:
+        clock, controller, shared, transport, observer = setup()
+        controller.refreshNATBinding(shared, observer, HOP)
+        for kind in kinds:
+            if not controller.isKeepingAlive(observer):
+                break
+            answerNext(clock, shared, transport, **ANSWER_KINDS[kind])
+            clock.advance(40)  # past any retransmission budget: a dropped answer is a timeout
+            transport.clear()
+        failures = [f"{type(f.value).__name__}: {f.value}" for f in observer.failures]
+        counts = {k: v for k, v in controller.stats.items() if k.startswith(("stun.", "keepalive.answered"))}
+        counts.pop("stun.requests.retransmitted", None)
+        return failures, counts
+
+    withMemo = run()
+    with mock.patch.object(_AnswerMemo, "matches", lambda self, data, baseline: False):
+        withoutMemo = run()
+    assert withMemo == withoutMemo
+
+
+def test_the_new_next_hops_first_answer_sets_the_baseline_even_when_it_repeats_the_old_hops() -> None:
+    clock, controller, shared, transport, observer = setup()
+    controller.refreshNATBinding(shared, observer, HOP)
+    answerNext(clock, shared, transport)
+    controller.updateNextHop(HOP2, observer)
+    answerNext(clock, shared, transport)  # same bytes as the old hop's answers: still the new hop's first
+    answerNext(clock, shared, transport, mapped=("203.0.113.1", 40001))
+    assert len(observer.failures) == 1 and observer.failures[0].check(MappedAddressChanged)

@@ -222,7 +222,7 @@ class _Txn(ClientTransaction):
 class _Flow(ka.FlowKeeper):
     """One keepalive context (keyed by its observer): the keeper plus where and how to send."""
 
-    __slots__ = ("observer", "sock", "nextHop", "settings", "txn", "stopped")
+    __slots__ = ("observer", "sock", "nextHop", "settings", "txn", "stopped", "lastAnswer")
 
     def __init__(
         self,
@@ -244,6 +244,38 @@ class _Flow(ka.FlowKeeper):
         self.settings = settings
         self.txn: Optional[_Txn] = None
         self.stopped = False
+        #: The last keepalive answer that confirmed the baseline, kept so the next identical one need not be
+        #: decoded again (see :class:`_AnswerMemo`).
+        self.lastAnswer: Optional[_AnswerMemo] = None
+
+
+class _AnswerMemo:
+    """
+    What a healthy flow's keepalive answers have in common: on a flow whose mapping has not changed, the next
+    hop answers every Binding with the same bytes but for the transaction ID and the FINGERPRINT value that
+    covers it (IPv4's XOR-MAPPED-ADDRESS is XORed with the magic cookie alone, RFC 8489 §14.2).  An answer
+    with the same :attr:`shape` (and, when the memo had one, a valid FINGERPRINT) therefore passes every check
+    the first one passed -- class, method, comprehension-required attributes, the mapped address equal to
+    :attr:`baseline` -- and is taken without decoding.  Anything else (an IPv6 mapping, whose XOR covers the ID;
+    credentials, whose MESSAGE-INTEGRITY covers it; any other byte changed) takes the full path.
+    """
+
+    __slots__ = ("shape", "fingerprinted", "baseline")
+
+    def __init__(self, shape: bytes, fingerprinted: bool, baseline: Any) -> None:
+        self.shape = shape
+        self.fingerprinted = fingerprinted
+        self.baseline = baseline
+
+    @staticmethod
+    def shapeOf(data: bytes, fingerprinted: bool) -> bytes:
+        """``data`` without its transaction ID and, if ``fingerprinted``, without the FINGERPRINT value."""
+        return data[:8] + data[20:-4] if fingerprinted else data[:8] + data[20:]
+
+    def matches(self, data: bytes, baseline: Any) -> bool:
+        if baseline is not self.baseline or self.shapeOf(data, self.fingerprinted) != self.shape:
+            return False
+        return not self.fingerprinted or stun.endsWithValidFingerprint(data)
 
 
 class _Resolution:
@@ -680,6 +712,12 @@ class NATTraversalController:
             source = _hostPort(addr)
             if source is None or not _sameHostPort(source, txn.destination):
                 return self._drop("wrong-source", addr)
+        owner = txn.owner
+        if type(owner) is _Flow and owner.lastAnswer is not None and txn.integrityKey is None:
+            if owner.lastAnswer.matches(data, owner.baseline):
+                self._transactionAnswered(txn)
+                self._keepaliveUnchanged(owner, txn)
+                return True
         try:
             message = stun.decode(data)
         except stun.STUNDecodeError:
@@ -690,19 +728,14 @@ class NATTraversalController:
             return self._drop("bad-fingerprint", addr)
         if txn.integrityKey is not None and not message.verifyIntegrity(txn.integrityKey):
             return self._drop("bad-integrity", addr)
-        now = self.reactor.seconds()
         if message.unknownComprehensionRequired:
             self._drop("unknown-comprehension-required", addr)
             self._endTransaction(txn)
             self._responseUnusable(txn, message)
             return True
-        rtt = txn.answered(now)
-        if rtt is not None:
-            self._rto.sample(txn.server, rtt, now)
-        self._endTransaction(txn)
-        self.stats["stun.responses"] += 1
+        now = self._transactionAnswered(txn)
         if type(txn.owner) is _Flow:
-            self._keepaliveAnswered(txn.owner, txn, message, now)
+            self._keepaliveAnswered(txn.owner, txn, message, now, data)
         elif type(txn.owner) is _Probe:
             self._finishProbe(txn.owner, (message, _hostPort(addr)))
         else:
@@ -710,6 +743,16 @@ class NATTraversalController:
             assert isinstance(owner, _Resolution)
             self._resolutionAnswered(owner, txn, message, now)
         return True
+
+    def _transactionAnswered(self, txn: _Txn) -> float:
+        """A response that passed every check ended ``txn``: feed the RTO estimate (RFC 8489 §6.2.1), forget it."""
+        now: float = self.reactor.seconds()
+        rtt = txn.answered(now)
+        if rtt is not None:
+            self._rto.sample(txn.server, rtt, now)
+        self._endTransaction(txn)
+        self.stats["stun.responses"] += 1
+        return now
 
     def _responseUnusable(self, txn: _Txn, message: Any) -> None:
         """
@@ -1192,13 +1235,30 @@ class NATTraversalController:
             if not wasAwaiting:
                 self._scheduleFlow(flow)
 
-    def _keepaliveAnswered(self, flow: _Flow, txn: _Txn, message: Any, now: float) -> None:
+    def _keepaliveConfirmed(self, flow: _Flow, txn: _Txn) -> bool:
+        """The next hop answered the flow's keepalive; ``False`` if the flow has been stopped meanwhile."""
         if flow.txn is txn:
             flow.txn = None
         flow.stunInFlight = False
         if flow.stopped:
-            return
+            return False
         self.stats["keepalive.answered"] += 1
+        return True
+
+    def _keepaliveUnchanged(self, flow: _Flow, txn: _Txn) -> None:
+        """An answer identical to the last one that confirmed the baseline (:class:`_AnswerMemo`)."""
+        if self._keepaliveConfirmed(flow, txn) and self.keepaliveEvents:
+            self._logKeepaliveAnswered(flow, txn, flow.baseline)
+
+    def _logKeepaliveAnswered(self, flow: _Flow, txn: _Txn, address: Any) -> None:
+        now = self.reactor.seconds()
+        _log.debug("keepalive answered by {server}: public address {host}:{port}", server=txn.server,
+                   host=address.host, port=address.port, observer=flow.observer,
+                   rtt=now - (txn.startedAt or now), sipnat_event="keepalive.answered")
+
+    def _keepaliveAnswered(self, flow: _Flow, txn: _Txn, message: Any, now: float, data: bytes) -> None:
+        if not self._keepaliveConfirmed(flow, txn):
+            return
         if message.messageClass != stun.SUCCESS:
             code, reason = message.errorCode or (0, "")
             # Contract: an error response still proves the path is alive; log it, do not fail the flow.
@@ -1218,9 +1278,11 @@ class NATTraversalController:
             first = baseline is None
             change = flow.judgeMappedAddress(address)
         if self.keepaliveEvents:
-            _log.debug("keepalive answered by {server}: public address {host}:{port}", server=txn.server,
-                       host=address.host, port=address.port, observer=flow.observer,
-                       rtt=now - (txn.startedAt or now), sipnat_event="keepalive.answered")
+            self._logKeepaliveAnswered(flow, txn, address)
+        if change is None and txn.integrityKey is None:
+            fingerprinted = stun.endsWithValidFingerprint(data)
+            if fingerprinted or not message.hasFingerprint:
+                flow.lastAnswer = _AnswerMemo(_AnswerMemo.shapeOf(data, fingerprinted), fingerprinted, flow.baseline)
         if first:
             _log.info("public address {host}:{port} on the flow to {server}", host=address.host, port=address.port,
                       server=txn.server, observer=flow.observer, sipnat_event="public.address")

@@ -48,6 +48,7 @@ from functools import lru_cache
 from typing import Dict, Iterable, List, NamedTuple, Optional, Tuple, Type, Union
 
 __all__ = [
+    "endsWithValidFingerprint",
     "MAGIC_COOKIE",
     "BINDING",
     "REQUEST",
@@ -1115,6 +1116,18 @@ def isSTUN(data: bytes) -> bool:
         return False
     first, length, cookie = _DEMUX.unpack_from(data)
     return first < 4 and cookie == MAGIC_COOKIE and not length & 3 and length + HEADER_LENGTH == len(data)
+
+
+def endsWithValidFingerprint(data: bytes) -> bool:
+    """
+    ``data`` (a STUN message that passed :func:`isSTUN`) ends with a FINGERPRINT attribute whose CRC matches
+    everything before it (RFC 8489 §14.7).  No decoding: for telling a repeated answer from a tampered one.
+    """
+    return (
+        len(data) >= HEADER_LENGTH + 8
+        and data[-8:-4] == _FP_TLV
+        and (zlib.crc32(data[:-8]) ^ FINGERPRINT_XOR) == _U32.unpack_from(data, len(data) - 4)[0]
+    )
 
 
 def peekHeader(data: bytes) -> Optional[Tuple[int, int, bytes]]:
