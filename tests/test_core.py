@@ -223,3 +223,13 @@ def test_keeper_refuses_nonsense() -> None:
         ka.FlowKeeper("smoke", 25, 0.0, random.Random(1))
     with pytest.raises(ValueError):
         ka.FlowKeeper(ka.STUN, 0, 0.0, random.Random(1))
+
+
+def test_transaction_ids_are_12_bytes_distinct_across_blocks() -> None:
+    from twisted_sipnat.transaction import TransactionIds
+
+    ids = TransactionIds()
+    drawn = [ids.next() for _ in range(3 * 340 + 7)]  # three block refills and then some
+    assert all(type(i) is bytes and len(i) == 12 for i in drawn)
+    assert len(set(drawn)) == len(drawn)
+    assert len(set(i[0] for i in drawn)) > 200  # not a counter: the bytes vary

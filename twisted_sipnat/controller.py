@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import ipaddress
 import random
-import secrets
 from collections import Counter
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Set, Tuple, Union
 
@@ -46,7 +45,15 @@ from .interfaces import ISharedSocket
 from .protocols import sendDatagram
 from .settings import DEFAULT_STUN_PORT, NATSettings, ServerSpec, isIPLiteral
 from .timers import TimerHeap
-from .transaction import DEFAULT_RC, SEND, TIMEOUT, ClientTransaction, OutstandingLimiter, RTOEstimator
+from .transaction import (
+    DEFAULT_RC,
+    SEND,
+    TIMEOUT,
+    ClientTransaction,
+    OutstandingLimiter,
+    RTOEstimator,
+    TransactionIds,
+)
 
 HostPort = Tuple[str, int]
 PublicAddress = Union[IPv4Address, IPv6Address]
@@ -398,6 +405,7 @@ class NATTraversalController:
         #: Counters: keepalives sent/answered, responses dropped by reason, and so on.
         self.stats: Counter[str] = Counter()
         self._timers = TimerHeap()
+        self._ids = TransactionIds()
         self._call: Optional[IDelayedCall] = None
         self._pending: Dict[bytes, _Txn] = {}
         self._limiter: OutstandingLimiter[_Txn] = OutstandingLimiter(maxOutstandingPerServer)
@@ -555,9 +563,9 @@ class NATTraversalController:
         """
         if len(self._pending) >= self.maxTransactions:
             raise ResourceLimitError("pending STUN transactions", self.maxTransactions)
-        transactionId = secrets.token_bytes(12)
+        transactionId = self._ids.next()
         while transactionId in self._pending:  # pragma: no cover - 2**-96
-            transactionId = secrets.token_bytes(12)
+            transactionId = self._ids.next()
         if extra:
             attributes = list(extra)
             if settings.software is not None:

@@ -28,6 +28,7 @@ transactions wait their turn in FIFO order.
 
 from __future__ import annotations
 
+import os
 from collections import deque
 from functools import lru_cache
 from typing import Deque, Dict, Generic, Hashable, Optional, Tuple, TypeVar
@@ -244,6 +245,32 @@ class RTOEstimator:
 
     def __len__(self) -> int:
         return len(self._entries)
+
+
+class TransactionIds:
+    """
+    Fresh 96-bit transaction IDs (RFC 8489 §5: uniformly and randomly chosen, SHOULD be cryptographically
+    random), taken from ``os.urandom`` a block at a time: one ``getrandom`` call per 340 IDs instead of one each,
+    which at carrier scale (thousands of keepalives a second) is a measurable part of starting a transaction.
+    The bytes are the kernel's CSPRNG output either way; only the number of calls changes.
+    """
+
+    __slots__ = ("_block", "_offset")
+
+    ID_LENGTH = 12
+    BLOCK = 340 * ID_LENGTH
+
+    def __init__(self) -> None:
+        self._block = b""
+        self._offset = 0
+
+    def next(self) -> bytes:
+        offset = self._offset
+        if offset >= len(self._block):
+            self._block = os.urandom(self.BLOCK)
+            offset = 0
+        self._offset = offset + self.ID_LENGTH
+        return self._block[offset : offset + self.ID_LENGTH]
 
 
 T = TypeVar("T")
