@@ -31,7 +31,7 @@ def test_keepalive_scale_runs() -> None:
     out = run("keepalive_scale.py", ["--size", "300", "--interval", "0.5", "--cycles", "2", "--sockets", "2",
                                      "--floor-count", "1000", "--floor-seconds", "0.2"])
     for line in ("keepalives/s sustained", "CPU per 1,000 keepalives", "memory per flow", "timer slip",
-                 "floor (build + sendto)", "paced floor", "Twisted round-trip floor", "projection, 100,000 flows"):
+                 "floor (build + sendto)", "paced floor", "Twisted round-trip floor", "reactor wake-ups", "projection, 100,000 flows"):
         assert line in out, out
     assert " 0 flow failures" in out and "300 flows still alive" in out, out
 
