@@ -37,6 +37,14 @@ def test_keepalive_scale_runs() -> None:
 
 
 @pytest.mark.timeout(150)
+def test_keepalive_logic_runs() -> None:
+    out = run("keepalive_logic.py", ["--size", "300", "--sockets", "2", "--seconds", "2"])
+    for line in ("logic per keepalive", "floor (build + sendto)", "ratio to floor"):
+        assert line in out, out
+    assert "0 flow failures" in out, out
+
+
+@pytest.mark.timeout(150)
 def test_resolve_throughput_runs() -> None:
     out = run("resolve_throughput.py", ["--size", "1", "--workers", "1,2", "--no-coturn", "--concurrency", "20",
                                         "--sockets", "2", "--gen-sockets", "8"])
