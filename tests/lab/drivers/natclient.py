@@ -98,14 +98,32 @@ class Client:
         self._countUDP()
 
     def _countUDP(self) -> None:
+        """
+        Count every datagram sent: the controller's go through ``writeKeepalive`` (which writes with the
+        socket's ``sendto`` once the port has accepted a destination), the SIP stack's through the port.
+        """
         write = self.port.write
+        writeKeepalive = self.shared.writeKeepalive
         receive = self.shared.datagramReceived
+        inKeepalive = [False]
 
-        def countingWrite(data: bytes, addr: Any = None) -> Any:
+        def count(addr: Any) -> None:
             self.counts["udpTx"] += 1
             if addr is not None:
                 self.counts[f"udpTx:{addr[0]}:{addr[1]}"] += 1
+
+        def countingWrite(data: bytes, addr: Any = None) -> Any:
+            if not inKeepalive[0]:
+                count(addr)
             return write(data, addr)
+
+        def countingWriteKeepalive(data: bytes, addr: Any) -> None:
+            count(addr)
+            inKeepalive[0] = True
+            try:
+                writeKeepalive(data, addr)
+            finally:
+                inKeepalive[0] = False
 
         def countingReceive(data: bytes, addr: Any) -> None:
             self.counts["udpRx"] += 1
@@ -113,6 +131,7 @@ class Client:
             receive(data, addr)
 
         self.port.write = countingWrite  # type: ignore[method-assign]
+        self.shared.writeKeepalive = countingWriteKeepalive  # type: ignore[method-assign]
         self.shared.datagramReceived = countingReceive  # type: ignore[method-assign]
 
     def local(self) -> list:
