@@ -39,7 +39,7 @@ def test_keepalive_scale_runs() -> None:
 @pytest.mark.timeout(150)
 def test_keepalive_logic_runs() -> None:
     out = run("keepalive_logic.py", ["--size", "300", "--sockets", "2", "--seconds", "2"])
-    for line in ("logic per keepalive", "floor (build + sendto)", "ratio to floor"):
+    for line in ("logic per keepalive", "floor (build + sendto)", "ratio to floor", "memory per answered flow"):
         assert line in out, out
     assert "0 flow failures" in out, out
 
