@@ -170,6 +170,45 @@ def test_timer_heap_pops_one_instant_in_scheduling_order_and_takes_reschedules_i
     assert len(heap) == 0
 
 
+class CountingCompactions(TimerHeap):
+    compactions = 0
+
+    def _compact(self) -> None:
+        self.compactions += 1
+        super()._compact()
+
+
+def test_timer_heap_compacting_during_a_pass_loses_and_repeats_nothing() -> None:
+    heap = CountingCompactions()
+    items = [Item(i) for i in range(3000)]
+    for item in items:
+        heap.schedule(item, float(item.name % 7))  # due at 0..6
+    popped: List[int] = []
+    for item in heap.popDue(3.0):
+        if item.name < 2000:
+            for k in range(6):  # stale entries pile up until the heap compacts, in the middle of this pass
+                heap.schedule(item, 100.0 + item.name + k / 10)
+        elif item.name % 7 == 3 and item.name not in popped:
+            heap.schedule(item, 2.5)  # at or before now: comes out again in this same pass, after compactions
+        popped.append(item.name)
+    due = [i for i in range(3000) if i % 7 <= 3]
+    again = [i for i in range(2000, 3000) if i % 7 == 3]
+    assert heap.compactions >= 1
+    assert sorted(popped) == sorted(due + again)
+    assert heap._entries < 2 * len(heap) + 1024 + 2
+    assert sorted(item.name for item in heap.popDue(10_000.0)) == sorted(
+        [i for i in range(2000)] + [i for i in range(2000, 3000) if i % 7 > 3])
+
+
+def test_timer_heap_rescheduling_at_the_same_instant_adds_no_entry() -> None:
+    heap = CountingCompactions()
+    item = Item(0)
+    for _ in range(5000):
+        heap.schedule(item, 7.0)
+    assert heap._entries == 1 and heap.compactions == 0
+    assert [i.name for i in heap.popDue(7.0)] == [0] and heap.nextTime() is None
+
+
 def test_timer_heap_compacts_stale_entries() -> None:
     heap = TimerHeap()
     item = Item(0)

@@ -48,6 +48,10 @@ class TimerHeap:
 
     def schedule(self, item: Timed, when: float) -> None:
         """(Re)schedule ``item`` at ``when``; any earlier schedule of it is void."""
+        if item.dueAt == when:
+            # Already there, and that entry is live.  A second entry for the same instant would look live too,
+            # so compaction could never drop it: the same item rescheduled in place must not add entries.
+            return
         if item.dueAt is None:
             self._live += 1
         item.dueAt = when
@@ -120,12 +124,14 @@ class TimerHeap:
         self._entries = 0
 
     def _compact(self) -> None:
-        buckets: Dict[float, List[Any]] = {}
+        # In place: a popDue pass in progress (its consumer scheduling) keeps reading these same objects.
+        live: Dict[float, List[Any]] = {}
         for when, bucket in self._buckets.items():
-            live = [item for item in bucket if item.dueAt == when]
-            if live:
-                buckets[when] = live
-        self._buckets = buckets
-        self._instants = list(buckets)
+            kept = [item for item in bucket if item.dueAt == when]
+            if kept:
+                live[when] = kept
+        self._buckets.clear()
+        self._buckets.update(live)
+        self._instants[:] = live
         heapq.heapify(self._instants)
-        self._entries = sum(len(bucket) for bucket in buckets.values())
+        self._entries = sum(len(bucket) for bucket in live.values())
