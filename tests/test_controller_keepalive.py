@@ -460,7 +460,7 @@ def test_skipping_the_decode_of_repeated_answers_changes_no_outcome(kinds: List[
             if not controller.isKeepingAlive(observer):
                 break
             answerNext(clock, shared, transport, **ANSWER_KINDS[kind])
-            clock.advance(40)  # past any retransmission budget: a dropped answer is a timeout
+            clock.advance(40)  # unanswered requests retransmit or time out meanwhile, the same in both runs
             transport.clear()
         failures = [f"{type(f.value).__name__}: {f.value}" for f in observer.failures]
         counts = {k: v for k, v in controller.stats.items() if k.startswith(("stun.", "keepalive.answered"))}
