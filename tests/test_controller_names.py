@@ -105,3 +105,10 @@ def test_an_unresolvable_server_moves_on_to_the_next() -> None:
     shared.datagramReceived(bindingResponse(request, ("203.0.113.1", 5)), addr)
     assert result == [IPv4Address("UDP", "203.0.113.1", 5)]
     assert clock.getDelayedCalls() == []
+
+
+def test_settings_with_servers_given_as_lists_are_values_like_with_tuples() -> None:
+    fromJSON = NATSettings(stunServers=[["198.51.100.7", 3478], "stun:stun.example.net"])
+    asTuples = NATSettings(stunServers=[("198.51.100.7", 3478), "stun:stun.example.net"])
+    assert fromJSON == asTuples and hash(fromJSON) == hash(asTuples)
+    assert fromJSON.servers == asTuples.servers

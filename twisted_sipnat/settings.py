@@ -119,7 +119,9 @@ class NATSettings:
         if isinstance(entries, (str, bytes)) or not isinstance(entries, (list, tuple)):
             raise InvalidSettingsError("stunServers", entries, "must be a sequence of servers")
         servers = tuple(parseServer(e) for e in entries)
-        object.__setattr__(self, "stunServers", tuple(entries))
+        # Frozen settings are values: hashable and equal whether a pair came as a list (from JSON or TOML) or a
+        # tuple.
+        object.__setattr__(self, "stunServers", tuple(tuple(e) if isinstance(e, list) else e for e in entries))
         object.__setattr__(self, "servers", servers)
         for key in ("udpKeepaliveInterval", "tcpKeepaliveInterval"):
             object.__setattr__(self, key, _positiveOrZero(key, getattr(self, key)))

@@ -236,10 +236,7 @@ def main() -> None:
     parser.add_argument("--settings", default="{}", help="NATSettings keyword arguments as JSON")
     args = parser.parse_args()
     host, _, port = args.bind.rpartition(":")
-    settings = json.loads(args.settings)
-    if "stunServers" in settings:
-        settings["stunServers"] = [tuple(s) if isinstance(s, list) else s for s in settings["stunServers"]]
-    client = Client(NATSettings(**settings), (host, int(port)))
+    client = Client(NATSettings(**json.loads(args.settings)), (host, int(port)))
     stdio.StandardIO(Commands(client))
     emit("ready", local=client.local())
     reactor.run()
