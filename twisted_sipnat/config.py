@@ -100,7 +100,7 @@ def _convert(section: str, key: str, raw: Any) -> Any:
         if isinstance(raw, str):
             return splitServerList(raw)
         if isinstance(raw, list):
-            return [tuple(e) if isinstance(e, list) else e for e in raw]
+            return raw  # NATSettings takes [host, port] pairs as they come from TOML
         raise InvalidSettingsError(where, raw, "expected a list of servers")
     if key in _FLOATS:
         if isinstance(raw, str):
