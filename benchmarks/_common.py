@@ -9,7 +9,6 @@ child is started in its own session and stopped by its process id, never by name
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import struct
 import subprocess
@@ -19,8 +18,11 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+for _path in (REPO, REPO / "tests" / "interop"):  # the library, and the peer helpers the interop tests use
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
+
+import peerkit  # noqa: E402
 
 HostPort = Tuple[str, int]
 LOOPBACK = "127.0.0.1"
@@ -85,16 +87,8 @@ class Child:
         return _procCPU(self.pid) + sum(_procCPU(pid) for pid in _childPids(self.pid))
 
     def stop(self) -> str:
-        if self.process.poll() is None:
-            try:
-                os.killpg(self.process.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-            try:
-                self.process.wait(5)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(5)
+        """Stop the child and the workers it forked (its process group); returns what it printed."""
+        peerkit.stopProcessGroup(self.process, grace=5.0)
         out = self.process.stdout.read() if self.process.stdout is not None else b""
         return out.decode("utf-8", "replace")
 

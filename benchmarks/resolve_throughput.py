@@ -30,16 +30,15 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "interop"))
 
-import _common  # noqa: E402
+import _common  # noqa: E402  (puts the repository and tests/interop on sys.path)
 
 HERE = Path(__file__).resolve().parent
 
 
 def startCoturn(workDir: Path, cpus: Optional[Sequence[int]]) -> Tuple[Any, _common.HostPort]:
     """coturn as the interop tests start it (``tests/interop/peerkit.py``), optionally pinned with taskset."""
-    import peerkit  # type: ignore[import-not-found]  # tests/interop, on sys.path above
+    peerkit = _common.peerkit
 
     prefix = ["taskset", "-c", ",".join(str(c) for c in cpus)] if cpus else []
     peer = peerkit.startCoturn(workDir, [_common.LOOPBACK], prefix=prefix)

@@ -318,27 +318,37 @@ class PeerProcess:
 
     def stop(self, grace: float = 3.0) -> Optional[int]:
         """SIGTERM the group, SIGKILL it after ``grace`` seconds; idempotent; returns the exit status."""
-        if self.process.poll() is None:
-            try:
-                os.killpg(self.process.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-            try:
-                self.process.wait(grace)
-            except subprocess.TimeoutExpired:
-                try:
-                    os.killpg(self.process.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                self.process.wait(grace)
-        # Workers forked by the group leader may outlive it by a moment; make sure none is left.
-        try:
-            os.killpg(self.process.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
+        code = stopProcessGroup(self.process, grace)
         if not self._log.closed:
             self._log.close()
-        return self.process.returncode
+        return code
+
+
+def stopProcessGroup(process: subprocess.Popen[bytes], grace: float = 3.0) -> Optional[int]:
+    """
+    Stop a child started with ``start_new_session=True`` and everything it forked, by its process group id:
+    SIGTERM, SIGKILL after ``grace`` seconds, then SIGKILL for any worker that outlived the leader.  Idempotent;
+    returns the exit status.
+    """
+    if process.poll() is None:
+        try:
+            os.killpg(process.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        try:
+            process.wait(grace)
+        except subprocess.TimeoutExpired:
+            try:
+                os.killpg(process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            process.wait(grace)
+    # Workers forked by the group leader may outlive it by a moment; make sure none is left.
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    return process.returncode
 
 
 def coturnArgv(listen: Sequence[str], port: int, pidFile: Path, prefix: Sequence[str] = ()) -> List[str]:
