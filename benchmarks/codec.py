@@ -1,5 +1,5 @@
 """
-Codec throughput: twisted_sipnat.stun against aioice.stun and a raw ``struct`` floor, in the same run.
+Codec throughput: twisted_sipnat.core.stun against aioice.stun and a raw ``struct`` floor, in the same run.
 
 The message is a signed (MESSAGE-INTEGRITY), fingerprinted Binding success response carrying
 XOR-MAPPED-ADDRESS and SOFTWARE -- what a client decodes for every keepalive answer and a server encodes for

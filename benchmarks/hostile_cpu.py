@@ -20,7 +20,7 @@ from typing import Callable, List
 import _common  # noqa: F401  (puts the repository on sys.path)
 
 from twisted_sipnat import stun
-from twisted_sipnat.responder import BindingResponder, RateLimit
+from twisted_sipnat.core.responder import BindingResponder, RateLimit
 
 
 def bestOf(runs: int, work: Callable[[], object]) -> float:

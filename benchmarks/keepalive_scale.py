@@ -61,7 +61,7 @@ RFC_BASE = 25.0
 MEAN_FACTOR = 0.9
 TARGET_FLOWS = 100_000
 TARGET_RATE = TARGET_FLOWS / (RFC_BASE * MEAN_FACTOR)
-#: The keepalive grid (twisted_sipnat.keepalive.SLOT) and what one slot holds at TARGET_RATE.
+#: The keepalive grid (twisted_sipnat.core.keepalive.SLOT) and what one slot holds at TARGET_RATE.
 SLOT = 0.01
 SLOT_BATCH = round(TARGET_RATE * SLOT)
 

@@ -15,7 +15,7 @@ from twisted.internet import defer, task
 from twisted.internet.protocol import DatagramProtocol
 
 from twisted_sipnat import NATSettings, NATTraversalController, SharedDatagramProtocol, STUNTimeout
-from twisted_sipnat.transaction import udpSchedule
+from twisted_sipnat.core.transaction import udpSchedule
 
 
 class Silent(DatagramProtocol):

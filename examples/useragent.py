@@ -34,8 +34,8 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from twisted_sipnat import IBindingObserver, NATSettings, NATTraversalController, SharedDatagramProtocol
-from twisted_sipnat.backoff import Backoff
-from twisted_sipnat.sipheaders import addKeepToVia, keepaliveInterval
+from twisted_sipnat.core.backoff import Backoff
+from twisted_sipnat.core.sipheaders import addKeepToVia, keepaliveInterval
 
 HostPort = Tuple[str, int]
 log = Logger(namespace="useragent")

@@ -1,5 +1,5 @@
 """
-Tests for twisted_sipnat.arbitration: who may write to a socket shared by the SIP stack and the keepalives.
+Tests for twisted_sipnat.core.arbitration: who may write to a socket shared by the SIP stack and the keepalives.
 
 The invariants (issue 8): never a keepalive write while the SIP stack holds the socket, never one inside an
 outgoing SIP message on a stream, at most one held keepalive per context, released in order.
@@ -15,9 +15,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
-from twisted_sipnat.arbitration import Arbiter, Chunk, Keepalive, SIPBytes
+from twisted_sipnat.core.arbitration import Arbiter, Chunk, Keepalive, SIPBytes
+from twisted_sipnat.core.sipframing import IncomingSplitter, Ping, SIPData, SIPFramingError
 from twisted_sipnat.errors import ResourceLimitError
-from twisted_sipnat.sipframing import IncomingSplitter, Ping, SIPData, SIPFramingError
 
 PING = b"\r\n\r\n"
 

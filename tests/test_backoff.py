@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from twisted_sipnat.backoff import ALL_FAILED_BASE, MAX_TIME, SOME_OK_BASE, Backoff, reRegistrationDelay
+from twisted_sipnat.core.backoff import ALL_FAILED_BASE, MAX_TIME, SOME_OK_BASE, Backoff, reRegistrationDelay
 from twisted_sipnat.errors import InvalidSettingsError
 
 
@@ -57,7 +57,7 @@ def test_backoffCountsAndResets() -> None:
 
 
 def test_base_time_can_be_replaced_and_is_checked() -> None:
-    from twisted_sipnat.backoff import Backoff, reRegistrationDelay
+    from twisted_sipnat.core.backoff import Backoff, reRegistrationDelay
     from twisted_sipnat.errors import InvalidSettingsError
 
     assert reRegistrationDelay(0, random=lambda: 0.0, baseTime=1.0) == 0.5
@@ -71,7 +71,7 @@ def test_base_time_can_be_replaced_and_is_checked() -> None:
 
 def test_the_failure_being_reported_counts_as_in_the_rfc_example() -> None:
     """RFC 5626 §4.5: base 30 s and three consecutive failures give an upper bound of 240 s."""
-    from twisted_sipnat.backoff import Backoff
+    from twisted_sipnat.core.backoff import Backoff
 
     backoff = Backoff(lambda: 0.999999)
     bounds = [backoff.nextDelay() for _ in range(3)]

@@ -25,8 +25,8 @@ from twisted_sipnat import (
     PongTimeout,
     SharedStreamFactory,
     STUNTimeout,
-    stun,
 )
+from twisted_sipnat.core import stun
 from twisted_sipnat.testing import RecordingObserver, answerAll, bindingResponse, sharedDatagramSocket
 
 HOP = ("198.51.100.1", 5060)

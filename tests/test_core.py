@@ -12,9 +12,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from twisted_sipnat import keepalive as ka
-from twisted_sipnat.timers import TimerHeap
-from twisted_sipnat.transaction import (
+from twisted_sipnat.core import keepalive as ka
+from twisted_sipnat.core.timers import TimerHeap
+from twisted_sipnat.core.transaction import (
     SEND,
     TIMEOUT,
     ClientTransaction,
@@ -265,7 +265,7 @@ def test_keeper_refuses_nonsense() -> None:
 
 
 def test_transaction_ids_are_12_bytes_distinct_across_blocks() -> None:
-    from twisted_sipnat.transaction import TransactionIds
+    from twisted_sipnat.core.transaction import TransactionIds
 
     ids = TransactionIds()
     drawn = [ids.next() for _ in range(3 * 340 + 7)]  # three block refills and then some

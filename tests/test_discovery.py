@@ -13,6 +13,7 @@ from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 
 from twisted_sipnat import NATSettings, NATTraversalController, NATTraversalError, stun
+from twisted_sipnat.core.responder import BindingResponder
 from twisted_sipnat.discovery import (
     ADDRESS_AND_PORT_DEPENDENT,
     ADDRESS_DEPENDENT,
@@ -21,7 +22,6 @@ from twisted_sipnat.discovery import (
     classifyFiltering,
     classifyMapping,
 )
-from twisted_sipnat.responder import BindingResponder
 from twisted_sipnat.testing import sharedDatagramSocket
 
 HostPort = Tuple[str, int]

@@ -1,5 +1,5 @@
 """
-Tests for twisted_sipnat.responder: the sans-IO STUN Binding server, RFC 5780 and the rate limit.
+Tests for twisted_sipnat.core.responder: the sans-IO STUN Binding server, RFC 5780 and the rate limit.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from twisted_sipnat import stun
+from twisted_sipnat.core.responder import AMPLIFICATION_FLOOR, BindingResponder, RateLimit, Reply
 from twisted_sipnat.errors import InvalidSettingsError
-from twisted_sipnat.responder import AMPLIFICATION_FLOOR, BindingResponder, RateLimit, Reply
 
 TID = bytes(range(1, 13))
 CLIENT = ("198.51.100.7", 40000)

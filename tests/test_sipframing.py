@@ -1,5 +1,5 @@
 """
-Tests for twisted_sipnat.sipframing: SIP message framing on streams and the RFC 5626 keepalives between
+Tests for twisted_sipnat.core.sipframing: SIP message framing on streams and the RFC 5626 keepalives between
 messages, for received bytes (IncomingSplitter) and written bytes (OutgoingTracker).
 """
 
@@ -11,8 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from twisted_sipnat.errors import NATTraversalError
-from twisted_sipnat.sipframing import (
+from twisted_sipnat.core.sipframing import (
     Event,
     IncomingSplitter,
     OutgoingTracker,
@@ -21,6 +20,7 @@ from twisted_sipnat.sipframing import (
     SIPData,
     SIPFramingError,
 )
+from twisted_sipnat.errors import NATTraversalError
 
 REGISTER = (
     b"REGISTER sip:example.com SIP/2.0\r\n"

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from twisted_sipnat.sipheaders import (
+from twisted_sipnat.core.sipheaders import (
     MAX_KEEPALIVE_INTERVAL,
     InvalidHeaderError,
     MissingViaError,

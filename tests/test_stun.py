@@ -1,5 +1,5 @@
 """
-Tests for twisted_sipnat.stun: RFC 5769 vectors, strict decoding, integrity, fingerprint, keys, framing.
+Tests for twisted_sipnat.core.stun: RFC 5769 vectors, strict decoding, integrity, fingerprint, keys, framing.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """
-Property tests for twisted_sipnat.stun: round trips for every attribute type, and no exception but
+Property tests for twisted_sipnat.core.stun: round trips for every attribute type, and no exception but
 STUNDecodeError from any bytes.
 """
 

@@ -2,10 +2,10 @@
 :class:`NATTraversalController`: the SIP NAT Traversal Controller API on Twisted.
 
 This is the thin shell around the sans-IO core.  It owns exactly one ``IDelayedCall`` (kept in step with the
-:class:`~twisted_sipnat.timers.TimerHeap` that orders every transaction and flow), the Deferreds, name
-resolution and the writes; the rules live in :mod:`~twisted_sipnat.transaction` (RFC 8489 §6.2 timers),
-:mod:`~twisted_sipnat.keepalive` (RFC 5626 §4.4 policy), :mod:`~twisted_sipnat.arbitration` (who may write) and
-:mod:`~twisted_sipnat.stun` (the codec).
+:class:`~twisted_sipnat.core.timers.TimerHeap` that orders every transaction and flow), the Deferreds, name
+resolution and the writes; the rules live in :mod:`~twisted_sipnat.core.transaction` (RFC 8489 §6.2 timers),
+:mod:`~twisted_sipnat.core.keepalive` (RFC 5626 §4.4 policy), :mod:`~twisted_sipnat.core.arbitration` (who may write) and
+:mod:`~twisted_sipnat.core.stun` (the codec).
 
 Data flows one way: bytes from the socket → :meth:`NATTraversalController.dataReceived` → the matching core
 object → actions → writes through the socket's arbiter → transport.  After every entry point the core has
@@ -27,9 +27,19 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from . import keepalive as ka
-from . import stun
-from .arbitration import Arbiter
+from .core import keepalive as ka
+from .core import stun
+from .core.arbitration import Arbiter
+from .core.timers import TimerHeap
+from .core.transaction import (
+    DEFAULT_RC,
+    SEND,
+    TIMEOUT,
+    ClientTransaction,
+    OutstandingLimiter,
+    RTOEstimator,
+    TransactionIds,
+)
 from .errors import (
     FlowConnectionLost,
     FlowFailure,
@@ -44,16 +54,6 @@ from .errors import (
 from .interfaces import ISharedSocket
 from .protocols import sendDatagram
 from .settings import DEFAULT_STUN_PORT, NATSettings, ServerSpec, isIPLiteral
-from .timers import TimerHeap
-from .transaction import (
-    DEFAULT_RC,
-    SEND,
-    TIMEOUT,
-    ClientTransaction,
-    OutstandingLimiter,
-    RTOEstimator,
-    TransactionIds,
-)
 
 HostPort = Tuple[str, int]
 PublicAddress = Union[IPv4Address, IPv6Address]

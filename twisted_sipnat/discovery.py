@@ -30,7 +30,7 @@ from typing import Any, Generator, Optional, Tuple
 
 from twisted.internet import defer
 
-from . import stun
+from .core import stun
 from .errors import NATTraversalError, STUNErrorResponse, STUNTimeout
 from .settings import isIPLiteral
 

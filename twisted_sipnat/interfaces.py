@@ -32,7 +32,7 @@ class ISharedSocket(Interface):
     """
 
     isStream = Attribute("True for TCP/TLS (CRLF ping/pong), False for UDP (STUN or CRLF datagrams).")
-    arbiter = Attribute("The twisted_sipnat.arbitration.Arbiter that decides when a keepalive may be written.")
+    arbiter = Attribute("The twisted_sipnat.core.arbitration.Arbiter that decides when a keepalive may be written.")
 
     def writeKeepalive(data: bytes, addr: object) -> None:
         """Write keepalive bytes now, bypassing arbitration (the controller already asked the arbiter)."""

@@ -8,7 +8,7 @@ the wrapped SIP protocol byte for byte.  The SIP protocol gets a transport that 
 
 :class:`SharedStreamFactory` wraps a SIP stream factory (the pattern of ``twisted.protocols.haproxy``): each
 connection gets a :class:`SharedStreamProtocol`, which frames the byte stream in both directions
-(:mod:`~twisted_sipnat.sipframing`), so CRLF keepalives (RFC 5626 §3.5.1) are taken out of, and put into, the
+(:mod:`~twisted_sipnat.core.sipframing`), so CRLF keepalives (RFC 5626 §3.5.1) are taken out of, and put into, the
 stream only between whole SIP messages, and every SIP byte reaches the wrapped protocol in order.
 
 Both provide :class:`~twisted_sipnat.interfaces.ISharedSocket`: the ``socket`` the controller's calls take.
@@ -28,13 +28,13 @@ from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from . import stun
-from .arbitration import Arbiter, Keepalive
+from .core import stun
+from .core.arbitration import Arbiter, Keepalive
+from .core.keepalive import PING_BYTES, PONG_BYTES
+from .core.sipframing import IncomingSplitter, Ping, Pong, SIPData, SIPFramingError
 from .errors import NATTraversalError
 from .interfaces import ISharedSocket
-from .keepalive import PING_BYTES, PONG_BYTES
 from .settings import DEFAULT_SOFTWARE
-from .sipframing import IncomingSplitter, Ping, Pong, SIPData, SIPFramingError
 
 HostPort = Tuple[str, int]
 
@@ -127,7 +127,7 @@ class SharedDatagramProtocol(DatagramProtocol):
     it receives every non-STUN datagram unchanged and in arrival order, and writes through this socket.
     ``controller``: the :class:`~twisted_sipnat.controller.NATTraversalController` that gets STUN responses.
     ``stunResponder=True``: the server role: Binding requests no transaction claims are answered (RFC 8489
-    §6.3) by a :class:`~twisted_sipnat.responder.BindingResponder` rate-limited to 20 answers per second per
+    §6.3) by a :class:`~twisted_sipnat.core.responder.BindingResponder` rate-limited to 20 answers per second per
     source IP (burst 40); pass ``responder=`` to configure one (another limit, none, RFC 5780 alternates);
     ``alternateSockets`` maps each alternate ``(host, port)`` to the transport that sends from it.
 
@@ -152,7 +152,7 @@ class SharedDatagramProtocol(DatagramProtocol):
         self.sipProtocol = sipProtocol
         self.controller = controller
         if responder is None and stunResponder:
-            from .responder import BindingResponder, RateLimit
+            from .core.responder import BindingResponder, RateLimit
 
             # An internet-facing port answers no source faster than this (issue: not an amplifier); pass a
             # responder of your own to change or drop the limit.
@@ -270,10 +270,10 @@ class SharedStreamProtocol(ProtocolWrapper):
     """
     One SIP connection (TCP or TLS) shared with twisted_sipnat: the ``socket`` for the controller's calls.
 
-    Incoming: :class:`~twisted_sipnat.sipframing.IncomingSplitter` finds message boundaries (header block and
+    Incoming: :class:`~twisted_sipnat.core.sipframing.IncomingSplitter` finds message boundaries (header block and
     Content-Length); SIP bytes go to the wrapped protocol in order, CRLF pongs go to the controller, and with
     ``pongResponder`` CRLFCRLF pings are answered with a CRLF pong.  Outgoing: the wrapped protocol's writes go
-    through the :class:`~twisted_sipnat.arbitration.Arbiter`, which lets a ping (or pong) out only between two
+    through the :class:`~twisted_sipnat.core.arbitration.Arbiter`, which lets a ping (or pong) out only between two
     whole SIP messages, writing held ones inside the write that completes a message.  A message over
     ``maxMessageSize`` or a malformed Content-Length closes the connection with a logged reason.
     """

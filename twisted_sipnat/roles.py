@@ -33,11 +33,11 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from .backoff import Backoff
+from .core.backoff import Backoff
+from .core.sipheaders import addKeepToVia, answerKeep, keepaliveInterval
 from .errors import InvalidSettingsError, NATTraversalError
 from .interfaces import IBindingObserver
 from .settings import NATSettings, isIPLiteral
-from .sipheaders import addKeepToVia, answerKeep, keepaliveInterval
 
 __all__ = [
     "ClientRole",
@@ -870,7 +870,7 @@ class STUNRole(service.MultiService):
         reusePort: bool = False,
     ) -> None:
         service.MultiService.__init__(self)
-        from .responder import BindingResponder, RateLimit
+        from .core.responder import BindingResponder, RateLimit
 
         if alternate is not None and not udp[1]:
             raise InvalidSettingsError("alternate", alternate, "RFC 5780 needs the primary interface given (udp:PORT:interface=IP)")

@@ -21,7 +21,7 @@ from twisted.internet.interfaces import IUDPTransport
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from . import stun
+from .core import stun
 from .interfaces import IBindingObserver
 from .protocols import SharedDatagramProtocol
 

@@ -1,5 +1,5 @@
 """
-Coverage-guided fuzzing of ``twisted_sipnat.stun.decode`` (and the STUN server behind it) with atheris.
+Coverage-guided fuzzing of ``twisted_sipnat.core.stun.decode`` (and the STUN server behind it) with atheris.
 
 Run::
 
@@ -43,16 +43,16 @@ def load(instrument: bool) -> None:
     if instrument:
         import atheris  # type: ignore[import-untyped]
 
-        for name in ("twisted_sipnat.stun", "twisted_sipnat.responder"):
+        for name in ("twisted_sipnat.core.stun", "twisted_sipnat.core.responder"):
             sys.modules.pop(name, None)
         # import_module, not "from twisted_sipnat import stun": that would return the package attribute, i.e.
         # the module imported above without instrumentation.
-        with atheris.instrument_imports(include=["twisted_sipnat.stun", "twisted_sipnat.responder"]):
-            stunModule = importlib.import_module("twisted_sipnat.stun")
-            responderModule = importlib.import_module("twisted_sipnat.responder")
+        with atheris.instrument_imports(include=["twisted_sipnat.core.stun", "twisted_sipnat.core.responder"]):
+            stunModule = importlib.import_module("twisted_sipnat.core.stun")
+            responderModule = importlib.import_module("twisted_sipnat.core.responder")
     else:
-        from twisted_sipnat import responder as responderModule
         from twisted_sipnat import stun as stunModule
+        from twisted_sipnat.core import responder as responderModule
     stun = stunModule
     AMPLIFICATION_FLOOR = responderModule.AMPLIFICATION_FLOOR
     responder = responderModule.BindingResponder(software="atheris")

@@ -17,8 +17,8 @@ from twisted.internet.protocol import DatagramProtocol, Protocol
 from twisted.logger import ILogObserver, LogEvent, formatEvent, globalLogPublisher
 from zope.interface import implementer
 
+from twisted_sipnat.core.timers import TimerHeap
 from twisted_sipnat.testing import RecordingObserver
-from twisted_sipnat.timers import TimerHeap
 
 CI_EXAMPLES = int(os.environ.get("SIPNAT_FUZZ_CI_EXAMPLES", "300"))
 FUZZ_EXAMPLES = int(os.environ.get("SIPNAT_FUZZ_EXAMPLES", "2000"))

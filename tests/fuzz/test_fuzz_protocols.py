@@ -25,8 +25,8 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
 from twisted_sipnat import NATSettings, NATTraversalController, SharedStreamFactory, stun
-from twisted_sipnat.responder import AMPLIFICATION_FLOOR
-from twisted_sipnat.sipframing import IncomingSplitter, Pong, SIPData
+from twisted_sipnat.core.responder import AMPLIFICATION_FLOOR
+from twisted_sipnat.core.sipframing import IncomingSplitter, Pong, SIPData
 from twisted_sipnat.testing import bindingResponse, sharedDatagramSocket
 
 from .stunstrategies import builtMessage, mutatedVector, stunLike

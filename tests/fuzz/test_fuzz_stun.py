@@ -13,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from twisted_sipnat import stun
-from twisted_sipnat.responder import AMPLIFICATION_FLOOR, BindingResponder, RateLimit
+from twisted_sipnat.core.responder import AMPLIFICATION_FLOOR, BindingResponder, RateLimit
 
 from .stunstrategies import SEEDS, stunLike
 from .support import ciSettings, fuzzSettings

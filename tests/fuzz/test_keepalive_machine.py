@@ -35,8 +35,8 @@ from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 
 from twisted_sipnat import NATSettings, NATTraversalController, SharedStreamFactory, stun
+from twisted_sipnat.core.sipframing import IncomingSplitter, Ping, SIPData
 from twisted_sipnat.protocols import SharedDatagramProtocol
-from twisted_sipnat.sipframing import IncomingSplitter, Ping, SIPData
 from twisted_sipnat.testing import FakeDatagramTransport, bindingResponse
 
 from .support import CI_EXAMPLES, FUZZ_EXAMPLES, DatagramRecorder, LoopDetector, StreamRecorder, watchingLogs

@@ -2,7 +2,7 @@
 Plain-Python tools for the interop and lab tests: hand-built STUN Binding requests, a minimal response reader,
 free-port finding, and the lifecycle of real third-party peers (coturn, Kamailio, SIPp) run as child processes.
 
-Why hand-built STUN here rather than :mod:`twisted_sipnat.stun`: these helpers prove the *fixtures* (that a
+Why hand-built STUN here rather than :mod:`twisted_sipnat.core.stun`: these helpers prove the *fixtures* (that a
 peer really answers) independently of the library under test, so a codec bug cannot make a broken peer look
 healthy or a healthy peer look broken.  The request is the RFC 8489 §5 minimum: a 20-byte header (type 0x0001
 Binding request, length 0, magic cookie 0x2112A442, 12 random transaction-ID bytes) and no attributes.

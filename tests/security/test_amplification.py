@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from twisted.internet.task import Clock
 
 from twisted_sipnat import stun
-from twisted_sipnat.responder import AMPLIFICATION_FLOOR, BindingResponder, RateLimit
+from twisted_sipnat.core.responder import AMPLIFICATION_FLOOR, BindingResponder, RateLimit
 from twisted_sipnat.testing import sharedDatagramSocket
 
 CLIENT = ("198.51.100.7", 40000)

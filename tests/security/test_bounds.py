@@ -40,7 +40,7 @@ from twisted_sipnat import (
     STUNTimeout,
     stun,
 )
-from twisted_sipnat.arbitration import DEFAULT_MAX_HELD, Arbiter
+from twisted_sipnat.core.arbitration import DEFAULT_MAX_HELD, Arbiter
 from twisted_sipnat.protocols import DEFAULT_MAX_MESSAGE_SIZE
 from twisted_sipnat.testing import answerAll, sharedDatagramSocket
 

@@ -17,8 +17,8 @@ from fuzz.support import DatagramRecorder, assertNoLoggedFailure, watchingLogs
 from twisted.internet import reactor, udp
 
 from twisted_sipnat import stun
+from twisted_sipnat.core.responder import BindingResponder
 from twisted_sipnat.protocols import SharedDatagramProtocol
-from twisted_sipnat.responder import BindingResponder
 
 
 @pytest.fixture

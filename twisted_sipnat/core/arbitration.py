@@ -10,7 +10,7 @@ keepalive machinery of every context on that socket (CRLFCRLF pings, STUN Bindin
 retransmissions).  The contract (``socketIdle``) lets the SIP stack claim the socket; on a stream the socket is
 also taken for as long as an outgoing SIP message is only partly written, because a keepalive written there
 would corrupt the message (RFC 5626 §4.4.1 sends pings only between messages; framing per RFC 3261 §18.3, by
-:class:`~twisted_sipnat.sipframing.OutgoingTracker`).
+:class:`~twisted_sipnat.core.sipframing.OutgoingTracker`).
 
 A keepalive that may not be written when it is due is *held*: at most one per context key (a newer one for the
 same key replaces the payload and keeps the older one's place in the queue, so the queue never grows beyond the
@@ -62,8 +62,8 @@ from __future__ import annotations
 
 from typing import Dict, Hashable, List, NamedTuple, Optional, Tuple, Union
 
+from twisted_sipnat.core.sipframing import DEFAULT_MAX_MESSAGE_SIZE, OutgoingTracker, SIPFramingError
 from twisted_sipnat.errors import ResourceLimitError
-from twisted_sipnat.sipframing import DEFAULT_MAX_MESSAGE_SIZE, OutgoingTracker, SIPFramingError
 
 __all__ = ["Arbiter", "SIPBytes", "Keepalive", "Chunk", "DEFAULT_MAX_HELD"]
 

@@ -115,7 +115,7 @@ class FlowKeeper:
         self.stunInFlight = False
         #: The public address the next hop last reported on this flow (``None`` until the first answer).
         self.baseline = baseline
-        #: Owned by :class:`twisted_sipnat.timers.TimerHeap`.
+        #: Owned by :class:`twisted_sipnat.core.timers.TimerHeap`.
         self.dueAt: Optional[float] = None
 
     @property

@@ -45,8 +45,7 @@ from dataclasses import dataclass
 from ipaddress import IPv6Address
 from typing import List, Optional, Tuple
 
-from twisted_sipnat.errors import InvalidSettingsError
-from twisted_sipnat.stun import (
+from twisted_sipnat.core.stun import (
     BINDING,
     CHANGE_REQUEST,
     ERROR,
@@ -67,6 +66,7 @@ from twisted_sipnat.stun import (
     decode,
     peekHeader,
 )
+from twisted_sipnat.errors import InvalidSettingsError
 
 __all__ = ["AMPLIFICATION_FLOOR", "BindingResponder", "RateLimit", "Reply"]
 

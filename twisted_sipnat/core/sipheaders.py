@@ -40,7 +40,7 @@ from typing import (
     Union,
 )
 
-from .errors import NATTraversalError
+from twisted_sipnat.errors import NATTraversalError
 
 __all__ = [
     "MAX_KEEPALIVE_INTERVAL",

@@ -9,7 +9,7 @@ them.  The Twisted shell keeps exactly one ``IDelayedCall`` in step with :meth:`
 pattern), so timers fire at their exact instants rather than on a tick grid.
 
 Objects due at the same instant share one bucket, and the heap holds each distinct instant once.  That is the
-common case at scale: keepalive instants sit on a 10 ms grid (:data:`twisted_sipnat.keepalive.SLOT`) and every
+common case at scale: keepalive instants sit on a 10 ms grid (:data:`twisted_sipnat.core.keepalive.SLOT`) and every
 transaction started in one wake-up has the same retransmission instants, so scheduling is a dict lookup and a
 list append, and the heap stays as small as the number of distinct instants (a few thousand) instead of the
 number of timers (hundreds of thousands), with ``heappush``/``heappop`` cost to match.

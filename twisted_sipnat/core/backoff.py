@@ -16,7 +16,7 @@ from __future__ import annotations
 import random as _random
 from typing import Callable, Optional
 
-from .errors import InvalidSettingsError
+from twisted_sipnat.errors import InvalidSettingsError
 
 __all__ = [
     "ALL_FAILED_BASE",
