@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Optional, Sequence, Tuple, Union
 
 from ._version import __version__
+from .core.addresses import isIPLiteral
 from .errors import InvalidSettingsError
 
 #: A STUN server after parsing: ``(host, port)``; ``port`` is ``None`` for a host name given without one,
@@ -23,15 +24,6 @@ ServerEntry = Union[str, Tuple[str, int], Tuple[str, None]]
 DEFAULT_STUN_PORT = 3478
 DEFAULT_SOFTWARE = f"twisted_sipnat/{__version__}"
 _UNSET = object()
-
-
-def isIPLiteral(host: str) -> bool:
-    """``True`` for an IPv4 or IPv6 literal: those are used as they are, never resolved."""
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
 
 
 def parseServer(entry: object, key: str = "stunServers") -> ServerSpec:

@@ -42,9 +42,9 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass
-from ipaddress import IPv6Address
 from typing import List, Optional, Tuple
 
+from twisted_sipnat.core.addresses import unmappedHost
 from twisted_sipnat.core.stun import (
     BINDING,
     CHANGE_REQUEST,
@@ -147,18 +147,6 @@ def _size(attributes: List[Attribute], transactionId: bytes) -> int:
     return sum((4 + len(a.encodeValue(transactionId)) + 3) & ~3 for a in attributes)
 
 
-def _clientAddress(host: str) -> str:
-    """An IPv4-mapped IPv6 source (a dual-stack socket) is reported as the IPv4 address the client has."""
-    if host[:7].lower() == "::ffff:":
-        try:
-            mapped = IPv6Address(host).ipv4_mapped
-        except ValueError:
-            return host
-        if mapped is not None:
-            return str(mapped)
-    return host
-
-
 class BindingResponder:
     """
     Answers STUN Binding requests (RFC 8489 §6.3) and, given an ``alternate`` address, the RFC 5780 NAT
@@ -236,7 +224,7 @@ class BindingResponder:
         if unknown:
             return self._error(method, transactionId, 420, "Unknown Attribute", unknown, fingerprint, budget)
 
-        attributes: List[Attribute] = [XorMappedAddress(_clientAddress(source[0]), source[1])]
+        attributes: List[Attribute] = [XorMappedAddress(unmappedHost(source[0]), source[1])]
         sendFrom: Optional[HostPort] = None
         if self.alternate is not None and self.primary is not None:
             (ip1, p1), (ip2, p2) = self.primary, self.alternate
