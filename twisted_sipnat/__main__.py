@@ -19,9 +19,10 @@ from twisted.logger import ILogObserver, globalLogPublisher
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from .core.addresses import isIPLiteral
 from .errors import InvalidSettingsError, NATTraversalError
 from .interfaces import IBindingObserver
-from .settings import DEFAULT_STUN_PORT, isIPLiteral, parseServer
+from .settings import DEFAULT_STUN_PORT, parseServer
 
 __all__ = ["main", "parseArguments", "resolveCommand"]
 

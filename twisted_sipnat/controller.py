@@ -29,6 +29,7 @@ from zope.interface import implementer
 
 from .core import keepalive as ka
 from .core import stun
+from .core.addresses import isIPLiteral
 from .core.arbitration import Arbiter
 from .core.timers import TimerHeap
 from .core.transaction import (
@@ -53,7 +54,7 @@ from .errors import (
 )
 from .interfaces import ISharedSocket
 from .protocols import sendDatagram
-from .settings import DEFAULT_STUN_PORT, NATSettings, ServerSpec, isIPLiteral
+from .settings import DEFAULT_STUN_PORT, NATSettings, ServerSpec
 
 HostPort = Tuple[str, int]
 PublicAddress = Union[IPv4Address, IPv6Address]

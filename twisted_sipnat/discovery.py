@@ -31,8 +31,8 @@ from typing import Any, Generator, Optional, Tuple
 from twisted.internet import defer
 
 from .core import stun
+from .core.addresses import isIPLiteral
 from .errors import NATTraversalError, STUNErrorResponse, STUNTimeout
-from .settings import isIPLiteral
 
 HostPort = Tuple[str, int]
 

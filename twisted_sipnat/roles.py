@@ -33,11 +33,12 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from .core.addresses import isIPLiteral
 from .core.backoff import Backoff
 from .core.sipheaders import addKeepToVia, answerKeep, keepaliveInterval
 from .errors import InvalidSettingsError, NATTraversalError
 from .interfaces import IBindingObserver
-from .settings import NATSettings, isIPLiteral
+from .settings import NATSettings
 
 __all__ = [
     "ClientRole",

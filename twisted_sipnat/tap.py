@@ -144,7 +144,7 @@ def _clientService(reactor: Any, options: Options, sub: ClientOptions) -> Any:
     if sub["next-hop"] is None:
         raise InvalidSettingsError("next-hop", None, "required: HOST:PORT of the next SIP hop")
     nextHop = parseHostPort(sub["next-hop"], "next-hop")
-    from .settings import isIPLiteral
+    from .core.addresses import isIPLiteral
 
     if not isIPLiteral(nextHop[0]):
         raise InvalidSettingsError("next-hop", sub["next-hop"], "must be an IP literal (UDP writes need one)")
