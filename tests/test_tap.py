@@ -1,4 +1,4 @@
-"""``twistd sipnat`` options, the config file, and the plugin's import hygiene."""
+"""``twistd sipnat``: the config file, the plugin's import hygiene, buildService / makeService and real twistd runs."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import pytest
 from twisted_sipnat.config import loadConfig, parseConfigText, splitServerList
 from twisted_sipnat.errors import InvalidSettingsError
 from twisted_sipnat.settings import NATSettings
-from twisted_sipnat.tap import ClientOptions, EdgeOptions, Options, STUNOptions
+from twisted_sipnat.tap import Options
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -117,47 +117,7 @@ def test_splitServerList() -> None:
     assert splitServerList("a.example,  192.0.2.1:3478 stun:b") == ["stun:a.example", "stun:192.0.2.1:3478", "stun:b"]
 
 
-# ---- options ---------------------------------------------------------------------------------------------
-
-
-def test_noSubcommandIsTheEmbeddedDefault() -> None:
-    options = _parse()
-    assert options.subCommand is None
-    assert options["config"] is None
-
-
-def test_clientOptions() -> None:
-    options = _parse("--config", "x.ini", "client", "--next-hop", "192.0.2.1:5060", "--stun", "stun.example.com",
-                     "-s", "192.0.2.9:3479", "--listen", "udp:0", "--register", "alice@example.com",
-                     "--interval", "15", "--method", "crlf", "--domain", "example.com")
-    assert options["config"] == "x.ini"
-    assert options.subCommand == "client"
-    sub = options.subOptions
-    assert sub["stun"] == ["stun:stun.example.com", "stun:192.0.2.9:3479"]
-    assert (sub["next-hop"], sub["listen"], sub["register"]) == ("192.0.2.1:5060", "udp:0", "alice@example.com")
-    assert (sub["interval"], sub["method"], sub["domain"]) == ("15", "crlf", "example.com")
-
-
-def test_edgeAndStunDefaults() -> None:
-    edge = _parse("edge").subOptions
-    assert (edge["udp"], edge["tcp"], edge["domain"], edge["flow-timer"]) == ("udp:5060", "tcp:5060", "localhost", None)
-    stun = _parse("stun", "--alternate", "192.0.2.8:3479", "--no-rate-limit").subOptions
-    assert (stun["udp"], stun["alternate"], stun["no-rate-limit"]) == ("udp:3478", "192.0.2.8:3479", True)
-
-
-@pytest.mark.parametrize("options", [Options, ClientOptions, EdgeOptions, STUNOptions])
-def test_everyOptionIsDocumented(options: Any) -> None:
-    text = " ".join(str(options()).split())  # the help columns wrap with the widest option
-    instance = options()
-    for long, _short, _default, doc, *_ in getattr(instance, "optParameters", []):
-        assert f"--{long}" in text and doc, long
-    for flag in getattr(instance, "optFlags", []):
-        assert f"--{flag[0]}" in text and flag[2]
-    if options is ClientOptions:
-        assert "--stun" in text and "RFC 7064" in text
-    if options is Options:
-        for name in ("client", "edge", "stun"):
-            assert name in text
+# ---- the plugin ----------------------------------------------------------------------------------------------
 
 
 def test_pluginImportsNoReactor() -> None:
@@ -185,7 +145,9 @@ def test_buildServiceForEachRole(tmp_path: Path) -> None:
     from twisted.application.service import MultiService
     from twisted.internet.task import Clock
 
-    from twisted_sipnat.roles import ClientRole, EdgeRole, STUNRole
+    from twisted_sipnat.service.client import ClientRole
+    from twisted_sipnat.service.edge import EdgeRole
+    from twisted_sipnat.service.stunserver import STUNRole
     from twisted_sipnat.tap import buildService
 
     config = tmp_path / "c.ini"
@@ -280,3 +242,14 @@ def test_twistdBadConfigIsOneLine(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr + result.stdout
     assert result.stderr.strip().splitlines()[-1].startswith(
         "twistd sipnat: invalid [example.com] udpKeepaliveMethod='smoke'")
+
+
+def test_config_is_refused_for_roles_that_do_not_read_it() -> None:
+    from twisted_sipnat.errors import InvalidSettingsError
+    from twisted_sipnat.tap import Options, buildService
+
+    for role in ("edge", "stun"):
+        options = Options()
+        options.parseOptions(["--config", "/nonexistent.ini", role])
+        with pytest.raises(InvalidSettingsError, match="config"):
+            buildService(options, None)

@@ -9,10 +9,10 @@ stdout, the form the lab's :class:`netlab.Driver` reads:
 
 ``{"event": NAME, "t": monotonic, "level": ..., "namespace": ..., "text": formatted message, "fields": {...}}``
 
-``NAME`` is the event's ``log_event`` (the roles: ``sipnat.client.registered``, ``sipnat.edge.registered``,
-``sipnat.client.flowFailure`` ...) or its ``sipnat_event`` (the controller: ``keepalive.sent``,
-``keepalive.answered``, ``public.address.changed``, ``flow.failure`` ...), else ``"log"``; ``fields`` holds the
-event's own keys (``host``, ``port``, ``delay``, ``contact`` ...) made JSON-safe.  ``{"event": "ready"}`` is
+``NAME`` is the event's ``sipnat_event`` (the roles: ``sipnat.client.registered``, ``sipnat.edge.registered``,
+``sipnat.client.flowFailure`` ...; the controller: ``keepalive.sent``, ``keepalive.answered``,
+``public.address.changed``, ``flow.failure`` ...), else ``"log"``; ``fields`` holds the event's own keys
+(``host``, ``port``, ``delay``, ``contact`` ...) made JSON-safe.  ``{"event": "ready"}`` is
 printed once the reactor runs, i.e. after ``startService`` bound every socket.  SIGTERM stops it the way it
 stops any twistd (services stopped, ports closed).
 """
@@ -56,7 +56,7 @@ def observer() -> Callable[[Dict[str, Any]], None]:
     def observe(event: Dict[str, Any]) -> None:
         level = event.get("log_level")
         record: Dict[str, Any] = {
-            "event": event.get("log_event") or event.get("sipnat_event") or "log",
+            "event": event.get("sipnat_event") or "log",
             "t": time.monotonic(),
             "level": getattr(level, "name", str(level)),
             "namespace": event.get("log_namespace"),

@@ -1,102 +1,26 @@
 """
-twisted_sipnat.reuseport: SO_REUSEPORT sockets adopted by the reactor, the worker pool's life cycle (a Clock and
-a recording process reactor), and the arguments a worker is started with.
+twisted_sipnat.service.workers: the worker pool's life cycle (a Clock and a recording process reactor), the
+arguments a worker is started with, the twistd roles with ``--workers``, and a worker's own stop.
 """
 
 from __future__ import annotations
 
 import os
 import socket
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Tuple
 
 import pytest
-import pytest_twisted  # type: ignore[import-untyped]
-from twisted.internet import defer
-from twisted.internet.protocol import DatagramProtocol
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 
-from twisted_sipnat import reuseport
-from twisted_sipnat.reuseport import WorkerPool, listenUDPReusePort, reusePortSocket, workerArguments
+from twisted_sipnat.service import workers
+from twisted_sipnat.service.workers import WorkerPool, workerArguments
 
 LOOPBACK = "127.0.0.1"
 
 
-def test_two_sockets_share_a_port_only_with_so_reuseport() -> None:
-    first = reusePortSocket(0, LOOPBACK)
-    try:
-        port = first.getsockname()[1]
-        second = reusePortSocket(port, LOOPBACK)
-        try:
-            assert second.getsockname() == (LOOPBACK, port)
-            assert not second.getblocking()
-        finally:
-            second.close()
-        plain = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        try:
-            with pytest.raises(OSError):
-                plain.bind((LOOPBACK, port))
-        finally:
-            plain.close()
-    finally:
-        first.close()
-
-
-def test_an_ipv6_interface_gives_an_ipv6_socket() -> None:
-    try:
-        sock = reusePortSocket(0, "::1")
-    except OSError as e:  # a host without IPv6 loopback: say what happened, do not pretend
-        pytest.fail(f"cannot bind ::1 on this host: {e}")
-    try:
-        assert sock.family == socket.AF_INET6
-    finally:
-        sock.close()
-
-
-class Recorder(DatagramProtocol):
-    def __init__(self) -> None:
-        self.received: List[Tuple[bytes, Any]] = []
-        self.arrived: Optional[defer.Deferred[None]] = None
-
-    def datagramReceived(self, datagram: bytes, addr: Any) -> None:
-        self.received.append((datagram, addr))
-        if self.arrived is not None and not self.arrived.called:
-            self.arrived.callback(None)
-
-
-@pytest_twisted.ensureDeferred  # type: ignore[untyped-decorator]
-async def test_the_kernel_spreads_flows_over_adopted_ports_and_keeps_each_flow_on_one() -> None:
-    from twisted.internet import reactor
-
-    first, second = Recorder(), Recorder()
-    portA = listenUDPReusePort(reactor, 0, first, LOOPBACK)
-    number = portA.getHost().port
-    portB = listenUDPReusePort(reactor, number, second, LOOPBACK)
-    senders = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(64)]
-    try:
-        assert portB.getHost().port == number
-        for _ in range(2):  # every flow twice: it must land where it landed the first time
-            for i, sender in enumerate(senders):
-                sender.sendto(b"flow %d" % i, (LOOPBACK, number))
-        deadline = reactor.seconds() + 5
-        while len(first.received) + len(second.received) < 128 and reactor.seconds() < deadline:
-            d: defer.Deferred[None] = defer.Deferred()
-            reactor.callLater(0.01, d.callback, None)
-            await d
-        assert len(first.received) + len(second.received) == 128
-        assert first.received and second.received  # 64 flows on one socket alone: chance 2**-63
-        flowsA = {data for data, _ in first.received}
-        flowsB = {data for data, _ in second.received}
-        assert not flowsA & flowsB
-    finally:
-        for sender in senders:
-            sender.close()
-        await defer.gatherResults([defer.maybeDeferred(portA.stopListening),
-                                   defer.maybeDeferred(portB.stopListening)])
-
-
 def test_worker_arguments_reproduce_the_options_with_overrides() -> None:
-    from twisted_sipnat.tap import STUNOptions
+    from twisted_sipnat.service.options import STUNOptions
 
     options = STUNOptions()
     options.parseOptions(["--udp=udp:3478:interface=127.0.0.1", "--rate=5", "--no-rate-limit"])
@@ -127,7 +51,7 @@ class ProcessClock(Clock):
     def spawnProcess(self, proto: Any, executable: str, args: List[str], env: Dict[str, str],
                      childFDs: Any = None) -> FakeProcessTransport:
         transport = FakeProcessTransport()
-        proto.transport = transport
+        proto.makeConnection(transport)  # as a real reactor does: the process protocol is connected
         self.spawned.append((proto, executable, list(args), env))
         return transport
 
@@ -140,18 +64,18 @@ def endWorker(proto: Any) -> None:
 
 def test_the_pool_starts_the_other_workers_restarts_a_dead_one_and_stops_them_all() -> None:
     clock = ProcessClock()
-    pool = WorkerPool(clock, 3, lambda: ["-m", "twisted_sipnat.reuseport", "stun", "--reuse-port"],
+    pool = WorkerPool(clock, 3, lambda: ["-m", "twisted_sipnat.service.worker", "stun", "--reuse-port"],
                       env={"PATH": os.environ.get("PATH", "")}, executable="/usr/bin/python3")
     pool.startService()
     assert [args for _, _, args, _ in clock.spawned] == [
-        ["/usr/bin/python3", "-m", "twisted_sipnat.reuseport", "stun", "--reuse-port"]
+        ["/usr/bin/python3", "-m", "twisted_sipnat.service.worker", "stun", "--reuse-port"]
     ] * 2
     assert sorted(env["TWISTED_SIPNAT_WORKER"] for _, _, _, env in clock.spawned) == ["1", "2"]
     assert sorted(pool.workers) == [1, 2]
 
     endWorker(clock.spawned[0][0])  # worker 1 dies
     assert sorted(pool.workers) == [2]
-    clock.advance(reuseport.RESTART_DELAY)
+    clock.advance(workers.RESTART_DELAY)
     assert sorted(pool.workers) == [1, 2] and len(clock.spawned) == 3 and pool.restarts == 1
 
     stopped = pool.stopService()
@@ -171,7 +95,7 @@ def test_a_worker_that_ignores_sigterm_is_killed_after_the_grace_period() -> Non
     (worker, _, _, _), = clock.spawned
     stopped = pool.stopService()
     assert worker.transport.signals == ["TERM"] and not stopped.called
-    clock.advance(reuseport.STOP_GRACE)
+    clock.advance(workers.STOP_GRACE)
     assert worker.transport.signals == ["TERM", "KILL"]
     endWorker(worker)
     assert stopped.called and clock.getDelayedCalls() == []
@@ -202,9 +126,6 @@ def test_a_bad_worker_count_is_refused(count: Any) -> None:
         WorkerPool(Clock(), count, lambda: [])
 
 
-# -- the twistd roles with --workers ----------------------------------------------------------------------------
-
-
 def parseRole(argv: List[str]) -> Any:
     from twisted_sipnat.tap import Options, buildService
 
@@ -215,7 +136,8 @@ def parseRole(argv: List[str]) -> Any:
 
 @pytest.mark.parametrize("role", ["stun", "edge"])
 def test_one_worker_is_the_role_itself_and_more_add_a_pool(role: str) -> None:
-    from twisted_sipnat.roles import EdgeRole, STUNRole
+    from twisted_sipnat.service.edge import EdgeRole
+    from twisted_sipnat.service.stunserver import STUNRole
 
     single: Any = parseRole([role, "--udp=udp:0:interface=127.0.0.1"])
     assert isinstance(single, (EdgeRole, STUNRole))
@@ -289,7 +211,7 @@ def test_twistd_stun_with_two_workers_answers_on_one_port_and_stops_its_worker()
     from pathlib import Path
 
     port = freePort()
-    repo = Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[2]
     process = subprocess.Popen(
         [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile=", "sipnat", "stun",
          f"--udp=udp:{port}:interface={LOOPBACK}", "--no-rate-limit", "--workers=2"],
@@ -324,6 +246,7 @@ def test_twistd_stun_with_two_workers_answers_on_one_port_and_stops_its_worker()
             process.wait(10)
         output = process.stdout.read().decode("utf-8", "replace") if process.stdout else ""
     assert "worker 1 of 2 started" in output, output
+    assert "[worker 1] [twisted_sipnat.stun#info] STUN server on UDP" in output, "the worker's lines, tagged"
     assert "Traceback" not in output, output
 
 
@@ -338,11 +261,52 @@ def test_a_worker_asked_to_stop_twice_stops_once() -> None:
             self.stops += 1
 
     reactor = Reactor()
-    stop = reuseport._stopper(reactor)
+    stop = workers.stopOnce(reactor)
     stop()
     stop()
     assert reactor.stops == 1
     idle = Reactor()
     idle.running = False
-    reuseport._stopper(idle)()
+    workers.stopOnce(idle)()
     assert idle.stops == 0
+
+
+def test_every_line_a_worker_writes_is_logged_with_its_index() -> None:
+    from twisted.logger import formatEvent, globalLogPublisher
+
+    events: List[Dict[str, Any]] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        clock = ProcessClock()
+        pool = WorkerPool(clock, 3, lambda: ["-c", "pass"])
+        pool.startService()
+        second = pool.workers[2]
+        second.outReceived(b"[twisted_sipnat.stun#info] STUN server on UDP 127.0.0.1:3478\n")
+        second.errReceived(b"oops\n")
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    lines = [formatEvent(e) for e in events if e.get("log_namespace") == "twisted_sipnat.workers"]
+    assert "[worker 2] [twisted_sipnat.stun#info] STUN server on UDP 127.0.0.1:3478" in lines
+    assert "[worker 2] oops" in lines
+    assert "worker 1 of 3 started" in lines and "worker 2 of 3 started" in lines
+
+
+def test_a_worker_that_lived_starts_again_at_once_and_one_that_cannot_start_backs_off() -> None:
+    clock = ProcessClock()
+    pool = WorkerPool(clock, 2, lambda: ["-c", "pass"])
+    pool.startService()
+    clock.advance(10)
+    endWorker(pool.workers[1])  # it ran 10 s: ProcessMonitor starts it again at once
+    clock.advance(0)
+    assert len(clock.spawned) == 2 and sorted(pool.workers) == [1]
+    endWorker(pool.workers[1])  # died at once: 1 s, then 2 s, ...
+    clock.advance(workers.RESTART_DELAY)
+    assert len(clock.spawned) == 3
+    endWorker(pool.workers[1])
+    clock.advance(workers.RESTART_DELAY)
+    assert len(clock.spawned) == 3, "the delay doubled"
+    clock.advance(workers.RESTART_DELAY)
+    assert len(clock.spawned) == 4 and pool.restarts == 3
+    stopped = pool.stopService()
+    endWorker(pool.workers[1])
+    assert stopped.called and clock.getDelayedCalls() == []

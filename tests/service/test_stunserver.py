@@ -1,0 +1,70 @@
+"""twisted_sipnat.service.stunserver: the stun role, on a simulated network and on real loopback sockets."""
+
+from __future__ import annotations
+
+import socket
+from typing import List
+
+import pytest
+import pytest_twisted
+from twisted.internet import protocol
+from twisted.internet.task import Clock
+
+from twisted_sipnat import stun
+from twisted_sipnat.errors import InvalidSettingsError
+from twisted_sipnat.service.stunserver import STUNRole
+
+from .support import Collector, NetReactor, nextItem
+
+
+def test_stunRoleAlternateNeedsPrimaryInterface() -> None:
+    with pytest.raises(InvalidSettingsError) as info:
+        STUNRole(Clock(), udp=(3478, ""), alternate=("127.0.0.2", 3479))
+    assert info.value.key == "alternate"
+
+
+def test_stunRoleRateLimitsPerSource() -> None:
+    net = NetReactor()
+    server = STUNRole(net, udp=(3478, "127.0.0.1"), rateLimit=(1.0, 2))
+    server.startService()
+    client = net.listenUDP(0, protocol.DatagramProtocol())
+    answers: List[bytes] = []
+    client.protocol.datagramReceived = lambda data, addr: answers.append(data)  # type: ignore[method-assign]
+    for _ in range(5):
+        client.write(stun.Message(stun.BINDING, stun.REQUEST).encode(), ("127.0.0.1", 3478))
+    net.run(0.2)
+    assert len(answers) == 2, "burst 2, then limited"
+    client.stopListening()
+    server.stopService()
+    assert net.ports == {}
+
+
+@pytest_twisted.ensureDeferred
+async def test_stunRoleRfc5780AnswersFromTheAlternateSocket() -> None:
+    from twisted.internet import reactor
+
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    probe.bind(("127.0.0.1", 0))
+    primaryPort = probe.getsockname()[1]
+    probe.close()
+    alternatePort = primaryPort + 1 if primaryPort < 65000 else primaryPort - 1
+    server = STUNRole(reactor, udp=(primaryPort, "127.0.0.1"), alternate=("127.0.0.2", alternatePort))
+    server.startService()
+    collector = Collector()
+    port = reactor.listenUDP(0, collector, interface="127.0.0.1")
+    try:
+        assert len(server.sockets) == 4
+        plain = stun.Message(stun.BINDING, stun.REQUEST)
+        port.write(plain.encode(), ("127.0.0.1", primaryPort))
+        data, source = await nextItem(collector.received, reactor)
+        assert source == ("127.0.0.1", primaryPort)
+        answer = stun.decode(data)
+        assert answer.otherAddress == ("127.0.0.2", alternatePort)
+        change = stun.Message(stun.BINDING, stun.REQUEST, attributes=[stun.ChangeRequest(True, True)])
+        port.write(change.encode(), ("127.0.0.1", primaryPort))
+        data, source = await nextItem(collector.received, reactor)
+        assert source == ("127.0.0.2", alternatePort), "CHANGE-REQUEST honoured from the other socket"
+        assert stun.decode(data).transactionId == change.transactionId
+    finally:
+        await port.stopListening()
+        await server.stopService()

@@ -1,0 +1,246 @@
+"""
+The client role: what a SIP user agent behind a NAT does, as a service.
+
+Bind the SIP socket (a :class:`~twisted_sipnat.protocols.SharedDatagramProtocol`), learn the public address with
+STUN, optionally REGISTER with the next hop (:mod:`.sipclient`), keep the binding alive toward it, and on a flow
+failure start again after the RFC 5626 §4.5 backoff.
+
+``twisted.protocols.sip`` imports the global reactor when it loads, and this module needs it (through
+:mod:`.sipclient`): import it once the reactor is chosen.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping, Optional, Tuple, Union
+
+from twisted.application import service
+from twisted.internet import defer
+from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from ..controller import NATTraversalController
+from ..core.backoff import Backoff
+from ..core.sipheaders import keepaliveInterval
+from ..errors import InvalidSettingsError
+from ..interfaces import IBindingObserver
+from ..protocols import SharedDatagramProtocol
+from ..settings import NATSettings
+from .listeners import UDPListener
+from .sipclient import RegisterClient, grantedExpires
+
+__all__ = ["ClientRole"]
+
+HostPort = Tuple[str, int]
+NextHop = Union[HostPort, Callable[[], HostPort]]
+
+log = Logger(namespace="twisted_sipnat.client")
+
+#: RFC 3261 §10.2.4: refresh a registration at this fraction of the lifetime the registrar granted.
+REFRESH_AT = 0.9
+
+
+@implementer(IBindingObserver)
+class _RoleObserver:
+    """The client role's observer for its one flow: its controller context is keyed by it."""
+
+    def __init__(self, role: ClientRole) -> None:
+        self.role = role
+
+    def flowFailure(self, reason: object) -> None:
+        self.role._flowFailed(reason)
+
+
+class ClientRole(service.MultiService):
+    """
+    A SIP UA's NAT traversal as a service: bind, resolve, (register), keep alive, recover.
+
+    ``nextHop`` is an ``(IP, port)`` or a callable returning one (the embedded default asks its STUN role for
+    the port it bound).  ``settings`` is a ``{domain: NATSettings}`` mapping as the controller takes it, and
+    ``domain`` the key to use.  ``register`` is an AOR (``alice@example.com``) to REGISTER with the next hop
+    after the address is known; its 200 OK's Flow-Timer (or Via ``keep``) becomes the keepalive interval.
+    ``random`` feeds the RFC 5626 §4.5 backoff; ``backoffBase`` replaces its base-time (30 s).
+
+    Attributes a test or an operator reads: ``publicAddress`` (the last resolved ``IPv4Address``/``IPv6Address``),
+    ``flowTimer`` (what the registrar asked for), ``failures`` (flow failures so far), ``keepalivesStarted``,
+    ``ready`` (a Deferred fired with the public address once keepalives first started).
+    """
+
+    def __init__(
+        self,
+        reactor: Any,
+        nextHop: NextHop,
+        settings: Mapping[str, NATSettings],
+        domain: str,
+        listen: Tuple[int, str] = (5060, ""),
+        register: Optional[str] = None,
+        random: Optional[Callable[[], float]] = None,
+        controller: Any = None,
+        backoffBase: Optional[float] = None,
+    ) -> None:
+        service.MultiService.__init__(self)
+        if domain not in settings:
+            raise InvalidSettingsError("domain", domain, f"no settings for it (have: {', '.join(sorted(settings))})")
+        self.reactor = reactor
+        self.domain = domain
+        self._nextHop = nextHop
+        self.controller = controller if controller is not None else NATTraversalController(dict(settings), reactor=reactor)
+        self.aor = register
+        self.registerClient = RegisterClient(reactor, register, nextHop) if register is not None else None
+        self.shared = SharedDatagramProtocol(sipProtocol=self.registerClient, controller=self.controller, clock=reactor)
+        self.listener = UDPListener(reactor, listen[0], self.shared, listen[1])
+        self.listener.setServiceParent(self)
+        self.observer = _RoleObserver(self)
+        self.backoff = Backoff(random, backoffBase)
+        self.publicAddress: Union[IPv4Address, IPv6Address, None] = None
+        self.flowTimer: Optional[int] = None
+        self.failures = 0
+        self.keepalivesStarted = 0
+        self._retry: Any = None
+        self._refresh: Any = None
+        self._pending: Optional[defer.Deferred[Any]] = None
+        self.ready: defer.Deferred[Any] = defer.Deferred()
+
+    @property
+    def nextHop(self) -> HostPort:
+        hop = self._nextHop
+        return hop() if callable(hop) else hop
+
+    @property
+    def retryAt(self) -> Optional[float]:
+        """When the next attempt after a failure is due (reactor seconds), or ``None`` when none is scheduled."""
+        if self._retry is not None and self._retry.active():
+            return float(self._retry.getTime())
+        return None
+
+    @property
+    def refreshAt(self) -> Optional[float]:
+        """When the registration is next refreshed (reactor seconds), or ``None`` when no refresh is scheduled."""
+        if self._refresh is not None and self._refresh.active():
+            return float(self._refresh.getTime())
+        return None
+
+    def startService(self) -> None:
+        service.MultiService.startService(self)
+        self._attempt()
+
+    def _attempt(self) -> None:
+        self._retry = None
+        hop = self.nextHop
+        d = self.controller.resolvePublicAddress(self.domain, self.shared, hop, observer=self.observer)
+        self._pending = d
+        d.addCallback(self._resolved, hop)
+        d.addErrback(self._failed)
+
+    def _resolved(self, address: Union[IPv4Address, IPv6Address], hop: HostPort) -> Any:
+        self.publicAddress = address
+        log.info(
+            "public address {host}:{port} (next hop {nhost}:{nport})",
+            host=address.host, port=address.port, nhost=hop[0], nport=hop[1],
+            sipnat_event="sipnat.client.publicAddress",
+        )
+        if self.registerClient is None:
+            self._keepAlive(hop, None)
+            return None
+        d = self.registerClient.register((address.host, address.port))
+        self._pending = d
+        d.addCallback(self._registered, hop)
+        return d
+
+    def _granted(self, response: Any) -> int:
+        return grantedExpires(response, self.registerClient.expires if self.registerClient else 3600)
+
+    def _registered(self, response: Any, hop: HostPort) -> None:
+        interval = keepaliveInterval(response)
+        self.flowTimer = interval
+        granted = self._granted(response)
+        log.info("registered {aor} for {expires} s; registrar keepalive interval {flowTimer}", aor=self.aor,
+                 expires=granted, flowTimer=interval, sipnat_event="sipnat.client.registered")
+        self._keepAlive(hop, interval)
+        self._scheduleRefresh(granted, hop)
+
+    def _scheduleRefresh(self, granted: int, hop: HostPort) -> None:
+        """Refresh the registration before it lapses (RFC 3261 §10.2.4); a failed refresh is a failed flow."""
+        self._cancelRefresh()
+        self._refresh = self.reactor.callLater(max(1.0, REFRESH_AT * granted), self._refreshRegistration, hop)
+
+    def _refreshRegistration(self, hop: HostPort) -> None:
+        self._refresh = None
+        if self.registerClient is None or self.publicAddress is None:
+            return
+        d = self.registerClient.register((self.publicAddress.host, self.publicAddress.port))
+        self._pending = d
+        d.addCallback(self._refreshed, hop)
+        d.addErrback(self._refreshFailed)
+
+    def _refreshed(self, response: Any, hop: HostPort) -> None:
+        self._pending = None
+        interval = keepaliveInterval(response)
+        if interval != self.flowTimer:
+            self.flowTimer = interval
+            self.controller.refreshNATBinding(self.shared, self.observer, nextHop=hop, flowTimer=interval)
+        self._scheduleRefresh(self._granted(response), hop)
+
+    def _refreshFailed(self, reason: Failure) -> None:
+        self._pending = None
+        if reason.check(defer.CancelledError) or not self.running:
+            return
+        self.controller.freeResources(self.observer)
+        self._flowFailed(reason)
+
+    def _keepAlive(self, hop: HostPort, flowTimer: Optional[int]) -> None:
+        self._pending = None
+        started = self.controller.refreshNATBinding(self.shared, self.observer, nextHop=hop, flowTimer=flowTimer)
+        self.keepalivesStarted += 1
+        self.backoff.succeeded()
+        log.info("keepalives toward {host}:{port}: {state}", host=hop[0], port=hop[1],
+                 state="started" if started else "not needed", sipnat_event="sipnat.client.keepalive.started")
+        if not self.ready.called:
+            self.ready.callback(self.publicAddress)
+
+    def _failed(self, reason: Failure) -> None:
+        self._pending = None
+        if reason.check(defer.CancelledError) or not self.running:
+            return
+        log.warn("NAT traversal attempt failed: {why}", why=reason.getErrorMessage(), sipnat_event="sipnat.client.failed")
+        self._scheduleRetry()
+
+    def _flowFailed(self, reason: object) -> None:
+        self._cancelRefresh()
+        # a refresh REGISTER in flight belongs to the failed flow: stop it, or its 200 would revive that flow
+        pending, self._pending = self._pending, None
+        if pending is not None and not pending.called:
+            pending.cancel()
+        if self.registerClient is not None:
+            self.registerClient.stop()
+        self.failures += 1
+        why = reason.getErrorMessage() if isinstance(reason, Failure) else str(reason)
+        log.warn("flow failure: {why}", why=why, sipnat_event="sipnat.client.flowFailure")
+        if self.running:
+            self._scheduleRetry()
+
+    def _scheduleRetry(self) -> None:
+        if self._retry is not None and self._retry.active():
+            return
+        delay = self.backoff.nextDelay(allFlowsFailed=True)
+        log.info("trying again in {delay:.1f} s (RFC 5626 §4.5 backoff)", delay=delay, sipnat_event="sipnat.client.retry")
+        self._retry = self.reactor.callLater(delay, self._attempt)
+
+    def _cancelRefresh(self) -> None:
+        if self._refresh is not None and self._refresh.active():
+            self._refresh.cancel()
+        self._refresh = None
+
+    def stopService(self) -> Any:
+        self._cancelRefresh()
+        if self._retry is not None and self._retry.active():
+            self._retry.cancel()
+        self._retry = None
+        pending, self._pending = self._pending, None
+        if pending is not None and not pending.called:
+            pending.cancel()
+        if self.registerClient is not None:
+            self.registerClient.stop()
+        self.controller.freeResources()
+        return service.MultiService.stopService(self)

@@ -1,0 +1,259 @@
+"""
+The ``twistd sipnat`` command line: the ``usage.Options`` classes, and the checking of their values.
+
+Parsing never touches the network and never imports the reactor (the twistd plugin imports this module for
+``twistd sipnat --help``).  The ``...Arguments`` functions turn parsed options into the keyword arguments of a
+role's constructor; a bad value raises :class:`~twisted_sipnat.errors.InvalidSettingsError` naming the option (or
+the ``[section] key`` of the config file), which :func:`twisted_sipnat.tap.makeService` prints as one line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Any, Dict, Mapping, Optional, Tuple
+
+from twisted.python import usage
+
+from ..config import DEFAULT_SECTION, loadConfig, splitServerList
+from ..core.addresses import isIPLiteral, parseHostPort
+from ..errors import InvalidSettingsError
+
+# The STUN responder's per-source rate limit defaults, defined once, where the responder an edge gets by default
+# is built.
+from ..protocols import DEFAULT_RESPONDER_BURST, DEFAULT_RESPONDER_RATE
+from ..settings import NATSettings
+
+__all__ = [
+    "ClientOptions",
+    "EdgeOptions",
+    "Options",
+    "STUNOptions",
+    "checkConfigUse",
+    "clientArguments",
+    "edgeArguments",
+    "embeddedSettings",
+    "parseNumber",
+    "parseUDPDescription",
+    "parseWorkers",
+    "stunArguments",
+]
+
+_UDP = re.compile(r"udp:(?:port=)?(?P<port>[0-9]+)(?::interface=(?P<interface>.+))?", re.IGNORECASE)
+
+
+def parseUDPDescription(text: str, key: str = "listen") -> Tuple[int, str]:
+    """
+    ``udp:PORT[:interface=ADDR]`` -> ``(port, interface)``; ``interface`` is ``""`` for every interface.
+
+    Twisted has no ``udp:`` endpoint strings (UDP is not a stream), so this is a small syntax of our own in the
+    same spirit: ``udp:5060``, ``udp:0`` (any free port), ``udp:5060:interface=127.0.0.1``,
+    ``udp:5060:interface=::1``.  Errors are :class:`InvalidSettingsError` naming ``key``.
+    """
+    match = _UDP.fullmatch(text.strip())
+    if match is None:
+        raise InvalidSettingsError(key, text, "expected udp:PORT[:interface=ADDR]")
+    port = int(match.group("port"))
+    if port > 65535:
+        raise InvalidSettingsError(key, text, "the port must be 0-65535")
+    interface = match.group("interface") or ""
+    if interface:
+        interface = interface.strip("[]")
+        if not isIPLiteral(interface):
+            raise InvalidSettingsError(key, text, "the interface must be an IP address")
+    return port, interface
+
+
+def parseNumber(key: str, text: Optional[str], integer: bool = False) -> Optional[float]:
+    """A finite number >= 0 from option ``key`` (``None`` stays ``None``); ``integer`` asks for a whole one."""
+    if text is None:
+        return None
+    try:
+        value = float(int(text)) if integer else float(text)
+    except ValueError:
+        raise InvalidSettingsError(key, text, "not a number" if not integer else "not a whole number") from None
+    if value != value or value in (float("inf"), float("-inf")) or value < 0:
+        raise InvalidSettingsError(key, text, "must be a finite number >= 0")
+    return value
+
+
+def parseWorkers(sub: Mapping[str, Any]) -> int:
+    """``--workers``: a whole number >= 1."""
+    workers = parseNumber("workers", sub["workers"], integer=True)
+    if workers is None or workers < 1:
+        raise InvalidSettingsError("workers", sub["workers"], "must be a whole number >= 1")
+    return int(workers)
+
+
+class ClientOptions(usage.Options):
+    synopsis = "--next-hop HOST:PORT [--stun HOST[:PORT]]... [options]"
+    longdesc = (
+        "A SIP UA's side: bind the SIP socket, learn the public address with STUN (from --stun servers, "
+        "else from the next hop itself), optionally REGISTER, and keep the NAT binding alive toward the next "
+        "hop (RFC 5626). On a flow failure it resolves again after the RFC 5626 section 4.5 backoff."
+    )
+    optParameters = [
+        ["listen", "l", "udp:5060", "The SIP socket: udp:PORT[:interface=ADDR]; udp:0 takes any free port."],
+        ["next-hop", "n", None, "HOST:PORT (IP literal) of the next SIP hop to keep the binding alive toward. Required."],
+        ["domain", "d", DEFAULT_SECTION, "The SIP domain: the --config section whose NAT settings apply."],
+        ["register", "r", None, "Address of record (user@domain) to REGISTER with the next hop; its Flow-Timer "
+                                "(or Via keep) then sets the keepalive interval."],
+        ["interval", "i", None, "UDP keepalive interval in seconds (keepalives every 80-100% of it; 0 disables). "
+                                "Default: the config's udpKeepaliveInterval, else 25."],
+        ["method", "m", None, "UDP keepalive method: stun (Binding request) or crlf (CRLFCRLF datagram). Default: stun."],
+        ["backoff-base", None, None, "Base time in seconds of the RFC 5626 section 4.5 re-registration backoff "
+                                     "(retries after 50-100% of base * 2^failures, failures >= 1). Default: 30."],
+    ]
+
+    def __init__(self) -> None:
+        usage.Options.__init__(self)
+        self["stun"] = []
+
+    def opt_stun(self, server: str) -> None:
+        """STUN server HOST[:PORT] or stun:HOST[:PORT] URI (RFC 7064); repeat for failover, tried in order. Default: the next hop answers STUN itself."""  # noqa: E501
+        self["stun"].extend(splitServerList(server))
+
+    opt_s = opt_stun
+
+
+class EdgeOptions(usage.Options):
+    synopsis = "[--udp udp:5060] [--tcp tcp:5060] [--domain DOMAIN] [--flow-timer N]"
+    longdesc = (
+        "An RFC 5626 edge: twisted.protocols.sip.RegisterProxy with an in-memory registry on UDP, answering STUN "
+        "keepalives on the SIP port, and SIP over TCP answering CRLFCRLF pings with CRLF pongs."
+    )
+    optParameters = [
+        ["udp", "u", "udp:5060", "UDP SIP socket: udp:PORT[:interface=ADDR]."],
+        ["tcp", "t", "tcp:5060", "TCP SIP endpoint (a Twisted endpoint description), or 'none'."],
+        ["domain", "d", "localhost", "The SIP domain the registrar accepts registrations for."],
+        ["host", None, None, "Host written in the proxy's Via (default: the UDP interface, else 127.0.0.1)."],
+        ["flow-timer", "f", None, "Send Flow-Timer: N (seconds) in REGISTER 200 OK responses (RFC 5626)."],
+        ["workers", None, "1", "Processes sharing the UDP port (SO_REUSEPORT: the kernel keeps each flow on one "
+                               "worker); TCP stays with the first.  Each worker has its own registrar."],
+    ]
+    optFlags = [["reuse-port", None, "Bind the UDP socket with SO_REUSEPORT (what every worker does)."]]
+
+
+class STUNOptions(usage.Options):
+    synopsis = "[--udp udp:3478] [--tcp tcp:3478] [--alternate ADDR:PORT] [--rate N --burst N | --no-rate-limit]"
+    longdesc = "A standalone STUN Binding server (RFC 8489), with RFC 5780 alternate address/port when asked."
+    optParameters = [
+        ["udp", "u", "udp:3478", "UDP socket: udp:PORT[:interface=ADDR]."],
+        ["tcp", "t", None, "Also serve STUN over TCP on this Twisted endpoint description (e.g. tcp:3478)."],
+        ["alternate", "a", None, "ADDR:PORT of a second address of this host: enables RFC 5780 (OTHER-ADDRESS, "
+                                 "CHANGE-REQUEST); needs --udp with interface= and a fixed port."],
+        ["rate", None, f"{DEFAULT_RESPONDER_RATE:g}", "Rate limit: answers per second per source address."],
+        ["burst", None, f"{DEFAULT_RESPONDER_BURST:d}", "Rate limit: burst size per source address."],
+        ["software", None, None, "SOFTWARE attribute for responses (default: none)."],
+        ["workers", None, "1", "Processes sharing the UDP port(s) (SO_REUSEPORT: the kernel keeps each flow on one "
+                               "worker); TCP stays with the first."],
+    ]
+    optFlags = [["no-rate-limit", None, "Answer every request (not for a public address: STUN reflects floods)."],
+                ["reuse-port", None, "Bind the UDP sockets with SO_REUSEPORT (what every worker does)."]]
+
+
+class Options(usage.Options):
+    synopsis = "[--config PATH] [client|edge|stun] [options]"
+    longdesc = (
+        "SIP NAT traversal: STUN public-address discovery and RFC 5626 keepalives. With no subcommand it runs "
+        "an embedded default that needs no network: a STUN server on 127.0.0.1 and a client resolving against "
+        "it and keeping the binding alive (every 80-100% of 5 s), logging each step."
+    )
+    optParameters = [
+        ["config", "c", None, "Client and embedded default only: INI (or, on Python 3.11+, .toml) file with one section of NATSettings per SIP "
+                              "domain; section 'default' for any other domain."],
+    ]
+    subCommands = [
+        ["client", None, ClientOptions, "Resolve the public address and keep the NAT binding alive."],
+        ["edge", None, EdgeOptions, "SIP registrar answering STUN and CRLF keepalives (RFC 5626 edge)."],
+        ["stun", None, STUNOptions, "Standalone STUN Binding server."],
+    ]
+
+
+def checkConfigUse(options: Options) -> None:
+    """``--config`` holds client settings: refuse it for the roles that would silently ignore it."""
+    if options["config"] is not None and options.subCommand in ("edge", "stun"):
+        raise InvalidSettingsError("config", options["config"],
+                                   f"holds NAT settings for the client; the {options.subCommand} role does not read it")
+
+
+def _settingsFor(options: Options, domain: str) -> Dict[str, NATSettings]:
+    """The ``{domain: NATSettings}`` for the client: the config file's, with the command line on top."""
+    configured = loadConfig(options["config"]) if options["config"] else {}
+    base = configured.get(domain) or configured.get(DEFAULT_SECTION) or NATSettings()
+    return {**configured, domain: base}
+
+
+def embeddedSettings(options: Options) -> Optional[Dict[str, NATSettings]]:
+    """The embedded default's settings: the ``--config`` file's, or ``None`` for the role's own."""
+    return _settingsFor(options, DEFAULT_SECTION) if options["config"] else None
+
+
+#: Which command-line option a client setting comes from, so that an error names what the operator typed.
+_CLIENT_SETTINGS = {"stunServers": "stun", "udpKeepaliveInterval": "interval", "udpKeepaliveMethod": "method"}
+
+
+def clientArguments(options: Options, sub: ClientOptions) -> Dict[str, Any]:
+    """The keyword arguments of :class:`~twisted_sipnat.service.client.ClientRole` (after ``reactor``)."""
+    if sub["next-hop"] is None:
+        raise InvalidSettingsError("next-hop", None, "required: HOST:PORT of the next SIP hop")
+    nextHop = parseHostPort(sub["next-hop"], "next-hop")
+    if not isIPLiteral(nextHop[0]):
+        raise InvalidSettingsError("next-hop", sub["next-hop"], "must be an IP literal (UDP writes need one)")
+    listen = parseUDPDescription(sub["listen"], "listen")
+    domain = sub["domain"]
+    settings = _settingsFor(options, domain)
+    changes: Dict[str, Any] = {}
+    if sub["stun"]:
+        changes["stunServers"] = tuple(sub["stun"])
+    interval = parseNumber("interval", sub["interval"])
+    if interval is not None:
+        changes["udpKeepaliveInterval"] = interval
+    if sub["method"] is not None:
+        changes["udpKeepaliveMethod"] = sub["method"]
+    if changes:
+        try:
+            settings[domain] = dataclasses.replace(settings[domain], **changes)
+        except InvalidSettingsError as e:
+            raise InvalidSettingsError(_CLIENT_SETTINGS.get(e.key, e.key), e.value, e.why) from None
+    backoffBase = parseNumber("backoff-base", sub["backoff-base"])
+    if backoffBase is not None and backoffBase == 0:
+        raise InvalidSettingsError("backoff-base", sub["backoff-base"], "must be > 0 seconds")
+    return {"nextHop": nextHop, "settings": settings, "domain": domain, "listen": listen,
+            "register": sub["register"], "backoffBase": backoffBase}
+
+
+def edgeArguments(sub: EdgeOptions, workers: int) -> Dict[str, Any]:
+    """The keyword arguments of :class:`~twisted_sipnat.service.edge.EdgeRole` (after ``reactor``)."""
+    flowTimer = parseNumber("flow-timer", sub["flow-timer"], integer=True)
+    if flowTimer is not None and flowTimer < 1:
+        raise InvalidSettingsError("flow-timer", sub["flow-timer"], "must be at least 1 second")
+    tcp = sub["tcp"]
+    return {
+        "udp": parseUDPDescription(sub["udp"], "udp"),
+        "tcp": None if tcp is None or tcp.lower() == "none" else tcp,
+        "domain": sub["domain"],
+        "host": sub["host"],
+        "flowTimer": int(flowTimer) if flowTimer is not None else None,
+        "reusePort": workers > 1 or bool(sub["reuse-port"]),
+    }
+
+
+def stunArguments(sub: STUNOptions, workers: int) -> Dict[str, Any]:
+    """The keyword arguments of :class:`~twisted_sipnat.service.stunserver.STUNRole` (after ``reactor``)."""
+    rateLimit: Optional[Tuple[float, int]] = None
+    if not sub["no-rate-limit"]:
+        rate = parseNumber("rate", sub["rate"])
+        burst = parseNumber("burst", sub["burst"], integer=True)
+        if not rate or not burst:
+            raise InvalidSettingsError("rate" if not rate else "burst", sub["rate"] if not rate else sub["burst"],
+                                       "must be > 0 (use --no-rate-limit to switch the limit off)")
+        rateLimit = (rate, int(burst))
+    return {
+        "udp": parseUDPDescription(sub["udp"], "udp"),
+        "tcp": sub["tcp"],
+        "alternate": parseHostPort(sub["alternate"], "alternate") if sub["alternate"] else None,
+        "rateLimit": rateLimit,
+        "software": sub["software"],
+        "reusePort": workers > 1 or bool(sub["reuse-port"]),
+    }
