@@ -108,3 +108,15 @@ class FlowConnectionLost(FlowFailure):
     def __init__(self, why: str = "connection lost") -> None:
         super().__init__(why)
         self.why = why
+
+
+class RegistrationError(NATTraversalError):
+    """
+    The client role's REGISTER (RFC 3261 §10.2) got a final error response (``code``, ``phrase``) or no answer
+    before Timer F (``code`` is ``None``).
+    """
+
+    def __init__(self, code: Optional[int], phrase: str) -> None:
+        super().__init__(f"REGISTER failed: {code} {phrase}" if code is not None else f"REGISTER failed: {phrase}")
+        self.code = code
+        self.phrase = phrase

@@ -8,9 +8,9 @@ import pytest
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 
-from twisted_sipnat.errors import InvalidSettingsError
+from twisted_sipnat.errors import InvalidSettingsError, RegistrationError
 from twisted_sipnat.service.edge import EdgeRole
-from twisted_sipnat.service.sipclient import RegisterClient, RegistrationError
+from twisted_sipnat.service.sipclient import RegisterClient
 
 from .support import NetReactor
 

@@ -17,24 +17,15 @@ from twisted.logger import Logger
 from twisted.protocols import sip
 
 from ..core.sipheaders import addKeepToVia
-from ..errors import InvalidSettingsError, NATTraversalError
+from ..errors import InvalidSettingsError, RegistrationError
 from .sipmessages import parseDatagram
 
-__all__ = ["RegisterClient", "RegistrationError", "grantedExpires"]
+__all__ = ["RegisterClient", "grantedExpires"]
 
 HostPort = Tuple[str, int]
 NextHop = Union[HostPort, Callable[[], HostPort]]
 
 log = Logger(namespace="twisted_sipnat.client")
-
-
-class RegistrationError(NATTraversalError):
-    """A REGISTER got a final error response (``code``, ``phrase``) or no answer (``code`` is ``None``)."""
-
-    def __init__(self, code: Optional[int], phrase: str) -> None:
-        super().__init__(f"REGISTER failed: {code} {phrase}" if code is not None else f"REGISTER failed: {phrase}")
-        self.code = code
-        self.phrase = phrase
 
 
 def grantedExpires(response: Any, asked: int) -> int:
