@@ -147,7 +147,8 @@ def test_a_udp_port_in_use_raises_from_start_and_leaves_the_listener_stopped() -
     first.stopService()
 
 
-def test_a_reuse_port_listener_shares_its_port_with_another() -> None:
+@pytest_twisted.ensureDeferred  # type: ignore[untyped-decorator]
+async def test_a_reuse_port_listener_shares_its_port_with_another() -> None:
     from twisted.internet import reactor
 
     first = UDPListener(reactor, 0, DatagramProtocol(), LOOPBACK, reusePort=True)
@@ -158,6 +159,6 @@ def test_a_reuse_port_listener_shares_its_port_with_another() -> None:
         try:
             assert second.address() == first.address()
         finally:
-            second.stopService()
+            await defer.maybeDeferred(second.stopService)
     finally:
-        first.stopService()
+        await defer.maybeDeferred(first.stopService)
