@@ -14,7 +14,7 @@ from twisted.internet import task
 from twisted.python.failure import Failure
 
 from twisted_sipnat import NATSettings, NATTraversalController, SharedDatagramProtocol, STUNTimeout
-from twisted_sipnat.roles import EdgeRole
+from twisted_sipnat.service.edge import EdgeRole
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "useragent.py"

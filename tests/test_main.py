@@ -14,7 +14,7 @@ from twisted.internet import protocol
 
 from twisted_sipnat import STUNErrorResponse, stun
 from twisted_sipnat.__main__ import parseArguments, resolveCommand
-from twisted_sipnat.roles import STUNRole
+from twisted_sipnat.service.stunserver import STUNRole
 from twisted_sipnat.testing import bindingResponse
 
 ROOT = Path(__file__).resolve().parents[1]

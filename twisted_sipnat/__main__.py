@@ -85,7 +85,7 @@ async def _serverAddress(reactor: Any, text: Optional[str]) -> Any:
 async def resolveCommand(reactor: Any, args: argparse.Namespace, out: TextIO) -> int:
     """Run ``resolve``; returns the exit code, raises :class:`NATTraversalError` (or ``OSError``) on failure."""
     from . import NATSettings, NATTraversalController, SharedDatagramProtocol
-    from .roles import STUNRole
+    from .service.stunserver import STUNRole
 
     embedded: Optional[STUNRole] = None
     server = await _serverAddress(reactor, args.server)
