@@ -7,8 +7,8 @@ CHANGE-REQUEST, RESPONSE-PORT, FINGERPRINT).  Each shape is written once: a Name
 ``encodeValue``, and a parser builder.  The public classes (:class:`MappedAddress`, :class:`Username`, ...) are
 empty subclasses of their shape, so that ``MappedAddress(h, p) != XorMappedAddress(h, p)`` and
 ``isinstance`` tells the kinds apart.  :data:`ATTRIBUTES` is the table: one :class:`AttributeKind` row per type
-(type code, name, class, parse, encode); the decoder, ``ATTRIBUTE_CLASSES`` and every class's ``type`` come
-from it.
+(type code, name, class, parse, encode); the decoder's parsers, ``ATTRIBUTE_CLASSES`` and every class's
+``type`` come from it.
 
 RFC 3489's attribute types that RFC 8489 §18.3.1 lists as reserved (RESPONSE-ADDRESS, SOURCE-ADDRESS,
 CHANGED-ADDRESS, PASSWORD, REFLECTED-FROM) are rows too, with no class: they decode as :class:`RawAttribute`
