@@ -77,6 +77,10 @@ PASSWORD = 0x0007
 REFLECTED_FROM = 0x000B
 
 _ERROR_HEAD = struct.Struct("!xxBB")
+# Module-level names for the imported structs: CPython 3.11 compiles ``X.f()`` on a name bound by an import
+# as an attribute load that makes a bound method per call, not LOAD_METHOD.
+_TLV = TLV
+_U32 = U32
 
 
 class MappedAddress(AddressShape):
@@ -205,7 +209,7 @@ class UnknownAttributes(_TypesFields):
 
 def _encodeAlgorithm(algorithm: int, parameters: bytes) -> bytes:
     try:
-        head = TLV.pack(algorithm, len(parameters))
+        head = _TLV.pack(algorithm, len(parameters))
     except struct.error as e:
         raise STUNEncodeError(f"bad password algorithm: {algorithm!r}") from e
     return head + bytes(parameters) + bytes(-len(parameters) % 4)
@@ -252,7 +256,7 @@ class ChangeRequest(_ChangeFields):
     type: ClassVar[int]
 
     def encodeValue(self, transactionId: bytes) -> bytes:
-        return U32.pack((4 if self.changeIP else 0) | (2 if self.changePort else 0))
+        return _U32.pack((4 if self.changeIP else 0) | (2 if self.changePort else 0))
 
 
 class _PortFields(NamedTuple):
@@ -266,7 +270,7 @@ class ResponsePort(_PortFields):
     type: ClassVar[int]
 
     def encodeValue(self, transactionId: bytes) -> bytes:
-        return TLV.pack(checkPort(self.port), 0)
+        return _TLV.pack(checkPort(self.port), 0)
 
 
 class _CRCFields(NamedTuple):
@@ -280,7 +284,7 @@ class Fingerprint(_CRCFields):
     type: ClassVar[int]
 
     def encodeValue(self, transactionId: bytes) -> bytes:
-        return U32.pack(self.value)
+        return _U32.pack(self.value)
 
 
 class RawAttribute(NamedTuple):
@@ -349,7 +353,7 @@ def _parseAlgorithms(value: bytes) -> Tuple[Tuple[int, bytes], ...]:
     while pos < n:
         if pos + 4 > n:
             raise STUNDecodeError("truncated password algorithm", value)
-        algorithm, plen = TLV.unpack_from(value, pos)
+        algorithm, plen = _TLV.unpack_from(value, pos)
         end = pos + 4 + plen
         if end > n:
             raise STUNDecodeError("password algorithm parameters overrun", value)
@@ -435,7 +439,7 @@ _TABLE = (
     _row(ALTERNATE_DOMAIN, "ALTERNATE-DOMAIN", AlternateDomain, textValue),
     _row(SOFTWARE, "SOFTWARE", Software, textValue),
     _row(ALTERNATE_SERVER, "ALTERNATE-SERVER", AlternateServer, address),
-    _row(FINGERPRINT, "FINGERPRINT", Fingerprint, fourBytes(U32.unpack)),
+    _row(FINGERPRINT, "FINGERPRINT", Fingerprint, fourBytes(_U32.unpack)),
     _row(RESPONSE_ORIGIN, "RESPONSE-ORIGIN", ResponseOrigin, address),
     _row(OTHER_ADDRESS, "OTHER-ADDRESS", OtherAddress, address),
 )

@@ -87,19 +87,17 @@ def splitMessageType(msgType: int) -> Tuple[int, int]:
     )
 
 
-class _SplitTypes(Dict[int, Tuple[int, int]]):
-    """
-    ``splitMessageType`` remembered per type: ``SPLIT_TYPES[msgType]`` is one dict lookup where the call costs
-    about 5 % of a whole keepalive-answer decode.  At most 16,384 entries (the message type has 14 bits; the
-    callers check the two leading bits first).
-    """
-
-    def __missing__(self, msgType: int) -> Tuple[int, int]:
-        split = self[msgType] = splitMessageType(msgType)
-        return split
+#: ``splitMessageType`` remembered per type: on a hit, ``SPLIT_TYPES[msgType]`` is one (specialised) dict
+#: lookup where the call costs about 5 % of a whole keepalive-answer decode.  At most 16,384 entries (the type
+#: has 14 bits; callers check the two leading bits first).  A plain dict, not a subclass with ``__missing__``:
+#: that makes every lookup a slot call.
+SPLIT_TYPES: Dict[int, Tuple[int, int]] = {}
 
 
-SPLIT_TYPES = _SplitTypes()
+def rememberSplit(msgType: int) -> Tuple[int, int]:
+    """``splitMessageType(msgType)``, stored in :data:`SPLIT_TYPES` (for a miss there)."""
+    split = SPLIT_TYPES[msgType] = splitMessageType(msgType)
+    return split
 
 
 def isSTUN(data: bytes) -> bool:
@@ -124,5 +122,8 @@ def peekHeader(data: bytes) -> Optional[Tuple[int, int, bytes]]:
     msgType, length, cookie, tid = HEADER.unpack_from(data)
     if msgType & 0xC000 or cookie != MAGIC_COOKIE or length & 3 or length + HEADER_LENGTH != len(data):
         return None
-    method, messageClass = SPLIT_TYPES[msgType]
+    try:
+        method, messageClass = SPLIT_TYPES[msgType]
+    except KeyError:
+        method, messageClass = rememberSplit(msgType)
     return method, messageClass, bytes(tid)

@@ -54,6 +54,7 @@ from twisted_sipnat.core.stun.header import (
     STUNDecodeError,
     STUNEncodeError,
     messageType,
+    rememberSplit,
 )
 from twisted_sipnat.core.stun.keys import hmacDigest as _hmac
 from twisted_sipnat.core.stun.shapes import (
@@ -70,9 +71,18 @@ from twisted_sipnat.core.stun.shapes import (
 
 __all__ = ["Message", "decode", "endsWithValidFingerprint"]
 
+# Module-level names for the imported structs (and the IPv4 name cache): CPython 3.11 compiles ``X.f()``
+# on a name bound by an import as an attribute load that makes a bound method per call, not LOAD_METHOD.
+_HEADER = HEADER
+_TLV = TLV
+_U16 = U16
+_U32 = U32
+_XOR_V4 = XOR_V4
+_v4names = v4names
+
 HostPort = Tuple[str, int]
 _FP_ATTR = struct.Struct("!HHI")
-_FP_TLV = TLV.pack(FINGERPRINT, 4)
+_FP_TLV = _TLV.pack(FINGERPRINT, 4)
 #: The attributes encode() computes rather than copies.
 _COMPUTED: FrozenSet[type] = frozenset((MessageIntegrity, MessageIntegritySHA256, Fingerprint))
 _COMPUTED_TYPES = frozenset((MESSAGE_INTEGRITY, MESSAGE_INTEGRITY_SHA256, FINGERPRINT))
@@ -256,15 +266,15 @@ class Message:
             return False
         offset = self._mi256
         if offset >= 0:
-            vlen = U16.unpack_from(raw, offset + 2)[0]
-            signed = raw[0:2] + U16.pack(offset - 16 + vlen) + raw[4:offset]
+            vlen = _U16.unpack_from(raw, offset + 2)[0]
+            signed = raw[0:2] + _U16.pack(offset - 16 + vlen) + raw[4:offset]
             mac = _hmac(key, signed, "sha256")[:vlen]
         else:
             offset = self._mi
             if offset < 0:
                 return False
             vlen = 20
-            signed = raw[0:2] + U16.pack(offset + 4) + raw[4:offset]
+            signed = raw[0:2] + _U16.pack(offset + 4) + raw[4:offset]
             mac = _hmac(key, signed, "sha1")
         # The adjusted length is (offset - 20) + 4 + vlen: the body up to the end of the integrity attribute.
         return hmac.compare_digest(mac, raw[offset + 4 : offset + 4 + vlen])
@@ -275,7 +285,7 @@ class Message:
         if raw is None or self._fp < 0:
             return False
         fp = self._fp
-        return bool((zlib.crc32(raw[:fp]) ^ FINGERPRINT_XOR) == U32.unpack_from(raw, fp + 4)[0])
+        return bool((zlib.crc32(raw[:fp]) ^ FINGERPRINT_XOR) == _U32.unpack_from(raw, fp + 4)[0])
 
     # -- encoding ---------------------------------------------------------------------------------------------
 
@@ -289,7 +299,7 @@ class Message:
         """
         tid = self.transactionId
         parts = []
-        tlv = TLV.pack
+        tlv = _TLV.pack
         for a in self.attributes:
             if type(a) in _COMPUTED or a.type in _COMPUTED_TYPES:  # a RawAttribute of those types too
                 continue
@@ -318,17 +328,17 @@ def _finish(
         length = len(body) + 4 + ilen
         if length + (8 if fingerprint else 0) > 0xFFFF:
             raise STUNEncodeError(f"message body too long: {length} bytes")
-        header = HEADER.pack(msgType, length, MAGIC_COOKIE, tid)
-        body = body + TLV.pack(itype, ilen) + _hmac(key, header + body, algorithm)
+        header = _HEADER.pack(msgType, length, MAGIC_COOKIE, tid)
+        body = body + _TLV.pack(itype, ilen) + _hmac(key, header + body, algorithm)
     if fingerprint:
         length = len(body) + 8
         if length > 0xFFFF:
             raise STUNEncodeError(f"message body too long: {length} bytes")
-        data = HEADER.pack(msgType, length, MAGIC_COOKIE, tid) + body
+        data = _HEADER.pack(msgType, length, MAGIC_COOKIE, tid) + body
         return data + _FP_ATTR.pack(FINGERPRINT, 4, zlib.crc32(data) ^ FINGERPRINT_XOR)
     if len(body) > 0xFFFF:
         raise STUNEncodeError(f"message body too long: {len(body)} bytes")
-    return HEADER.pack(msgType, len(body), MAGIC_COOKIE, tid) + body
+    return _HEADER.pack(msgType, len(body), MAGIC_COOKIE, tid) + body
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -348,7 +358,7 @@ def decode(data: bytes) -> Message:
     n = len(data)
     if n < HEADER_LENGTH:
         raise STUNDecodeError(f"truncated header: {n} bytes", data)
-    msgType, length, cookie, tid = HEADER.unpack_from(data)
+    msgType, length, cookie, tid = _HEADER.unpack_from(data)
     if msgType & 0xC000:
         raise STUNDecodeError("the two leading bits are not zero", data)
     if cookie != MAGIC_COOKIE:
@@ -363,7 +373,7 @@ def decode(data: bytes) -> Message:
     mi = mi256 = fp = -1
     sealed = False  # an integrity attribute was seen
     pos = HEADER_LENGTH
-    unpackTLV = TLV.unpack_from
+    unpackTLV = _TLV.unpack_from
     try:
         while pos < n:
             # pos and n are multiples of 4 here, so a whole TLV header is always present.
@@ -380,7 +390,7 @@ def decode(data: bytes) -> Message:
                 if following != n:
                     raise STUNDecodeError("FINGERPRINT is not the last attribute", data)
                 fp = pos
-                append(new(Fingerprint, U32.unpack_from(data, start)))
+                append(new(Fingerprint, _U32.unpack_from(data, start)))
             elif sealed:
                 # RFC 8489 §14.5/§14.6: after MESSAGE-INTEGRITY only MESSAGE-INTEGRITY-SHA256 and FINGERPRINT
                 # count, after MESSAGE-INTEGRITY-SHA256 only FINGERPRINT; the rest is unauthenticated: skip it.
@@ -388,8 +398,8 @@ def decode(data: bytes) -> Message:
                     mi256 = pos
                     append(_parseMI256(data[start:end], tid))
             elif atype == XOR_MAPPED_ADDRESS and alen == 8 and data[start + 1] == FAMILY_V4:
-                port, addr = XOR_V4.unpack_from(data, start)
-                host = v4names.get(addr)
+                port, addr = _XOR_V4.unpack_from(data, start)
+                host = _v4names.get(addr)
                 if host is None:
                     host = v4name(addr)
                 append(new(XorMappedAddress, (host, port ^ COOKIE_PORT)))
@@ -420,7 +430,10 @@ def decode(data: bytes) -> Message:
         raise STUNDecodeError(f"malformed attribute: {e}", data) from e
 
     msg = Message.__new__(Message)
-    msg.method, msg.messageClass = SPLIT_TYPES[msgType]
+    try:
+        msg.method, msg.messageClass = SPLIT_TYPES[msgType]
+    except KeyError:
+        msg.method, msg.messageClass = rememberSplit(msgType)
     msg.transactionId = tid
     msg.attributes = attributes
     msg._raw = data
@@ -438,5 +451,5 @@ def endsWithValidFingerprint(data: bytes) -> bool:
     return (
         len(data) >= HEADER_LENGTH + 8
         and data[-8:-4] == _FP_TLV
-        and (zlib.crc32(data[:-8]) ^ FINGERPRINT_XOR) == U32.unpack_from(data, len(data) - 4)[0]
+        and (zlib.crc32(data[:-8]) ^ FINGERPRINT_XOR) == _U32.unpack_from(data, len(data) - 4)[0]
     )

@@ -28,8 +28,14 @@ from twisted_sipnat.core.stun.shapes import TLV, U32
 
 __all__ = ["encodeBindingRequest"]
 
-_MI_TLV = TLV.pack(MESSAGE_INTEGRITY, 20)
-_FP_TLV = TLV.pack(FINGERPRINT, 4)
+# Module-level names for the imported structs (and the IPv4 name cache): CPython 3.11 compiles ``X.f()``
+# on a name bound by an import as an attribute load that makes a bound method per call, not LOAD_METHOD.
+_PREFIX = PREFIX
+_TLV = TLV
+_U32 = U32
+
+_MI_TLV = _TLV.pack(MESSAGE_INTEGRITY, 20)
+_FP_TLV = _TLV.pack(FINGERPRINT, 4)
 
 
 
@@ -62,8 +68,8 @@ def _template(
     signed = len(body) + (24 if key is not None else 0)
     final = signed + (8 if fingerprint else 0)
     made = _Template(
-        PREFIX.pack(_BINDING_REQUEST, signed, MAGIC_COOKIE),
-        PREFIX.pack(_BINDING_REQUEST, final, MAGIC_COOKIE),
+        _PREFIX.pack(_BINDING_REQUEST, signed, MAGIC_COOKIE),
+        _PREFIX.pack(_BINDING_REQUEST, final, MAGIC_COOKIE),
         body,
         _MI_TLV,
     )
@@ -94,7 +100,7 @@ def encodeBindingRequest(
     else:
         data = t.finalPrefix + transactionId + t.body
     if fingerprint:
-        return data + _FP_TLV + U32.pack(zlib.crc32(data) ^ FINGERPRINT_XOR)
+        return data + _FP_TLV + _U32.pack(zlib.crc32(data) ^ FINGERPRINT_XOR)
     return data
 
 
