@@ -14,7 +14,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from twisted_sipnat import stun
-from twisted_sipnat.core.responder import AMPLIFICATION_FLOOR, BindingResponder, RateLimit, Reply
+from twisted_sipnat.core.responder import (
+    AMPLIFICATION_FLOOR,
+    DEFAULT_RESPONDER_BURST,
+    DEFAULT_RESPONDER_RATE,
+    BindingResponder,
+    RateLimit,
+    Reply,
+)
 from twisted_sipnat.errors import InvalidSettingsError
 
 TID = bytes(range(1, 13))
@@ -123,6 +130,21 @@ class TestBinding:
         assert m.errorCode == (420, "Unknown Attribute")
         assert m.get(stun.UNKNOWN_ATTRIBUTES) == stun.UnknownAttributes((0x0042, 0x0043))
         assert m.verifyFingerprint()
+
+    def test_rfc3489TypesInARequestGet420(self) -> None:
+        """A client tolerates RFC 3489's reserved types in a response; the server still lists them as not
+        understood (RFC 8489 §6.3.1), in the order they came, e.g. a RESPONSE-ADDRESS it will not honour."""
+        data = request([stun.RawAttribute(stun.RESPONSE_ADDRESS, bytes(8)), stun.RawAttribute(0x0042, b""),
+                        stun.RawAttribute(stun.SOURCE_ADDRESS, bytes(8))])
+        m, _ = answer(BindingResponder(), data)
+        assert m.errorCode == (420, "Unknown Attribute")
+        assert m.get(stun.UNKNOWN_ATTRIBUTES) == stun.UnknownAttributes(
+            (stun.RESPONSE_ADDRESS, 0x0042, stun.SOURCE_ADDRESS))
+
+    def test_defaultRateLimit(self) -> None:
+        limit = RateLimit()
+        assert (limit.perSourceRate, limit.burst) == (DEFAULT_RESPONDER_RATE, DEFAULT_RESPONDER_BURST) == (20.0, 40)
+        assert sum(limit.allow("192.0.2.9", 0.0) for _ in range(50)) == 40
 
     def test_unknownOptionalIgnored(self) -> None:
         m, _ = answer(BindingResponder(), request([stun.RawAttribute(0x8042, b"y")]))

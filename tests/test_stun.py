@@ -113,6 +113,62 @@ class TestRFC5769:
 
 
 # ---------------------------------------------------------------------------------------------------------
+# RFC 3489-era servers
+
+#: A Binding success as stund 0.97 sends it to an RFC 5389 client (which put the magic cookie in the first four
+#: bytes of the transaction ID, so stund echoes it), written out by hand.  RFC 3489 §11.2 defines the
+#: attributes: MAPPED-ADDRESS (0x0001), SOURCE-ADDRESS (0x0004: where the response came from) and CHANGED-ADDRESS
+#: (0x0005: the server's other IP and port), each 0x00, family 0x01, port, IPv4 address; then XOR-MAPPED-ADDRESS
+#: (RFC 8489 §14.2) and SERVER-NAME (0x8022, which RFC 8489 calls SOFTWARE).  RFC 8489 §18.3.1 reserves 0x0004
+#: and 0x0005; they are comprehension-required by number.
+STUND_TID = bytes.fromhex("0102030405060708090a0b0c")
+STUND_RESPONSE = bytes.fromhex(
+    "0101" "0044" "2112a442" "0102030405060708090a0b0c"  # Binding success, 68-byte body, cookie, transaction ID
+    "0001" "0008" "00" "01" "9c40" "c6336407"  # MAPPED-ADDRESS 198.51.100.7:40000
+    "0004" "0008" "00" "01" "0d96" "c0000201"  # SOURCE-ADDRESS 192.0.2.1:3478
+    "0005" "0008" "00" "01" "0d97" "c0000202"  # CHANGED-ADDRESS 192.0.2.2:3479
+    "0020" "0008" "00" "01" "bd52" "e721c045"  # XOR-MAPPED-ADDRESS 198.51.100.7:40000 (XOR 0x2112, 0x2112a442)
+    "8022" "000f" "566f766964612e6f726720302e3937" "00"  # SERVER-NAME "Vovida.org 0.97", padded to 16
+)
+
+
+class TestRFC3489Server:
+    def test_stundResponseDecodes(self) -> None:
+        m = stun.decode(STUND_RESPONSE)
+        assert (m.method, m.messageClass, m.transactionId) == (stun.BINDING, stun.SUCCESS, STUND_TID)
+        assert m.mappedAddress == ("198.51.100.7", 40000)
+        assert m.get(stun.MAPPED_ADDRESS) == stun.MappedAddress("198.51.100.7", 40000)
+        assert m.software == "Vovida.org 0.97"
+        # The reserved types are kept raw, as received ...
+        assert m.get(stun.SOURCE_ADDRESS) == stun.RawAttribute(0x0004, bytes.fromhex("00010d96c0000201"))
+        assert m.get(stun.CHANGED_ADDRESS) == stun.RawAttribute(0x0005, bytes.fromhex("00010d97c0000202"))
+        # ... and a client does not count them as unknown comprehension-required (RFC 8489 §18.3.1 reserves
+        # them), while a server that must list what it did not understand still can.
+        assert m.unknownComprehensionRequired == ()
+        assert m.unknownRequired(tolerate=()) == (stun.SOURCE_ADDRESS, stun.CHANGED_ADDRESS)
+        assert not m.hasFingerprint and not m.hasIntegrity
+        assert m.encode(fingerprint=False) == STUND_RESPONSE  # zero padding: byte for byte
+
+    def test_everyReservedTypeTolerated(self) -> None:
+        reserved = [stun.RESPONSE_ADDRESS, stun.SOURCE_ADDRESS, stun.CHANGED_ADDRESS, stun.PASSWORD,
+                    stun.REFLECTED_FROM]
+        assert set(reserved) == stun.RFC3489_RESERVED
+        assert [stun.attributeName(t) for t in reserved] == [
+            "RESPONSE-ADDRESS", "SOURCE-ADDRESS", "CHANGED-ADDRESS", "PASSWORD", "REFLECTED-FROM"]
+        m = stun.decode(build([(t, b"\xff" * 3) for t in reserved] + [(0x0024, bytes(4))], msgType=0x0101))
+        assert m.unknownComprehensionRequired == (0x0024,)
+        assert m.unknownRequired(tolerate=()) == (*reserved, 0x0024)
+        assert [a.type for a in m.attributes] == [*reserved, 0x0024]
+        assert all(type(a) is stun.RawAttribute for a in m.attributes)
+
+    def test_changeRequestIsRFC5780s(self) -> None:
+        """0x0003 is reserved by RFC 8489 too, but RFC 5780 §7.2 defines it again: it stays typed."""
+        m = stun.decode(build([(stun.CHANGE_REQUEST, bytes.fromhex("00000006"))]))
+        assert m.changeRequest == (True, True)
+        assert stun.CHANGE_REQUEST not in stun.RFC3489_RESERVED
+
+
+# ---------------------------------------------------------------------------------------------------------
 # Header
 
 
@@ -437,6 +493,31 @@ class TestAttributes:
         m = stun.decode(build([(stun.CHANGE_REQUEST, bytes(4)), (stun.RESPONSE_PORT, bytes(4)),
                                (stun.PADDING, bytes(8)), (stun.USERNAME, b"u")]))
         assert m.unknownComprehensionRequired == ()
+
+    def test_reprAndFieldsPerKind(self) -> None:
+        """The classes share codecs per shape, but each keeps its own name, fields and type code."""
+        assert repr(stun.OtherAddress("192.0.2.1", 1)) == "OtherAddress(host='192.0.2.1', port=1)"
+        assert repr(stun.Nonce("n")) == "Nonce(value='n')"
+        assert repr(stun.ErrorCode(401)) == "ErrorCode(code=401, reason='')"
+        assert stun.Userhash(bytes(32))._fields == ("value",)
+        assert (stun.Realm("r").type, stun.Username("u").type, stun.ResponseOrigin("::1", 1).type) == (
+            stun.REALM, stun.USERNAME, stun.RESPONSE_ORIGIN)
+        assert stun.Nonce("x") != stun.Realm("x") and hash(stun.Nonce("x")) != hash(stun.Realm("x"))
+
+    def test_tableIsTheOneDescription(self) -> None:
+        """Every typed attribute is a row of ATTRIBUTES; the class's type, its parser and its encoder are the row's."""
+        classes = {getattr(stun, name) for name in stun.__all__ if isinstance(getattr(stun, name), type)
+                   and hasattr(getattr(stun, name), "encodeValue")} - {stun.RawAttribute}
+        assert classes == set(stun.ATTRIBUTE_CLASSES.values())
+        for attrType, kind in stun.ATTRIBUTES.items():
+            assert kind.type == attrType
+            if kind.cls is None:
+                assert attrType in stun.RFC3489_RESERVED and attrType not in stun.ATTRIBUTE_CLASSES
+                continue
+            assert kind.cls.type == attrType and stun.ATTRIBUTE_CLASSES[attrType] is kind.cls
+            assert stun.attributeName(attrType) == kind.name
+        assert stun.attributeName(stun.XOR_MAPPED_ADDRESS) == "XOR-MAPPED-ADDRESS"
+        assert stun.attributeName(0x0024) == "0x0024"
 
     def test_unknownAttributesOddCount(self) -> None:
         data = stun.Message(stun.BINDING, stun.ERROR, TID, [stun.UnknownAttributes((1, 2, 3))]).encode()

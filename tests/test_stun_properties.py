@@ -78,11 +78,33 @@ def test_roundTrip(message: stun.Message, key: bytes | None, fingerprint: bool, 
 @settings(deadline=None)
 def test_randomBytes(data: bytes) -> None:
     try:
-        stun.decode(data)
+        decoded = stun.decode(data)
     except stun.STUNDecodeError:
-        pass
-    stun.isSTUN(data)
-    stun.peekHeader(data)
+        decoded = None
+    header = stun.peekHeader(data)
+    # peekHeader applies decode's header checks; isSTUN those plus RFC 7983's first-byte rule.
+    assert stun.isSTUN(data) == (header is not None and data[0] < 4)
+    if header is not None:
+        assert header[2] == data[8:20]
+        assert header[:2] == stun.splitMessageType(int.from_bytes(data[:2], "big"))
+    if decoded is not None:
+        assert header == (decoded.method, decoded.messageClass, decoded.transactionId)
+
+
+@given(st.binary(min_size=20, max_size=20), st.binary(max_size=60).map(lambda b: b[: len(b) - len(b) % 4]))
+@settings(deadline=None)
+def test_headerChecksAgreeWithDecode(header: bytes, body: bytes) -> None:
+    """Random headers with the cookie and a matching length: peekHeader says None exactly when decode's header
+    checks fail, whatever the attributes."""
+    data = header[:2] + len(body).to_bytes(2, "big") + stun.MAGIC_COOKIE.to_bytes(4, "big") + header[8:] + body
+    peeked = stun.peekHeader(data)
+    assert (peeked is None) == bool(data[0] & 0xC0)
+    assert stun.isSTUN(data) == (data[0] < 4)
+    try:
+        m = stun.decode(data)
+    except stun.STUNDecodeError:
+        return
+    assert peeked == (m.method, m.messageClass, m.transactionId)
 
 
 @given(st.binary(max_size=120).map(lambda b: b[: len(b) - len(b) % 4]), tids, st.integers(0, 0x3FFF))
@@ -94,9 +116,11 @@ def test_randomBodiesWithValidHeader(body: bytes, tid: bytes, msgType: int) -> N
         m = stun.decode(data + tid + body)
     except stun.STUNDecodeError:
         return
-    m.verifyIntegrity(b"k")
-    m.verifyFingerprint()
+    assert m.verifyIntegrity(b"k") in (True, False)
+    assert m.verifyFingerprint() == (m.hasFingerprint and stun.endsWithValidFingerprint(data + tid + body))
     assert isinstance(m.unknownComprehensionRequired, tuple)
+    assert set(m.unknownComprehensionRequired) <= set(m.unknownRequired(tolerate=()))
+    assert not set(m.unknownComprehensionRequired) & stun.RFC3489_RESERVED
 
 
 @st.composite

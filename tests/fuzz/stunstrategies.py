@@ -26,13 +26,14 @@ def vectorSeeds() -> List[bytes]:
 
 SEEDS = vectorSeeds()
 
-#: Attribute types worth hitting: every one the codec knows, plus unknown required/optional ones.
+#: Attribute types worth hitting: every one the codec knows (RFC 3489's reserved ones too), plus unknown
+#: required/optional ones.
 KNOWN_TYPES = [
     stun.MAPPED_ADDRESS, stun.USERNAME, stun.MESSAGE_INTEGRITY, stun.ERROR_CODE, stun.UNKNOWN_ATTRIBUTES,
     stun.REALM, stun.NONCE, stun.PASSWORD_ALGORITHM, stun.USERHASH, stun.XOR_MAPPED_ADDRESS,
     stun.PASSWORD_ALGORITHMS, stun.ALTERNATE_DOMAIN, stun.SOFTWARE, stun.ALTERNATE_SERVER, stun.FINGERPRINT,
     stun.CHANGE_REQUEST, stun.PADDING, stun.RESPONSE_PORT, stun.RESPONSE_ORIGIN, stun.OTHER_ADDRESS,
-    stun.MESSAGE_INTEGRITY_SHA256, 0x7FFF, 0xFFFF, 0x0000,
+    stun.MESSAGE_INTEGRITY_SHA256, *sorted(stun.RFC3489_RESERVED), 0x7FFF, 0xFFFF, 0x0000,
 ]
 
 

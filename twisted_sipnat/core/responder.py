@@ -49,6 +49,7 @@ from twisted_sipnat.core.stun import (
     BINDING,
     CHANGE_REQUEST,
     ERROR,
+    HEADER_LENGTH,
     PADDING,
     REQUEST,
     RESPONSE_PORT,
@@ -68,17 +69,30 @@ from twisted_sipnat.core.stun import (
 )
 from twisted_sipnat.errors import InvalidSettingsError
 
-__all__ = ["AMPLIFICATION_FLOOR", "BindingResponder", "RateLimit", "Reply"]
+__all__ = [
+    "AMPLIFICATION_FLOOR",
+    "DEFAULT_RESPONDER_BURST",
+    "DEFAULT_RESPONDER_RATE",
+    "BindingResponder",
+    "RateLimit",
+    "Reply",
+]
 
 HostPort = Tuple[str, int]
 
 #: A response is at most ``max(len(request), AMPLIFICATION_FLOOR)`` bytes.
 AMPLIFICATION_FLOOR = 128
 
+#: The per-source rate limit every role's responder uses unless told otherwise: 20 requests a second, in bursts
+#: of up to 40.  A client keeps a flow alive with one request every 25-30 s (RFC 5626 §4.4.1) and sends at most
+#: 7 per transaction (RFC 8489 §6.2.1), so an honest source -- even a NAT with a hundred UAs behind one address,
+#: about 4 a second -- stays well below it, while a spoofed flood earns at most 20 answers a second per forged
+#: address.  Defined here once; the shell and the twistd roles import these.
+DEFAULT_RESPONDER_RATE = 20.0
+DEFAULT_RESPONDER_BURST = 40
+
 #: Known attributes this server does not implement; a request that carries them is answered 420.
 UNSUPPORTED = (RESPONSE_PORT, PADDING)
-
-_HEADER_LENGTH = 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,7 +117,12 @@ class RateLimit:
 
     __slots__ = ("perSourceRate", "burst", "maxSources", "_buckets")
 
-    def __init__(self, perSourceRate: float, burst: int, maxSources: int = 65536) -> None:
+    def __init__(
+        self,
+        perSourceRate: float = DEFAULT_RESPONDER_RATE,
+        burst: int = DEFAULT_RESPONDER_BURST,
+        maxSources: int = 65536,
+    ) -> None:
         if not perSourceRate > 0:
             raise InvalidSettingsError("perSourceRate", perSourceRate, "must be > 0")
         if not isinstance(burst, int) or burst < 1:
@@ -214,7 +233,9 @@ class BindingResponder:
         if fingerprint and not request.verifyFingerprint():
             return None
 
-        unknown = list(request.unknownComprehensionRequired)
+        # A server lists every comprehension-required type it does not understand, RFC 3489's reserved ones
+        # included (RFC 8489 §6.3.1); only a client tolerates those (see Message.unknownComprehensionRequired).
+        unknown = list(request.unknownRequired(tolerate=()))
         for unsupported in UNSUPPORTED:  # one pass each, not a list search per attribute: no quadratic work
             if unsupported not in unknown and any(a.type == unsupported for a in request.attributes):
                 unknown.append(unsupported)
@@ -253,7 +274,7 @@ class BindingResponder:
         attributes: List[Attribute] = [ErrorCode(code, reason)]
         if unknown:
             # Each listed type costs 2 bytes; cut the list rather than exceed the amplification bound.
-            room = budget - _HEADER_LENGTH - _size(attributes, transactionId) - 4 - (8 if fingerprint else 0)
+            room = budget - HEADER_LENGTH - _size(attributes, transactionId) - 4 - (8 if fingerprint else 0)
             attributes.append(UnknownAttributes(tuple(unknown[: max(1, room // 2)])))
         return self._reply(ERROR, transactionId, attributes, fingerprint, budget, None, method)
 
@@ -268,7 +289,7 @@ class BindingResponder:
         method: int = BINDING,
     ) -> Optional[Reply]:
         if self._software:
-            size = _HEADER_LENGTH + _size(attributes + self._software, transactionId) + (8 if fingerprint else 0)
+            size = HEADER_LENGTH + _size(attributes + self._software, transactionId) + (8 if fingerprint else 0)
             if size <= budget:
                 attributes = attributes + self._software
         try:

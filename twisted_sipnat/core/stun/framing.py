@@ -1,0 +1,53 @@
+"""STUN over TCP: splitting a byte stream into whole messages by the header's length field (RFC 8489 §6.2.2)."""
+
+from __future__ import annotations
+
+import struct
+from typing import List
+
+from twisted_sipnat.core.stun.header import HEADER_LENGTH, MAGIC_COOKIE, STUNDecodeError
+
+__all__ = ["StreamFramer"]
+
+_LENGTH_COOKIE = struct.Struct("!2xHI")
+
+
+class StreamFramer:
+    """
+    Split a STUN-over-TCP byte stream into whole messages by the header's length field (RFC 8489 §6.2.2).
+
+    :meth:`feed` raises :class:`STUNDecodeError` as soon as the bytes at a message boundary cannot start a
+    STUN header (leading bits, cookie, length); the stream is then out of sync and the connection should be
+    closed.  The buffer is bounded by one maximal message (20 + 65532 bytes).
+    """
+
+    __slots__ = ("_buffer",)
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+
+    @property
+    def buffered(self) -> int:
+        """How many bytes wait for the rest of their message."""
+        return len(self._buffer)
+
+    def feed(self, data: bytes) -> List[bytes]:
+        buf = self._buffer
+        buf += data
+        out: List[bytes] = []
+        while buf:
+            if buf[0] & 0xC0:
+                raise STUNDecodeError("stream is not STUN: leading bits are not zero", bytes(buf[:20]))
+            if len(buf) < 8:
+                break
+            length, cookie = _LENGTH_COOKIE.unpack_from(buf)
+            if cookie != MAGIC_COOKIE:
+                raise STUNDecodeError(f"stream is not STUN: bad magic cookie {cookie:#010x}", bytes(buf[:20]))
+            if length & 3:
+                raise STUNDecodeError(f"stream is not STUN: length {length} not a multiple of 4", bytes(buf[:20]))
+            total = HEADER_LENGTH + length
+            if len(buf) < total:
+                break
+            out.append(bytes(buf[:total]))
+            del buf[:total]
+        return out
