@@ -50,14 +50,17 @@ raises too.  The shell closes the connection and logs the reason.  Nothing else 
 
 One definition of a message, shared with the parser (:func:`twisted_sipnat.core.sip.parse`): both find the
 header block with :func:`findHeaderEnd` and the body length with :func:`contentLength`, under the same
-``maxMessageSize``.  So, for bytes starting at a message boundary:
+``maxMessageSize``.  The rule, for bytes that start at a message boundary (``tests/core/test_sipmessage.py``
+checks it on arbitrary streams cut anywhere):
 
-- the framer raises :class:`SIPFramingError` with reason *R* exactly when ``parse(..., stream=True)`` of the
-  same bytes raises ``SIPParseError`` with ``framing=True`` and the same reason *R*;
-- when the framer hands out a message (header block plus Content-Length bytes), ``parse(message,
-  stream=True)`` either returns it or raises ``SIPParseError`` with ``framing=False``: a syntax error inside a
-  message whose end is known (bad start line, header line without a colon, over-long line, too many headers,
-  no Content-Length).  The stream is still in step then, so a 400 can be sent before closing.
+- when the framer raises :class:`SIPFramingError` with reason *R*, ``parse(those bytes, stream=True)``
+  raises ``SIPParseError`` with ``framing=True`` and the same reason *R*;
+- when the framer delimits a message (header block plus Content-Length bytes), ``parse(message,
+  stream=True)`` returns it or raises ``SIPParseError`` with ``framing=False``: the message's extent is known
+  but its content is bad (start line, a header line without a colon or with a non-token name, an over-long
+  line, too many headers, no Content-Length).  The stream is still in step, so a 400 can go out first;
+- the parser's other ``framing=True`` refusals (no empty line yet, a body shorter than Content-Length, bytes
+  after the body) are bytes that are not exactly one message: where the framer would wait or cut earlier.
 
 Outgoing (:class:`OutgoingTracker`) runs the same framing over what the SIP stack writes, only to tell where
 a whole message ends: those are the only places where a ping may be written (RFC 5626 §4.4.1).

@@ -162,7 +162,7 @@ def _serialise(startLine: str, headers: Headers, body: bytes) -> bytes:
                 lines.append(f"{name}: {length}")
                 wroteLength = True
             continue
-        lines.append(f"{name}: {value}")
+        lines.append(f"{name}: {value}" if value else f"{name}:")
     if not wroteLength:
         lines.append(f"Content-Length: {length}")
     lines.append("\r\n")
