@@ -25,7 +25,9 @@ from twisted_sipnat.core.sip import (
     Via,
     badRequest,
     canonicalName,
+    checkRequest,
     contactsOf,
+    cseqOf,
     parse,
     responseTo,
     setTopVia,
@@ -111,7 +113,9 @@ def test_quotedAndEscapedCommasDoNotSplit() -> None:
         "<sip:[2001:db8::1]:5070;transport=tcp;ob>;reg-id=1;+sip.instance=\"<urn:uuid:0000-1>\""
     )
     message = parse(_msg(BASE[0], *BASE[2:], "m: " + contact, 'From: "a, b" <sip:x@y>;tag=9', "l: 0"), stream=True)
-    first, second = contactsOf(message.headers)  # type: ignore[misc]
+    contacts = contactsOf(message.headers)
+    assert contacts != WILDCARD
+    first, second = contacts
     assert first.displayName == 'Doe, John "JD", Jr.' and first.expires == 60
     assert first.uri == "sip:jd@192.0.2.4?subject=a,b"
     assert second.sipURI.host == "2001:db8::1" and second.sipURI.port == 5070 and second.sipURI.hasParam("ob")
@@ -134,7 +138,7 @@ def test_responsesAndOtherVersionsParse() -> None:
     assert isinstance(response, Response) and response.code == 480
     assert response.reason == "Temporarily  Unavailable — été" and response.body == b"abc"
     assert parse(_msg(*BASE, "l: 0", start="SIP/2.0 200")).reason == ""  # type: ignore[union-attr]
-    # RFC 4475 §3.1.2.? style: an unknown version parses, so the server can answer 505.
+    # RFC 4475 §3.1.2.16 (badvers): an unknown version parses, so the server can answer 505.
     request = parse(_msg(*BASE, "l: 0", start="OPTIONS sip:t@example.com sip/7.0"))
     assert isinstance(request, Request) and request.version == "SIP/7.0"
 
@@ -154,9 +158,12 @@ REFUSED = [
     (_msg(*BASE, "X-Long: " + "a" * 20_000, "l: 0"), "longer than 8192", False, True),
     (_msg(*BASE, "NoColonHere", "l: 0"), "without a colon", False, True),
     (_msg(*BASE, "Bad Name: x", "l: 0"), "not a token", False, True),
-    (_msg(*BASE, "l: 0", start="INVITE  sip:a@b SIP/2.0"), "bad start line", False, False),
+    (_msg(*BASE, "l: 0", start="INVITE  sip:a@b SIP/2.0"), "bad start line", False, False),  # 4475 lwsstart
+    (_msg(*BASE, "l: 0", start="INVITE sip:a@b SIP/2.0 "), "bad start line", False, False),  # 4475 trws
+    (_msg(*BASE, "l: 0", start="INVITE <sip:a@b> SIP/2.0"), "bad start line", False, False),  # 4475 ltgtruri
+    (_msg(*BASE, "l: 0", start="INVITE sip:a @b SIP/2.0"), "bad start line", False, False),  # 4475 lwsruri
+    (_msg(*BASE, "l: 0", start="SIP/2.0 4294967301 better not break"), "bad start line", False, False),  # bigcode
     (_msg(*BASE, "l: 0", start="INVITE sip:a@b"), "bad start line", False, False),
-    (_msg(*BASE, "l: 0", start="INVITE sip:a@b SIP/2.0 "), "bad start line", False, False),
     (_msg(*BASE, "l: 0", start="\x7fINVITE sip:a@b SIP/2.0"), "control character", False, False),
     (_msg(*BASE, "Content-Length: -1"), "negative", True, True),
     (_msg(*BASE, "Content-Length: abc"), "malformed Content-Length", True, True),
@@ -226,6 +233,24 @@ def test_noAnswerToResponsesOrAck() -> None:
         with pytest.raises(SIPParseError) as info:
             parse(_msg(*BASE, "junk", "l: 0", start=start))
         assert badRequest(info.value) is None
+
+
+def test_checkRequest() -> None:
+    """RFC 3261 §8.1.1 headers a response needs, and RFC 4475 §3.1.2.17 (mismatch01), §3.1.2.4 (scalar02)."""
+    request = parse(_msg(*BASE, "l: 0"))
+    assert isinstance(request, Request)
+    checkRequest(request)
+    assert cseqOf(request) == (1826, "REGISTER")
+    for change, words in ((("CSeq", "1826 INVITE"), "CSeq method"), (("CSeq", "36893488147419103232 REGISTER"),
+                          "malformed CSeq"), (("Call-ID", None), "no Call-ID"), (("Via", None), "no Via")):  # fmt: skip
+        broken = parse(request.toBytes())
+        assert isinstance(broken, Request)
+        name, value = change
+        broken.headers.remove(name) if value is None else broken.headers.set(name, value)
+        with pytest.raises(SIPParseError, match=words) as info:
+            checkRequest(broken)
+        answer = badRequest(info.value, toTag="x")
+        assert answer is not None and answer.headers.get("From") == "<sip:bob@example.com>;tag=456248"
 
 
 # -- responses, headers, Via, addresses, URIs ------------------------------------------------------------------
@@ -304,7 +329,8 @@ def test_contacts() -> None:
     spec = NameAddress.parse("sip:bob@192.0.2.4;transport=tcp;expires=0")
     assert spec.uri == "sip:bob@192.0.2.4" and spec.expires == 0 and spec.param("transport") == "tcp"
     assert str(NameAddress.parse('Bob <sip:b@c>;tag=1')) == '"Bob" <sip:b@c>;tag=1'
-    for bad in ('"open <sip:a@b>', "<sip:a@b", "<sip:a@b> junk", "<sip:a@b>;expires=soon"):
+    bad4475 = ("Bell, Alexander <sip:a.g.bell@bell-tel.com>;tag=43", '"Bell" <sip:a.g.bell@ bell-tel.com>')
+    for bad in ('"open <sip:a@b>', "<sip:a@b", "<sip:a@b> junk", "<sip:a@b>;expires=soon", *bad4475):
         with pytest.raises(SIPParseError):
             NameAddress.parse(bad).expires  # noqa: B018
 
@@ -370,14 +396,14 @@ _headerLists = st.lists(
 
 
 @st.composite
-def messages(draw: st.DrawFn) -> Tuple[bytes, object]:
+def messages(draw: st.DrawFn) -> object:
     headers = Headers(draw(_headerLists))
     body = draw(st.binary(max_size=40))
     if draw(st.booleans()):
         message: object = Request(draw(_tokens), "sip:" + draw(_tokens) + "@example.com", headers, body)
     else:
         message = Response(draw(st.integers(100, 699)), draw(_text), headers, body)
-    return message  # type: ignore[return-value]
+    return message
 
 
 @given(message=messages())

@@ -250,6 +250,9 @@ class _Framer:
                     return self._consumeBody(data, i)
                 if n - i >= limit:
                     raise self._die(headerBlockTooLong(limit))
+                # The rest of the chunk was just searched: keep it for the next one without searching again.
+                head += data[i:]
+                return n
             # Slow path: the header block spans chunks; keep a bounded copy to find its end and parse it.
             old = len(head)
             take = min(n - i, limit - old)

@@ -27,6 +27,8 @@ from .message import (
     Request,
     Response,
     badRequest,
+    checkRequest,
+    cseqOf,
     parse,
     responseTo,
 )
@@ -50,6 +52,8 @@ __all__ = [
     "Via",
     "badRequest",
     "canonicalName",
+    "checkRequest",
+    "cseqOf",
     "contactsOf",
     "isToken",
     "parse",

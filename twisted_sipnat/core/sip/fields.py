@@ -23,7 +23,7 @@ from typing import List, Literal, Optional, Tuple, Union
 from twisted_sipnat.core.addresses import isIPLiteral, normalHost
 
 from .error import SIPParseError
-from .headers import Headers, splitTopLevel
+from .headers import Headers, isToken, splitTopLevel
 from .uri import SIPURI, Param, _hostPort, formatParams
 
 __all__ = ["NameAddress", "Via", "WILDCARD", "contactsOf", "setTopVia"]
@@ -189,7 +189,10 @@ class NameAddress:
         elif "<" in rest.split(";", 1)[0]:
             before, _, rest = rest.partition("<")
             rest = "<" + rest
-            display = before.strip() or None
+            display = " ".join(before.split()) or None
+            # RFC 3261 §25.1: an unquoted display-name is tokens and LWS (RFC 4475 §3.1.2.15 "baddn").
+            if display is not None and not all(isToken(word) for word in display.split(" ")):
+                raise SIPParseError(f"unquoted display name with non-token characters in {text[:80]!r}")
         if rest.startswith("<"):
             uri, bracket, rest = rest[1:].partition(">")
             if not bracket:

@@ -65,6 +65,8 @@ __all__ = [
     "Request",
     "Response",
     "badRequest",
+    "checkRequest",
+    "cseqOf",
     "parse",
     "responseTo",
 ]
@@ -102,6 +104,7 @@ _CRLF = b"\r\n"
 _CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 _REQUEST_LINE = re.compile(r"([^ ]+) ([A-Za-z][A-Za-z0-9+.\-]*:[^ ]*) ([Ss][Ii][Pp]/[0-9]{1,3}\.[0-9]{1,3})")
 _STATUS_LINE = re.compile(r"([Ss][Ii][Pp]/[0-9]{1,3}\.[0-9]{1,3}) ([1-6][0-9][0-9])(?: (.*))?")
+_CSEQ = re.compile(r"([0-9]{1,10})[ \t\r\n]+([^ \t\r\n]+)")
 _HEADER = re.compile(r"([^ \t:]*)[ \t]*:[ \t]*(.*?)[ \t]*")
 # The headers a 400 must echo (RFC 3261 §8.2.6.2), by canonical name.
 _ECHOED = ("via", "from", "to", "call-id", "cseq")
@@ -192,10 +195,13 @@ def parse(
     _check("maxSize", maxSize)
     _check("maxHeaders", maxHeaders)
     _check("maxLineLength", maxLineLength)
-    data = bytes(data)
+    if not isinstance(data, bytes):
+        data = bytes(data)
     end = findHeaderEnd(data, 0, maxSize)
     if end < 0:
         block = data[:maxSize]
+        cut = block.rfind(_CRLF)  # the last line is unfinished: echo nothing from it
+        block = block[:cut] if cut >= 0 else b""
         if len(data) >= maxSize:
             raise _failure(headerBlockTooLong(maxSize), block, True, maxHeaders, maxLineLength)
         raise _failure("no empty line ends the header block", block, True, maxHeaders, maxLineLength)
@@ -356,3 +362,37 @@ def badRequest(error: SIPParseError, *, toTag: Optional[str] = None) -> Optional
     if error.method is None or error.method == "ACK":
         return None
     return Response(400, f"Bad Request ({_shown(error.reason)})", _responseHeaders(error.headers, 400, toTag))
+
+
+def cseqOf(message: Message) -> Tuple[int, str]:
+    """
+    The CSeq of ``message`` as ``(number, method)`` (RFC 3261 §20.16: the number is below 2**31, the method a
+    token).  Raises :class:`SIPParseError` when it is missing or malformed.
+    """
+    value = message.headers.get("CSeq")
+    match = _CSEQ.fullmatch(value) if value is not None else None
+    if match is None or int(match.group(1)) >= 2**31 or not isToken(match.group(2)):
+        raise SIPParseError(f"missing or malformed CSeq {_shown(value or '')!r}")
+    return int(match.group(1)), match.group(2)
+
+
+def checkRequest(request: Request) -> None:
+    """
+    Refuse a request a server cannot answer properly: without Via, From, To, Call-ID or CSeq (RFC 3261 §8.1.1
+    lists them among the mandatory headers; they are what a response copies, §8.2.6.2), or whose CSeq method
+    is not the request's method (§8.1.1.5; RFC 4475 §3.1.2.16).  The :class:`SIPParseError` it raises carries
+    the method and headers, so :func:`badRequest` answers it.  Max-Forwards is not required: RFC 3261 §16.3
+    has a proxy add one when it is missing.
+    """
+    echoed = Headers([(n, v) for n, v in request.headers if canonicalName(n) in _ECHOED])
+    for name in ("Via", "From", "To", "Call-ID", "CSeq"):
+        if request.headers.get(name) is None:
+            raise SIPParseError(f"no {name} header", method=request.method, headers=echoed)
+    try:
+        _, method = cseqOf(request)
+    except SIPParseError as e:
+        raise SIPParseError(e.reason, method=request.method, headers=echoed) from None
+    if method != request.method:
+        raise SIPParseError(
+            f"CSeq method {method} is not {request.method}", method=request.method, headers=echoed
+        )
