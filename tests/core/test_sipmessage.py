@@ -153,7 +153,7 @@ def test_datagramRules() -> None:
 
 REFUSED = [
     # (message, reason words, framing, request whose start line is readable)
-    (_msg(*BASE), "no Content-Length", False, True),
+    (_msg(*BASE), "no Content-Length, which a stream requires", False, True),
     (_msg(*BASE, "Content-Length: 3", "l: 4", body=b"abcd"), "conflicting Content-Length", True, True),
     (_msg(*BASE, "X-Long: " + "a" * 20_000, "l: 0"), "longer than 8192", False, True),
     (_msg(*BASE, "NoColonHere", "l: 0"), "without a colon", False, True),

@@ -214,7 +214,7 @@ def parse(
     if length is None:
         if stream:
             raise _failure(
-                "no Content-Length on a stream (RFC 3261 §18.3)", head, False, maxHeaders, maxLineLength
+                "no Content-Length, which a stream requires", head, False, maxHeaders, maxLineLength
             )
         if available > maxSize - end:
             raise _failure(f"message longer than {maxSize} bytes", head, True, maxHeaders, maxLineLength)
