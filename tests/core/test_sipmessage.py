@@ -215,13 +215,13 @@ def test_boundsAreOptions() -> None:
 
 
 def test_badRequestEchoesWhatItCouldRead() -> None:
-    data = _msg("Via: SIP/2.0/UDP a.example;branch=z9hG4bK1", "v: SIP/2.0/UDP b.example;branch=z9hG4bK2",
+    data = _msg("Via: SIP/2.0/UDP a.example;branch=z9hG4bK1", "v: SIP/2.0/UDP b.example;\r\n branch=z9hG4bK2",
                 *BASE[1:], "broken line", "l: 0")  # fmt: skip
     with pytest.raises(SIPParseError) as info:
         parse(data)
     answer = badRequest(info.value, toTag="t1")
     assert answer is not None and answer.code == 400 and "without a colon" in answer.reason
-    assert answer.headers.getAll("Via") == ["SIP/2.0/UDP a.example;branch=z9hG4bK1", "SIP/2.0/UDP b.example;branch=z9hG4bK2"]
+    assert answer.headers.getAll("Via") == ["SIP/2.0/UDP a.example;branch=z9hG4bK1", "SIP/2.0/UDP b.example; branch=z9hG4bK2"]
     assert answer.headers.get("From") == "<sip:bob@example.com>;tag=456248"
     assert answer.headers.get("To") == "<sip:bob@example.com>;tag=t1"
     assert answer.headers.get("Call-ID") == "843817637684230@998sdasdh09" and answer.headers.get("CSeq") == "1826 REGISTER"
@@ -496,3 +496,22 @@ def test_framerAndParserAgree(data: bytes, cuts: List[int], limit: int) -> None:
         assert info.value.framing
         if failure is not None:
             assert info.value.reason == failure
+
+
+_wireText = st.lists(
+    st.sampled_from([*'sip:@;=<>"\\,. \t[]?&%0a1A:5060tag*+-_\u00e9\u00b2', "SIP/2.0/UDP ", "sip:", "expires="]),
+    max_size=30,
+).map("".join)
+
+
+@settings(max_examples=500)
+@given(data=streams() | st.binary(max_size=200), stream=st.booleans(), text=_wireText)
+def test_onlySIPParseErrorOnAnyInput(data: bytes, stream: bool, text: str) -> None:
+    """Bytes and header values off the wire never raise anything but SIPParseError (never a traceback)."""
+    for call in (lambda: parse(data, stream=stream, maxSize=300), lambda: Via.parse(text),
+                 lambda: NameAddress.parse(text).expires, lambda: SIPURI.parse(text),
+                 lambda: contactsOf(Headers([("m", text)]))):  # fmt: skip
+        try:
+            call()
+        except SIPParseError as e:
+            assert e.reason

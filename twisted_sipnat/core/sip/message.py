@@ -305,12 +305,23 @@ def _failure(reason: str, block: bytes, framing: bool, maxHeaders: int, maxLineL
         start = None
     if isinstance(start, Request):
         method = start.method
+        items: List[Tuple[str, str]] = []
+        last = False  # whether the previous line was an echoed header, which a continuation line extends
         for raw in lines[1:]:
             if len(raw) > maxLineLength or _CONTROL.search(raw):
+                last = False
                 continue
-            match = _HEADER.fullmatch(raw.decode("utf-8", "surrogateescape"))
-            if match is not None and isToken(match.group(1)) and canonicalName(match.group(1)) in _ECHOED:
-                salvaged.add(match.group(1), match.group(2))
+            line = raw.decode("utf-8", "surrogateescape")
+            if line[:1] in (" ", "\t"):
+                if last and len(items[-1][1]) + len(line) <= maxLineLength:
+                    name, value = items[-1]
+                    items[-1] = (name, (value + " " + line.strip(" \t")).strip())
+                continue
+            match = _HEADER.fullmatch(line)
+            last = match is not None and isToken(match.group(1)) and canonicalName(match.group(1)) in _ECHOED
+            if match is not None and last:
+                items.append((match.group(1), match.group(2)))
+        salvaged = Headers(items)
     return SIPParseError(reason, framing=framing, method=method, headers=salvaged)
 
 
