@@ -19,6 +19,9 @@ from twisted_sipnat.core.sipframing import (
     Pong,
     SIPData,
     SIPFramingError,
+    contentLength,
+    findHeaderEnd,
+    headerBlockTooLong,
 )
 from twisted_sipnat.errors import NATTraversalError
 
@@ -453,3 +456,27 @@ def test_eventsAreFrozenAndSlotted() -> None:
     assert not hasattr(event, "__dict__")
     assert Ping() == Ping()
     assert SIPData(b"x") != SIPData(b"y")
+
+
+# -- the shared definition of a message (also used by twisted_sipnat.core.sip.parse) ---------------------------
+
+
+def test_sharedHeaderEndAndContentLength() -> None:
+    message = b"OPTIONS sip:a SIP/2.0\r\nl : 3\r\nContent-Length\t:\r\n 3\r\n\r\nabc\r\n\r\n"
+    end = findHeaderEnd(message, 0, len(message))
+    assert message[:end].endswith(b"3\r\n\r\n") and message[end:].startswith(b"abc")
+    assert findHeaderEnd(message, 0, end - 1) == -1 and findHeaderEnd(b"a\nb\n\n", 0, 5) == -1
+    assert contentLength(message, 0, end, 3) == 3
+    assert contentLength(REGISTER.replace(b"Content-Length: 0\r\n", b""), 0, len(REGISTER) - 19, 0) is None
+    with pytest.raises(SIPFramingError, match="exceeds"):
+        contentLength(message, 0, end, 2)
+    assert headerBlockTooLong(64) == "header block longer than 64 bytes"
+
+
+@pytest.mark.parametrize("spelling", [b"l: 0", b"Content-Length : 0", b"Content-Length\t: 0"])
+def test_legalContentLengthSpellingsKeepTheStreamInStep(spelling: bytes) -> None:
+    """The spellings an edge once went deaf on: each message and the REGISTER after it come out whole."""
+    message = REGISTER.replace(b"Content-Length: 0", spelling)
+    splitter = IncomingSplitter("server")
+    assert _normalise(splitter.feed(message + b"\r\n\r\n" + REGISTER)) == [SIPData(message), Ping(), SIPData(REGISTER)]
+    assert splitter.atBoundary

@@ -48,6 +48,20 @@ number, is negative, or appears twice with different values, raises :class:`SIPF
 ``reason``.  After that the stream cannot be framed any more, so the splitter is dead and every later ``feed``
 raises too.  The shell closes the connection and logs the reason.  Nothing else is ever raised on any bytes.
 
+One definition of a message, shared with the parser (:func:`twisted_sipnat.core.sip.parse`): both find the
+header block with :func:`findHeaderEnd` and the body length with :func:`contentLength`, under the same
+``maxMessageSize``.  The rule, for bytes that start at a message boundary (``tests/core/test_sipmessage.py``
+checks it on arbitrary streams cut anywhere):
+
+- when the framer raises :class:`SIPFramingError` with reason *R*, ``parse(those bytes, stream=True)``
+  raises ``SIPParseError`` with ``framing=True`` and the same reason *R*;
+- when the framer delimits a message (header block plus Content-Length bytes), ``parse(message,
+  stream=True)`` returns it or raises ``SIPParseError`` with ``framing=False``: the message's extent is known
+  but its content is bad (start line, a header line without a colon or with a non-token name, an over-long
+  line, too many headers, no Content-Length).  The stream is still in step, so a 400 can go out first;
+- the parser's other ``framing=True`` refusals (no empty line yet, a body shorter than Content-Length, bytes
+  after the body) are bytes that are not exactly one message: where the framer would wait or cut earlier.
+
 Outgoing (:class:`OutgoingTracker`) runs the same framing over what the SIP stack writes, only to tell where
 a whole message ends: those are the only places where a ping may be written (RFC 5626 §4.4.1).
 """
@@ -69,6 +83,9 @@ __all__ = [
     "IncomingSplitter",
     "OutgoingTracker",
     "DEFAULT_MAX_MESSAGE_SIZE",
+    "contentLength",
+    "findHeaderEnd",
+    "headerBlockTooLong",
 ]
 
 DEFAULT_MAX_MESSAGE_SIZE = 65536
@@ -133,13 +150,36 @@ _BODY = 2
 _DEAD = 3
 
 
-def _bodyLength(block: Union[bytes, bytearray], start: int, end: int, limit: int) -> int:
+def findHeaderEnd(block: Union[bytes, bytearray], searchFrom: int, stop: int) -> int:
     """
-    Read the body length from the header block ``block[start:end]`` (which ends with its ``CRLFCRLF``).
+    Where the header block that ``block`` holds ends: the offset just after the first ``CRLFCRLF`` found in
+    ``block[searchFrom:stop]`` (RFC 3261 §7: the empty line after the headers), or -1 when there is none yet.
 
-    ``limit`` is how many body bytes the size bound still allows.  Raises :class:`SIPFramingError` for a
-    malformed, negative, conflicting or too large Content-Length.  No header means an empty body (see the
-    module docstring).
+    This is one half of the one definition of "a message" that the framer here and the parser in
+    :mod:`twisted_sipnat.core.sip` share: a header block is everything from the first byte of the start line
+    up to and including the first ``CRLFCRLF``, and it must end within ``maxMessageSize`` bytes (callers pass
+    ``stop = start + maxMessageSize``).  Only ``CRLF`` ends a line (RFC 3261 §7: lines end in CRLF); a bare LF
+    never does.  ``searchFrom`` lets a caller that appends to ``block`` search only the new bytes (minus
+    three, for a ``CRLFCRLF`` that straddles the old end).
+    """
+    end = block.find(_CRLFCRLF, searchFrom, stop)
+    return end + 4 if end >= 0 else -1
+
+
+def contentLength(block: Union[bytes, bytearray], start: int, end: int, limit: int) -> Optional[int]:
+    """
+    The body length that the header block ``block[start:end]`` (ending with its ``CRLFCRLF``) declares, or
+    ``None`` when it has no Content-Length header.
+
+    The other half of the shared definition of a message (see :func:`findHeaderEnd`): a Content-Length
+    header is a line whose name is ``Content-Length`` or its compact form ``l`` in any case (RFC 3261 §7.3.3,
+    §20.14), followed by optional SP/HTAB and the colon (HCOLON, §25.1); its value runs to the end of the line
+    including folded continuation lines (§7.3.1) and must be ``1*DIGIT`` with LWS around it.  Several
+    Content-Length headers must agree.  ``limit`` is how many body bytes the size bound still allows.
+
+    Raises :class:`SIPFramingError` for a malformed, negative, conflicting or too large value.  What to do
+    when the header is absent is the caller's rule: the framer takes an empty body (module docstring), the
+    parser refuses a stream message without one (RFC 3261 §18.3).
     """
     length: Optional[int] = None
     # endpos excludes the final CRLF so the empty line cannot be read as a continuation of the last header.
@@ -155,11 +195,14 @@ def _bodyLength(block: Union[bytes, bytearray], start: int, end: int, limit: int
         if length is not None and this != length:
             raise SIPFramingError(f"conflicting Content-Length values {length} and {this}")
         length = this
-    if length is None:
-        return 0
-    if length > limit:
+    if length is not None and length > limit:
         raise SIPFramingError(f"Content-Length {length} exceeds the message size limit")
     return length
+
+
+def headerBlockTooLong(limit: int) -> str:
+    """The reason given, by the framer and the parser alike, for a header block that does not end in time."""
+    return f"header block longer than {limit} bytes"
 
 
 class _Framer:
@@ -195,31 +238,32 @@ class _Framer:
             limit = self._maxMessageSize
             if not head:
                 # Fast path: the whole header block is in this chunk; search and parse it in place.
-                end = data.find(_CRLFCRLF, i, i + limit)
+                end = findHeaderEnd(data, i, i + limit)
                 if end >= 0:
-                    end += 4
                     size = end - i
                     try:
-                        self._bodyLeft = _bodyLength(data, i, end, limit - size)
+                        self._bodyLeft = contentLength(data, i, end, limit - size) or 0
                     except SIPFramingError as e:
                         raise self._die(e.reason) from None
                     self._state = _BODY if self._bodyLeft else _BETWEEN
                     i = end
                     return self._consumeBody(data, i)
                 if n - i >= limit:
-                    raise self._die(f"header block longer than {limit} bytes")
+                    raise self._die(headerBlockTooLong(limit))
+                # The rest of the chunk was just searched: keep it for the next one without searching again.
+                head += data[i:]
+                return n
             # Slow path: the header block spans chunks; keep a bounded copy to find its end and parse it.
             old = len(head)
             take = min(n - i, limit - old)
             head += data[i : i + take]
-            end = head.find(_CRLFCRLF, max(0, old - 3))
+            end = findHeaderEnd(head, max(0, old - 3), limit)
             if end < 0:
                 if len(head) >= limit:
-                    raise self._die(f"header block longer than {limit} bytes")
+                    raise self._die(headerBlockTooLong(limit))
                 return i + take
-            end += 4
             try:
-                self._bodyLeft = _bodyLength(head, 0, end, limit - end)
+                self._bodyLeft = contentLength(head, 0, end, limit - end) or 0
             except SIPFramingError as e:
                 raise self._die(e.reason) from None
             self._head = bytearray()
