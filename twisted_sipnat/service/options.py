@@ -17,11 +17,11 @@ from twisted.python import usage
 
 from ..config import DEFAULT_SECTION, loadConfig, splitServerList
 from ..core.addresses import isIPLiteral, parseHostPort
-from ..errors import InvalidSettingsError
 
 # The STUN responder's per-source rate limit defaults, defined once, where the responder an edge gets by default
 # is built.
-from ..protocols import DEFAULT_RESPONDER_BURST, DEFAULT_RESPONDER_RATE
+from ..core.responder import DEFAULT_RESPONDER_BURST, DEFAULT_RESPONDER_RATE
+from ..errors import InvalidSettingsError
 from ..settings import NATSettings
 
 __all__ = [

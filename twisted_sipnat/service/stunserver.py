@@ -9,9 +9,9 @@ from typing import Any, Dict, Optional, Tuple
 from twisted.application import service
 from twisted.logger import Logger
 
-from ..core.responder import BindingResponder, RateLimit
+from ..core.responder import DEFAULT_RESPONDER_BURST, DEFAULT_RESPONDER_RATE, BindingResponder, RateLimit
 from ..errors import InvalidSettingsError
-from ..protocols import DEFAULT_RESPONDER_BURST, DEFAULT_RESPONDER_RATE, SharedDatagramProtocol
+from ..protocols import SharedDatagramProtocol
 from .listeners import StreamListener, UDPListener
 from .stunstream import STUNStreamFactory
 
