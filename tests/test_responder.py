@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import json
 import struct
-from pathlib import Path
 from typing import List, Optional, Tuple
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.data import dataPath
 from twisted_sipnat import stun
 from twisted_sipnat.core.responder import (
     AMPLIFICATION_FLOOR,
@@ -28,7 +28,7 @@ TID = bytes(range(1, 13))
 CLIENT = ("198.51.100.7", 40000)
 PRIMARY = ("192.0.2.1", 3478)
 ALTERNATE = ("192.0.2.2", 3479)
-VECTORS = json.loads((Path(__file__).resolve().parents[1].parent / "shared" / "vectors" / "rfc5769.json").read_text())
+VECTORS = json.loads(dataPath("rfc5769.json").read_text())
 
 
 def request(attributes: Optional[List[stun.Attribute]] = None, fingerprint: bool = True, method: int = stun.BINDING,

@@ -14,9 +14,10 @@ from typing import Any, Dict, List, Tuple
 
 import pytest
 
+from tests.data import dataPath
 from twisted_sipnat import stun
 
-VECTORS_PATH = Path(__file__).resolve().parents[1].parent / "shared" / "vectors" / "rfc5769.json"
+VECTORS_PATH = dataPath("rfc5769.json")
 VECTORS: Dict[str, Any] = json.loads(VECTORS_PATH.read_text())
 SHORT_KEY = stun.shortTermKey(VECTORS["shortTermPassword"])
 TID = bytes.fromhex(VECTORS["transactionId"])

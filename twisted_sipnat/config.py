@@ -13,7 +13,8 @@ keys are the ``NATSettings`` field names::
     [default]
     udpKeepaliveInterval = 20
 
-or, in TOML (read when the Python has :mod:`tomllib`, i.e. 3.11+)::
+or, in TOML (read with :mod:`tomllib` on Python 3.11+, and with ``tomli``, the same parser under its PyPI
+name, on 3.10, where the standard library has none)::
 
     ["example.com"]
     stunServers = ["stun:stun.example.com", ["192.0.2.7", 3478]]
@@ -30,8 +31,14 @@ from __future__ import annotations
 import configparser
 import dataclasses
 import math
+import sys
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Union
+from typing import Any, Dict, List, Mapping, Union
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # tomllib is new in 3.11; tomli is the same parser, installed for 3.10 by setup.cfg's install_requires
+    import tomli as tomllib
 
 from .errors import InvalidSettingsError
 from .settings import NATSettings
@@ -132,13 +139,6 @@ def _parseINI(text: str, name: str) -> Dict[str, Dict[str, Any]]:
 
 
 def _parseTOML(text: str, name: str) -> Dict[str, Dict[str, Any]]:
-    tomllib: Optional[Any]
-    try:
-        import tomllib
-    except ImportError:  # Python 3.10
-        tomllib = None
-    if tomllib is None:
-        raise InvalidSettingsError("config", name, "TOML needs Python 3.11+ (tomllib); use an INI file")
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:

@@ -5,8 +5,8 @@ Run::
 
     python tests/fuzz/atheris_stun.py -atheris_runs=100000 [libFuzzer options] [corpus dirs]
 
-With no corpus directory given, the RFC 5769 test vectors (read from /work/shared/vectors/rfc5769.json, never
-copied into the repository) seed a temporary corpus.  The properties checked on every input are those of the
+With no corpus directory given, the RFC 5769 §2 test vectors (the tests' own copy, tests/data/rfc5769.json)
+seed a temporary corpus.  The properties checked on every input are those of the
 hypothesis tests in ``test_fuzz_stun.py``: ``decode`` raises ``STUNDecodeError`` and nothing else, accessors of
 an accepted message work, and ``BindingResponder.respond`` never raises nor answers beyond the amplification
 bound.  Any other exception is a crash: libFuzzer stops and writes the input as ``crash-<sha1>``.
@@ -15,14 +15,15 @@ bound.  Any other exception is a crash: libFuzzer stops and writes the input as 
 from __future__ import annotations
 
 import importlib
-import json
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any, List
 
 REPO = Path(__file__).resolve().parents[2]
-VECTORS_PATH = REPO.parent / "shared" / "vectors" / "rfc5769.json"
+if str(REPO) not in sys.path:  # run as a script: the repository root holds the tests' data helper (tests.data)
+    sys.path.append(str(REPO))
+from tests.data import rfc5769Messages  # noqa: E402
 
 stun: Any = None
 responder: Any = None
@@ -60,8 +61,7 @@ def load(instrument: bool) -> None:
 
 
 def seeds() -> List[bytes]:
-    vectors = json.loads(VECTORS_PATH.read_text())
-    return [bytes.fromhex(v["hex"]) for v in vectors.values() if isinstance(v, dict) and "hex" in v]
+    return rfc5769Messages()
 
 
 def TestOneInput(data: bytes) -> None:

@@ -5,23 +5,19 @@ from random TLVs with a valid header (so the fuzzer gets past the header checks 
 
 from __future__ import annotations
 
-import json
 import struct
 import zlib
-from pathlib import Path
 from typing import List
 
 from hypothesis import strategies as st
 
+from tests.data import rfc5769Messages
 from twisted_sipnat import stun
-
-VECTORS_PATH = Path(__file__).resolve().parents[2].parent / "shared" / "vectors" / "rfc5769.json"
 
 
 def vectorSeeds() -> List[bytes]:
-    """The RFC 5769 messages (referenced by path in /work/shared, never copied)."""
-    vectors = json.loads(VECTORS_PATH.read_text())
-    return [bytes.fromhex(v["hex"]) for v in vectors.values() if isinstance(v, dict) and "hex" in v]
+    """The RFC 5769 §2 messages, from the tests' own copy (tests/data/rfc5769.json)."""
+    return rfc5769Messages()
 
 
 SEEDS = vectorSeeds()

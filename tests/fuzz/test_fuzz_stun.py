@@ -25,7 +25,10 @@ def checkDecode(data: bytes) -> None:
     try:
         message = stun.decode(data)
     except stun.STUNDecodeError as e:
-        assert isinstance(e, ValueError)
+        # The facts a caller logs when it drops the datagram: what is wrong, and the bytes it is wrong about
+        # (the whole input, or the attribute value inside it).
+        assert isinstance(e.reason, str) and e.reason and str(e) == e.reason
+        assert isinstance(e.data, bytes) and e.data in data
         return
     # Everything a receiver reads from an accepted message must work too.
     assert len(message.transactionId) == 12

@@ -81,10 +81,3 @@ def kamailioFactory(tmp_path: Path) -> Iterator[Callable[[], RunningPeer]]:
         for peer in instances:
             peer.stop()
 
-
-@pytest.fixture(scope="session")
-def sharedNetlab() -> Path:
-    """../shared/netlab (SIPp scenarios), referenced by path, never copied."""
-    if not (peerkit.NETLAB_SHARED / "sipp-register.xml").exists():
-        pytest.fail(f"the shared SIPp scenarios are missing under {peerkit.NETLAB_SHARED}", pytrace=False)
-    return peerkit.NETLAB_SHARED

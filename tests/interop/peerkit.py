@@ -41,10 +41,17 @@ ATTR_FINGERPRINT = 0x8028
 ATTR_RESPONSE_ORIGIN = 0x802B
 ATTR_OTHER_ADDRESS = 0x802C
 
-#: The repository root (tests/interop/peerkit.py -> parents[2]) and the shared reference material beside it.
+#: The repository root (tests/interop/peerkit.py -> parents[2]).  It holds the tests' data helper (tests.data:
+#: the Kamailio config, the SIPp scenarios), so it goes on the import path when this file runs as a script, in a
+#: lab namespace or under the benchmarks; appended, so it never shadows the installed package.
 REPO_ROOT = Path(__file__).resolve().parents[2]
-SHARED = (REPO_ROOT / ".." / "shared").resolve()
-NETLAB_SHARED = SHARED / "netlab"
+if str(REPO_ROOT) not in sys.path:
+    sys.path.append(str(REPO_ROOT))
+
+from tests.data import dataPath  # noqa: E402
+
+#: SIPp's REGISTER scenario (one REGISTER, expecting 200), for :func:`sippArgv`.
+SIPP_REGISTER = dataPath("sipp/register.xml")
 
 HostPort = Tuple[str, int]
 
@@ -364,32 +371,9 @@ def coturnArgv(listen: Sequence[str], port: int, pidFile: Path, prefix: Sequence
 
 
 #: Kamailio as an RFC 5626-style edge: registrar + usrloc, CRLF pings answered on TCP (``tcp_crlf_ping``), and
-#: STUN Binding answered on the SIP UDP port by its ``stun`` module.  Modelled on
-#: ../shared/netlab/kamailio-edge.cfg, bound to an address and port the test chooses.
-KAMAILIO_CFG = """#!KAMAILIO
-debug=2
-log_stderror=yes
-fork=yes
-children=1
-tcp_children=1
-listen=udp:{host}:{port}
-listen=tcp:{host}:{port}
-tcp_crlf_ping=yes
-mpath="{modules}"
-loadmodule "tm.so"
-loadmodule "sl.so"
-loadmodule "textops.so"
-loadmodule "siputils.so"
-loadmodule "pv.so"
-loadmodule "usrloc.so"
-loadmodule "registrar.so"
-loadmodule "stun.so"
-request_route {{
-  if (method=="REGISTER") {{ save("location"); exit; }}
-  if (method=="OPTIONS") {{ sl_send_reply("200", "OK"); exit; }}
-  sl_send_reply("404", "Not here");
-}}
-"""
+#: STUN Binding answered on the SIP UDP port by its ``stun`` module.  A template (tests/data/kamailio/edge.cfg)
+#: whose ``@HOST@``, ``@PORT@`` and ``@MODULES@`` :func:`writeKamailioConfig` fills in.
+KAMAILIO_TEMPLATE = dataPath("kamailio/edge.cfg")
 
 
 def kamailioModules() -> str:
@@ -404,7 +388,10 @@ def writeKamailioConfig(directory: Path, host: str, port: int) -> Path:
     """Write the edge config into ``directory`` and check it with ``kamailio -c`` (fails with its output)."""
     binary = requireTool("kamailio", "kamailio")
     cfg = directory / "kamailio.cfg"
-    cfg.write_text(KAMAILIO_CFG.format(host=host, port=port, modules=kamailioModules()))
+    text = KAMAILIO_TEMPLATE.read_text(encoding="utf-8")
+    for placeholder, value in (("@HOST@", host), ("@PORT@", str(port)), ("@MODULES@", kamailioModules())):
+        text = text.replace(placeholder, value)
+    cfg.write_text(text)
     check = subprocess.run([binary, "-c", "-f", str(cfg)], capture_output=True, text=True, timeout=30)
     if check.returncode != 0:
         raise PeerError(f"kamailio -c rejected {cfg}:\n{check.stdout}{check.stderr}")

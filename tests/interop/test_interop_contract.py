@@ -1,5 +1,5 @@
 """
-The contract (../shared/CONTRACT.md) against real peers no one here wrote, over loopback with the real reactor:
+The public contract (docs/api.rst) against real peers no one here wrote, over loopback with the real reactor:
 
 - ``resolvePublicAddress`` against coturn (and against Kamailio as an RFC 5626 edge, whose replies carry no
   FINGERPRINT) returns our own loopback address and port, as ``IPv4Address("UDP", ...)``;

@@ -1,6 +1,6 @@
 """
 Smoke tests of the interop fixtures themselves, with raw sockets and hand-built STUN: before the library is
-blamed for a failure against coturn or Kamailio, these show the peer answers what netlab/README.md says it does.
+blamed for a failure against coturn or Kamailio, these show the peer answers what the interop helpers (peerkit) expect of it.
 """
 
 from __future__ import annotations
@@ -82,11 +82,11 @@ def test_kamailioPongsACRLFPingOnTCP(kamailio: RunningPeer) -> None:
 
 @pytest.mark.parametrize("transport", ["u1", "t1"])
 def test_sippRegistersWithKamailio(
-    kamailio: RunningPeer, sharedNetlab: Path, transport: str, tmp_path: Path
+    kamailio: RunningPeer, transport: str, tmp_path: Path
 ) -> None:
     """SIPp's REGISTER scenario gets its 200 from the Kamailio edge over UDP and TCP."""
     argv = peerkit.sippArgv(
-        sharedNetlab / "sipp-register.xml", kamailio.address, transport, LOOPBACK, peerkit.freePort(LOOPBACK)
+        peerkit.SIPP_REGISTER, kamailio.address, transport, LOOPBACK, peerkit.freePort(LOOPBACK)
     )
     started = time.monotonic()
     result = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=30)

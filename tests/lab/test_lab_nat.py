@@ -142,6 +142,6 @@ def test_kamailioEdgeThroughTheNAT(lab: NetLab, labKamailio: peerkit.RunningPeer
 @pytest.mark.parametrize("transport", ["u1", "t1"])
 def test_sippRegistersThroughTheNAT(lab: NetLab, labKamailio: peerkit.RunningPeer, tmp_path, transport: str) -> None:
     """SIPp in ``lan`` registers with the Kamailio edge in ``pub`` across the NAT (UDP and TCP)."""
-    argv = peerkit.sippArgv(peerkit.NETLAB_SHARED / "sipp-register.xml", KAMAILIO, transport, netlab.LAN_ADDR, 15060)
+    argv = peerkit.sippArgv(peerkit.SIPP_REGISTER, KAMAILIO, transport, netlab.LAN_ADDR, 15060)
     result = subprocess.run(lab.prefixFor(lab.lan) + argv, cwd=tmp_path, capture_output=True, text=True, timeout=30)
     assert result.returncode == 0, f"sipp exited {result.returncode}:\n{result.stdout[-2000:]}{result.stderr[-2000:]}"

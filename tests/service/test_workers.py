@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 from typing import Any, Dict, List, Tuple
 
 import pytest
@@ -65,10 +66,10 @@ def endWorker(proto: Any) -> None:
 def test_the_pool_starts_the_other_workers_restarts_a_dead_one_and_stops_them_all() -> None:
     clock = ProcessClock()
     pool = WorkerPool(clock, 3, lambda: ["-m", "twisted_sipnat.service.worker", "stun", "--reuse-port"],
-                      env={"PATH": os.environ.get("PATH", "")}, executable="/usr/bin/python3")
+                      env={"PATH": os.environ.get("PATH", "")}, executable=sys.executable)
     pool.startService()
     assert [args for _, _, args, _ in clock.spawned] == [
-        ["/usr/bin/python3", "-m", "twisted_sipnat.service.worker", "stun", "--reuse-port"]
+        [sys.executable, "-m", "twisted_sipnat.service.worker", "stun", "--reuse-port"]
     ] * 2
     assert sorted(env["TWISTED_SIPNAT_WORKER"] for _, _, _, env in clock.spawned) == ["1", "2"]
     assert sorted(pool.workers) == [1, 2]
