@@ -451,7 +451,7 @@ ANSWER_KINDS = {
 def test_skipping_the_decode_of_repeated_answers_changes_no_outcome(kinds: List[str]) -> None:
     from unittest import mock
 
-    from twisted_sipnat.controller import _AnswerMemo
+    from twisted_sipnat.core.keepalive import AnswerMemo as _AnswerMemo
 
     def run() -> Tuple[List[str], Any]:
         clock, controller, shared, transport, observer = setup()

@@ -195,7 +195,7 @@ def test_timer_heap_compacting_during_a_pass_loses_and_repeats_nothing() -> None
     again = [i for i in range(2000, 3000) if i % 7 == 3]
     assert heap.compactions >= 1
     assert sorted(popped) == sorted(due + again)
-    assert heap._entries < 2 * len(heap) + 1024 + 2
+    assert heap.entryCount < 2 * len(heap) + 1024 + 2
     assert sorted(item.name for item in heap.popDue(10_000.0)) == sorted(
         [i for i in range(2000)] + [i for i in range(2000, 3000) if i % 7 > 3])
 
@@ -205,7 +205,7 @@ def test_timer_heap_rescheduling_at_the_same_instant_adds_no_entry() -> None:
     item = Item(0)
     for _ in range(5000):
         heap.schedule(item, 7.0)
-    assert heap._entries == 1 and heap.compactions == 0
+    assert heap.entryCount == 1 and heap.compactions == 0
     assert [i.name for i in heap.popDue(7.0)] == [0] and heap.nextTime() is None
 
 
@@ -214,7 +214,7 @@ def test_timer_heap_compacts_stale_entries() -> None:
     item = Item(0)
     for t in range(5000):
         heap.schedule(item, float(t))
-    assert len(heap) == 1 and heap._entries < 2 * 1 + 1024 + 2 and len(heap._instants) == len(heap._buckets) < 1024 + 4
+    assert len(heap) == 1 and heap.entryCount < 2 * 1 + 1024 + 2 and heap.instantCount == heap.bucketCount < 1024 + 4
 
 
 @given(st.floats(0.5, 3600), st.integers(0, 2**32))
