@@ -22,39 +22,21 @@ from twisted.python.failure import Failure
 
 from .core import events as ev
 from .core import stun
-from .core.addresses import isIPLiteral, normalHost
-from .core.engine import Engine, SocketRecord
+from .core.addresses import isIPLiteral
+from .core.engine import Engine, SocketRecord, checkNextHop
 from .core.keepalive import PONG_BYTES
 from .core.timers import TimerHeap
 from .core.transaction import DEFAULT_RC
 from .errors import MappedAddressChanged, NATTraversalError, UnknownDomainError
 from .interfaces import ISharedSocket
 from .names import NameLookups
-from .settings import NATSettings, ServerSpec
-from .sockets import BareSocket, canonicalSocket, looksLikeStream
+from .settings import NATSettings, ServerSpec, settingsTable
+from .sockets import BareSocket, SocketState, canonicalSocket, looksLikeStream, publicAddress
 
 HostPort = Tuple[str, int]
 PublicAddress = Union[IPv4Address, IPv6Address]
 
 _log = Logger(namespace="twisted_sipnat")
-
-
-def publicAddress(address: HostPort, stream: bool = False) -> PublicAddress:
-    """The ``IPv4Address``/``IPv6Address`` of a mapped ``(host, port)``."""
-    host, port = address
-    cls = IPv6Address if ":" in host else IPv4Address
-    return cls("TCP" if stream else "UDP", host, port)
-
-
-class _Socket:
-    """The shell's side of one shared socket: the caller's object, its adapter, and the engine's record."""
-
-    __slots__ = ("socket", "shared", "record", "__weakref__")
-
-    def __init__(self, socket: Any, shared: Any) -> None:
-        self.socket = socket
-        self.shared = shared
-        self.record: SocketRecord
 
 
 class NATTraversalController:
@@ -70,10 +52,8 @@ class NATTraversalController:
     ``maxOutstandingPerServer`` outstanding per socket and server (RFC 8489 §6: ten; the rest wait their
     turn).  Past the first two a call raises :class:`~twisted_sipnat.errors.ResourceLimitError`.
 
-    ``keepaliveEvents``: emit the two debug-level log events of every keepalive (``keepalive.sent`` and
-    ``keepalive.answered``); a process keeping tens of thousands of flows alive passes ``False`` (building an
-    event costs a third of a keepalive's CPU; the :attr:`stats` counters stay).  ``timers``: the engine's
-    :class:`~twisted_sipnat.core.timers.TimerHeap` (tests pass an instrumented one).
+    ``keepaliveEvents=False`` drops the per-keepalive debug events (a third of a keepalive's CPU at scale; the
+    :attr:`stats` stay).  ``timers``: the engine's :class:`~twisted_sipnat.core.timers.TimerHeap` (for tests).
     """
 
     def __init__(
@@ -89,17 +69,7 @@ class NATTraversalController:
         keepaliveEvents: bool = True,
         timers: Optional[TimerHeap] = None,
     ) -> None:
-        if isinstance(settings, NATSettings):
-            self._settings: Optional[NATSettings] = settings
-            self._domainSettings: Dict[str, NATSettings] = {}
-        elif isinstance(settings, Mapping):
-            for domain, value in settings.items():
-                if not isinstance(value, NATSettings):
-                    raise NATTraversalError(f"settings for domain {domain!r} must be NATSettings, not {value!r}")
-            self._settings = None
-            self._domainSettings = dict(settings)
-        else:
-            raise NATTraversalError(f"settings must be NATSettings or a mapping of them, not {settings!r}")
+        self._settings, self._domainSettings = settingsTable(settings)
         if reactor is None:
             from twisted.internet import reactor as globalReactor
 
@@ -114,7 +84,7 @@ class NATTraversalController:
         self.stats = self._engine.stats
         self._names = NameLookups(reactor, dnsResolver)
         self._call: Optional[IDelayedCall] = None
-        self._sockets: Dict[int, _Socket] = {}
+        self._sockets: Dict[int, SocketState] = {}
         self._deferreds: Dict[Any, defer.Deferred[Any]] = {}
         self._lookups: Dict[Any, defer.Deferred[Any]] = {}
 
@@ -230,19 +200,19 @@ class NATTraversalController:
 
     # -- sockets ----------------------------------------------------------------------------------------------
 
-    def _socketState(self, socket: Any) -> _Socket:
+    def _socketState(self, socket: Any) -> SocketState:
         socket = canonicalSocket(socket)
         state = self._sockets.get(id(socket))
         if state is not None and state.socket is socket:
             return state
         shared: Any = socket if ISharedSocket.providedBy(socket) else BareSocket(socket, looksLikeStream(socket),
                                                                                    self.stats)
-        state = self._sockets[id(socket)] = _Socket(socket, shared)
+        state = self._sockets[id(socket)] = SocketState(socket, shared)
         state.record = self._engine.socket(state, bool(shared.isStream))
         return state
 
-    def _record(self, state: _Socket) -> SocketRecord:
-        record = state.record
+    def _record(self, state: SocketState) -> SocketRecord:
+        record: SocketRecord = state.record
         if record.ipv6 is None:
             local = state.shared.localAddress()
             if local is not None:
@@ -267,29 +237,12 @@ class NATTraversalController:
     # -- name look-ups ----------------------------------------------------------------------------------------
 
     def _lookUp(self, event: ev.LookupNeeded) -> None:
-        handle = event.handle
-        if event.port is None:
-            d: defer.Deferred[Any] = self._names.lookupSRV(event.host)
-        else:
-            record = self._record(event.socketKey)
-            d = self._names.lookupHost(event.host, event.port, bool(record.ipv6))
-        owner = getattr(handle, "resolution", None)
+        owner = getattr(event.handle, "resolution", None)
+        d = self._names.answer(event, bool(self._record(event.socketKey).ipv6), self._engine, self._now,
+                               self._flush)
         if owner is not None:
             self._lookups[owner] = d
-
-        def done(result: Any) -> None:
-            self._lookups.pop(owner, None)
-            handle.done(self._engine, result, self._now())
-            self._flush()
-
-        def failed(reason: Failure) -> None:
-            self._lookups.pop(owner, None)
-            if reason.check(defer.CancelledError):
-                return
-            handle.failed(self._engine, reason.getErrorMessage(), self._now())
-            self._flush()
-
-        d.addCallbacks(done, failed)
+            d.addBoth(lambda result: (self._lookups.pop(owner, None), result)[1])
 
     def lookupServer(self, host: str, port: Optional[int], socket: Any) -> defer.Deferred[HostPort]:
         """The IP address and port of a STUN server name (``port`` given: A/AAAA only)."""
@@ -302,18 +255,14 @@ class NATTraversalController:
         self, domain: Optional[str], socket: Any, nextHop: Any, observer: Any = None
     ) -> defer.Deferred[PublicAddress]:
         """
-        Learn the public address the NAT gave ``socket``, by a STUN Binding request sent from it (RFC 8489).
-
-        The domain's ``stunServers`` are tried in order (next on timeout or error response); with none, the next
-        hop itself is asked (an RFC 5626 edge).  The Deferred fires with an ``IPv4Address``/``IPv6Address``
-        ("UDP"), or errbacks with :class:`~twisted_sipnat.errors.STUNErrorResponse` (the last error, if any server
-        answered with one) or :class:`~twisted_sipnat.errors.STUNTimeout`.  ``cancel()`` stops retransmitting and
-        errbacks ``CancelledError``.  Raises :class:`~twisted_sipnat.errors.NATTraversalError` at once for an
-        unknown domain or a bad ``nextHop``.  With an ``observer``, its domain, next hop and result are remembered
-        for :meth:`refreshNATBinding` until ``freeResources(observer)``.
+        Learn the public address the NAT gave ``socket`` by a STUN Binding request sent from it (RFC 8489), from
+        the domain's ``stunServers`` in order (none: the next hop itself, an RFC 5626 edge).  Fires with an
+        ``IPv4Address``/``IPv6Address``; errbacks ``STUNErrorResponse`` (the last, if any server gave one) or
+        ``STUNTimeout``; ``cancel()`` errbacks ``CancelledError``.  With an ``observer``, its domain, next hop and
+        result are remembered for :meth:`refreshNATBinding` until ``freeResources(observer)``.
         """
         settings = self.settingsFor(domain)
-        hop = self._checkNextHop(nextHop)
+        hop = checkNextHop(nextHop)
         state = self._socketState(socket)
         if state.shared.isStream:
             # RFC 5626 §4.4.1: a TCP/TLS flow is kept alive with CRLF pings; STUN bytes written into the SIP
@@ -338,22 +287,6 @@ class NATTraversalController:
         self._forgetIfUnused(record.key if record is not None else None)
         self._flush()
 
-    @staticmethod
-    def _checkNextHop(nextHop: Any) -> HostPort:
-        try:
-            host, port = nextHop
-        except (TypeError, ValueError):
-            raise NATTraversalError(f"nextHop must be (host, port), not {nextHop!r}") from None
-        if not isinstance(host, str) or not host or isinstance(port, bool) or not isinstance(port, int) \
-                or not 0 < port < 65536:
-            raise NATTraversalError(f"nextHop must be (host, port) with a port 1-65535, not {nextHop!r}")
-        normal = normalHost(host)
-        if normal == host and type(nextHop) is tuple:
-            # Already canonical: keep the caller's tuple, so the flows of a farm that share a next hop share
-            # one (host, port) instead of a copy each (about 100 bytes a flow).
-            return nextHop
-        return (normal, port)
-
     def sendBindingRequest(
         self,
         socket: Any,
@@ -365,13 +298,11 @@ class NATTraversalController:
         anySource: bool = False,
     ) -> defer.Deferred[Tuple[Any, Optional[HostPort]]]:
         """
-        One Binding transaction from ``socket`` to ``server`` (an IP literal ``(host, port)``), with extra
-        ``attributes`` (e.g. ``stun.ChangeRequest``).  Fires with ``(response, source)`` (success or error
-        response, checked like every response), errbacks ``STUNTimeout`` after ``retransmissions`` sends (RFC
-        8489 §6.2.1 timing), or ``CancelledError``.  ``anySource`` accepts the answer from any address (RFC 5780
-        CHANGE-REQUEST answers come from the server's other address); the transaction ID still has to match.
+        One Binding transaction to ``server`` (an IP literal) with extra ``attributes`` (e.g.
+        ``stun.ChangeRequest``): fires ``(response, source)``, errbacks ``STUNTimeout`` after ``retransmissions``
+        sends or ``CancelledError``.  ``anySource``: the answer may come from any address (RFC 5780).
         """
-        target = self._checkNextHop(server)
+        target = checkNextHop(server)
         if not isIPLiteral(target[0]):
             raise NATTraversalError(f"sendBindingRequest needs an IP literal, not {target[0]!r}")
         state = self._socketState(socket)
@@ -385,12 +316,7 @@ class NATTraversalController:
         return d
 
     def discoverNATBehaviour(self, socket: Any, server: Any, *, retransmissions: int = DEFAULT_RC) -> Any:
-        """
-        RFC 5780 §4.3/§4.4: the NAT's mapping and filtering behaviour, seen from ``socket``, against a STUN
-        server with two addresses (it must return OTHER-ADDRESS).  Fires with a
-        :class:`~twisted_sipnat.discovery.NATBehaviour`; errbacks :class:`~twisted_sipnat.errors.NATTraversalError`
-        when the server has no alternate address.
-        """
+        """RFC 5780 §4.3/§4.4 mapping and filtering behaviour from ``socket`` (a :class:`~.discovery.NATBehaviour`)."""
         from .discovery import discover
 
         return discover(self, socket, server, retransmissions=retransmissions)
@@ -424,7 +350,7 @@ class NATTraversalController:
                 raise NATTraversalError(f"flowTimer must be a positive number of seconds, not {flowTimer!r}")
         hop: Optional[HostPort]
         if nextHop is not None:
-            hop = self._checkNextHop(nextHop)
+            hop = checkNextHop(nextHop)
         elif memory is not None and memory.nextHop is not None:
             hop = memory.nextHop
         elif stream:
@@ -440,12 +366,8 @@ class NATTraversalController:
         return True
 
     def updateNextHop(self, nextHop: Any, observer: Any) -> None:
-        """
-        Move the observer's keepalives to ``nextHop`` at once, including a STUN keepalive in flight: its
-        retransmissions go to the new hop and its answer is accepted from there.  The new hop reports the
-        mapping it sees, so it sets a new baseline for ``MappedAddressChanged``.
-        """
-        hop = self._checkNextHop(nextHop)
+        """Move the observer's keepalives (and a transaction in flight) to ``nextHop`` at once; a new baseline."""
+        hop = checkNextHop(nextHop)
         self._engine.flows.move(observer, hop, named=not isIPLiteral(hop[0]))
         self._flush()
 
@@ -453,10 +375,8 @@ class NATTraversalController:
 
     def dataReceived(self, data: bytes, socket: Any, addr: Any = None) -> bool:
         """
-        Bytes the SIP stack did not recognise, read from ``socket`` (from ``addr`` on UDP).  ``True`` if the
-        controller consumed them: a STUN response or indication, or the CRLF pong a flow on that socket was
-        waiting for.  ``False`` for STUN requests (a responder may answer them) and everything else.  Never
-        raises.
+        Bytes the SIP stack did not recognise.  ``True`` if consumed: a STUN response or indication, or a CRLF
+        pong a flow on ``socket`` waited for; ``False`` for STUN requests and the rest.  Never raises.
         """
         try:
             if stun.isSTUN(data):

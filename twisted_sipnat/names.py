@@ -10,11 +10,12 @@ Name look-ups for the controller, through the reactor (the engine asks with
 
 from __future__ import annotations
 
-from typing import Any, List, Tuple
+from typing import Any, Callable, List, Tuple
 
 from twisted.internet import defer
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.interfaces import IReactorPluggableNameResolver, IResolutionReceiver
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from .core.addresses import isIPLiteral, normalHost
@@ -44,6 +45,32 @@ class NameLookups:
     def __init__(self, reactor: Any, dnsResolver: Any = None) -> None:
         self.reactor = reactor
         self.dnsResolver = dnsResolver
+
+    def answer(self, event: Any, wantIPv6: bool, engine: Any, now: Callable[[], float],
+               then: Callable[[], None]) -> defer.Deferred[Any]:
+        """
+        Look up what a :class:`~twisted_sipnat.core.events.LookupNeeded` asks for and hand the result to the
+        engine (``handle.done`` / ``handle.failed``), then call ``then`` (the controller's flush).  A cancelled
+        look-up reports nothing.
+        """
+        handle = event.handle
+        if event.port is None:
+            d: defer.Deferred[Any] = self.lookupSRV(event.host)
+        else:
+            d = self.lookupHost(event.host, event.port, wantIPv6)
+
+        def done(result: Any) -> None:
+            handle.done(engine, result, now())
+            then()
+
+        def failed(reason: Failure) -> None:
+            if reason.check(defer.CancelledError):
+                return
+            handle.failed(engine, reason.getErrorMessage(), now())
+            then()
+
+        d.addCallbacks(done, failed)
+        return d
 
     def lookupSRV(self, host: str) -> defer.Deferred[List[SRVRecord]]:
         from twisted.names import client, dns

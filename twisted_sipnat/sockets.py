@@ -7,8 +7,9 @@ The controller's view of a socket it is handed: the shared socket behind whateve
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple, Union
 
+from twisted.internet.address import IPv4Address, IPv6Address
 from zope.interface import implementer
 
 from .core.addresses import hostPortOf
@@ -17,6 +18,25 @@ from .interfaces import ISharedSocket
 from .protocols import sendDatagram
 
 HostPort = Tuple[str, int]
+PublicAddress = Union[IPv4Address, IPv6Address]
+
+
+def publicAddress(address: HostPort, stream: bool = False) -> PublicAddress:
+    """The ``IPv4Address``/``IPv6Address`` of a mapped ``(host, port)``."""
+    host, port = address
+    cls = IPv6Address if ":" in host else IPv4Address
+    return cls("TCP" if stream else "UDP", host, port)
+
+
+class SocketState:
+    """The shell's side of one shared socket: the caller's object, its adapter, and the engine's record."""
+
+    __slots__ = ("socket", "shared", "record", "__weakref__")
+
+    def __init__(self, socket: Any, shared: Any) -> None:
+        self.socket = socket
+        self.shared = shared
+        self.record: Any = None  #: the engine's SocketRecord
 
 
 def canonicalSocket(socket: Any) -> Any:

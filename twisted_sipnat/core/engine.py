@@ -45,6 +45,23 @@ HostPort = Tuple[str, int]
 DEFAULT_STUN_PORT = 3478
 
 
+def checkNextHop(nextHop: Any) -> HostPort:
+    """A next hop as ``(host, port)`` in normal form; :class:`NATTraversalError` for anything else."""
+    try:
+        host, port = nextHop
+    except (TypeError, ValueError):
+        raise NATTraversalError(f"nextHop must be (host, port), not {nextHop!r}") from None
+    if not isinstance(host, str) or not host or isinstance(port, bool) or not isinstance(port, int) \
+            or not 0 < port < 65536:
+        raise NATTraversalError(f"nextHop must be (host, port) with a port 1-65535, not {nextHop!r}")
+    normal = normalHost(host)
+    if normal == host and type(nextHop) is tuple:
+        # Already canonical: keep the caller's tuple, so the flows of a farm that share a next hop share
+        # one (host, port) instead of a copy each (about 100 bytes a flow).
+        return nextHop
+    return (normal, port)
+
+
 class SocketRecord:
     """What the engine knows of one shared socket: the shell's key, its kind, what rides on it."""
 
@@ -136,7 +153,7 @@ class Engine:
         outbox = self.outbox
         if not outbox:
             return []
-        sends = [t for t in outbox if not t[1].done]
+        sends = list(outbox)  # even those of a transaction that ended later in the same input: they were due
         outbox.clear()
         return sends
 
