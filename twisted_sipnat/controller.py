@@ -120,8 +120,9 @@ class NATTraversalController:
     def _flush(self) -> None:
         """Send what the engine hands out, re-arm the one timer, then deliver the events (in that order)."""
         engine = self._engine
-        for key, writeKey in engine.withdrawalsToMake():
-            key.shared.withdrawKeepalive(writeKey)
+        if engine.withdrawals:
+            for key, writeKey in engine.withdrawalsToMake():
+                key.shared.withdrawKeepalive(writeKey)
         for key, writeKey, data, addr in engine.datagramsToSend():
             try:
                 if key.shared.sendKeepalive(writeKey, data, addr):
@@ -315,11 +316,12 @@ class NATTraversalController:
         self._deferreds[handle] = d
         return d
 
-    def discoverNATBehaviour(self, socket: Any, server: Any, *, retransmissions: int = DEFAULT_RC) -> Any:
-        """RFC 5780 §4.3/§4.4 mapping and filtering behaviour from ``socket`` (a :class:`~.discovery.NATBehaviour`)."""
+    def discoverNATBehaviour(self, socket: Any, server: Any, *, retransmissions: int = DEFAULT_RC,
+                             route: Any = None) -> Any:
+        """RFC 5780 §4.3/§4.4 behaviour from ``socket`` (a :class:`~.discovery.NATBehaviour`; ``route``: tests)."""
         from .discovery import discover
 
-        return discover(self, socket, server, retransmissions=retransmissions)
+        return discover(self, socket, server, retransmissions=retransmissions, route=route)
 
     # -- keepalives -------------------------------------------------------------------------------------------
 
@@ -374,10 +376,7 @@ class NATTraversalController:
     # -- incoming ---------------------------------------------------------------------------------------------
 
     def dataReceived(self, data: bytes, socket: Any, addr: Any = None) -> bool:
-        """
-        Bytes the SIP stack did not recognise.  ``True`` if consumed: a STUN response or indication, or a CRLF
-        pong a flow on ``socket`` waited for; ``False`` for STUN requests and the rest.  Never raises.
-        """
+        """Unrecognised bytes: ``True`` if consumed (a STUN response/indication, an awaited pong).  Never raises."""
         try:
             if stun.isSTUN(data):
                 socket = canonicalSocket(socket)

@@ -25,13 +25,14 @@ and fragment handling.
 
 from __future__ import annotations
 
+import socket as _socket
 from dataclasses import dataclass
-from typing import Any, Generator, Optional, Tuple
+from typing import Any, Callable, Generator, Optional, Tuple
 
 from twisted.internet import defer
 
 from .core import stun
-from .core.addresses import isIPLiteral
+from .core.addresses import isIPLiteral, normalHost
 from .errors import NATTraversalError, STUNErrorResponse, STUNTimeout
 
 HostPort = Tuple[str, int]
@@ -69,6 +70,36 @@ def classifyFiltering(answeredChangeIPAndPort: bool, answeredChangePort: bool) -
     return ADDRESS_DEPENDENT if answeredChangePort else ADDRESS_AND_PORT_DEPENDENT
 
 
+#: Hosts of a socket bound to every address: the local address toward a server is the one routing picks.
+WILDCARDS = ("0.0.0.0", "::", "")
+
+
+def routedSource(destination: HostPort) -> Optional[str]:
+    """
+    The local IP the system would send from toward ``destination``: a connected UDP socket's name (connecting a
+    UDP socket sends nothing).  ``None`` when there is no route.
+    """
+    family = _socket.AF_INET6 if ":" in destination[0] else _socket.AF_INET
+    with _socket.socket(family, _socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect((destination[0], destination[1]))
+            return normalHost(str(probe.getsockname()[0]))
+        except OSError:
+            return None
+
+
+def localAddressToward(bound: Optional[HostPort], destination: HostPort,
+                       route: Optional[Callable[[HostPort], Optional[str]]] = None) -> Optional[HostPort]:
+    """
+    The local ``(host, port)`` a socket bound to ``bound`` sends from toward ``destination``: the bound address,
+    or for a wildcard bind (``0.0.0.0``/``::``) the address routing picks, with the bound port.
+    """
+    if bound is None or bound[0] not in WILDCARDS:
+        return bound
+    host = (route or routedSource)(destination)
+    return (host, bound[1]) if host else bound
+
+
 def _mapped(response: Any, server: HostPort) -> HostPort:
     if response.messageClass != stun.SUCCESS:
         code, reason = response.errorCode or (0, "error response")
@@ -80,8 +111,14 @@ def _mapped(response: Any, server: HostPort) -> HostPort:
 
 
 @defer.inlineCallbacks
-def discover(controller: Any, socket: Any, server: Any, *, retransmissions: int = 7) -> Generator[Any, Any, NATBehaviour]:
-    """Run the RFC 5780 mapping and filtering tests from ``socket`` against ``server`` ``(host, port)``."""
+def discover(controller: Any, socket: Any, server: Any, *, retransmissions: int = 7,
+             route: Optional[Callable[[HostPort], Optional[str]]] = None) -> Generator[Any, Any, NATBehaviour]:
+    """
+    Run the RFC 5780 mapping and filtering tests from ``socket`` against ``server`` ``(host, port)``.  The
+    mapped address is compared with the local address used toward the server (:func:`localAddressToward`;
+    ``route`` replaces :func:`routedSource`, for tests), so a socket bound to ``0.0.0.0`` or ``::`` is not
+    taken for one behind a NAT.
+    """
     host, port = str(server[0]), int(server[1])
     if not isIPLiteral(host):
         host, port = yield controller.lookupServer(host, port, socket)
@@ -95,10 +132,11 @@ def discover(controller: Any, socket: Any, server: Any, *, retransmissions: int 
             f"STUN server {primary[0]}:{primary[1]} gave no OTHER-ADDRESS: it cannot do RFC 5780 behaviour discovery"
         )
     other = (other[0], other[1])
-    local = None
+    bound = None
     localAddress = controller.localAddressOf(socket)
     if localAddress is not None and getattr(localAddress, "port", None) is not None:
-        local = (localAddress.host, localAddress.port)
+        bound = (normalHost(localAddress.host), localAddress.port)
+    local = localAddressToward(bound, primary, route)
     natPresent = not (local is not None and local == x1)
 
     # Filtering first: the mapping tests send to the alternate address, which would open the very filter the

@@ -113,12 +113,13 @@ class TransactionTable:
             key = self._keys[settings.password] = stun.shortTermKey(settings.password)
         return key
 
-    def buildRequest(self, settings: Any, transactionId: bytes, ipv6: bool, extra: Sequence[Any] = ()) -> bytes:
+    def buildRequest(self, settings: Any, transactionId: bytes, ipv6: bool, extra: Sequence[Any] = (),
+                     key: Optional[bytes] = None) -> bytes:
         """
-        A Binding request with SOFTWARE and, with credentials, USERNAME + MESSAGE-INTEGRITY, then FINGERPRINT.
-        RFC 8489 §6.1: within 576 bytes on IPv4 (1280 on IPv6); SOFTWARE is dropped if it would not fit.
+        A Binding request with SOFTWARE and, with credentials (``key``: their short-term key), USERNAME +
+        MESSAGE-INTEGRITY, then FINGERPRINT.  RFC 8489 §6.1: within 576 bytes on IPv4 (1280 on IPv6); SOFTWARE
+        is dropped if it would not fit.
         """
-        key = self.integrityKey(settings)
         if extra:
             attributes = list(extra)
             if settings.software is not None:
@@ -148,9 +149,9 @@ class TransactionTable:
         transactionId = self.ids.next()
         while transactionId in pending:  # pragma: no cover - 2**-96
             transactionId = self.ids.next()
-        ipv6 = ":" in destination[0] or bool(sock.ipv6)
-        request = self.buildRequest(settings, transactionId, ipv6, extra)
-        txn = Txn(transactionId, request, destination, sock, owner, sink, self.integrityKey(settings),
+        key = None if settings.password is None else self.integrityKey(settings)
+        request = self.buildRequest(settings, transactionId, ":" in destination[0] or bool(sock.ipv6), extra, key)
+        txn = Txn(transactionId, request, destination, sock, owner, sink, key,
                   self.rto.rtoFor(destination, now, settings.rto), rc, anySource, settings.rto)
         if writeKey is not None:
             txn.writeKey = writeKey
