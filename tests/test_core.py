@@ -53,8 +53,20 @@ def test_tcp_transaction_sends_once_and_fails_at_ti() -> None:
 
 
 def test_a_learned_rto_spaces_sends_but_keeps_the_configured_deadline() -> None:
+    # Issue 12: was [(1.2, SEND), (3.6, SEND), (8.4, SEND), (18.0, SEND), (37.2, SEND), (39.5, TIMEOUT)], six
+    # requests; now RFC 8489's seven, the first retransmission after the learned RTO, the last at 31.5 s.
     events = timeline(ClientTransaction(b"t" * 12, b"r", ("192.0.2.1", 3478), rto=1.2, budgetRTO=0.5))
-    assert events == [(1.2, SEND), (3.6, SEND), (8.4, SEND), (18.0, SEND), (37.2, SEND), (39.5, TIMEOUT)]
+    assert [action for _, action in events] == [SEND] * 6 + [TIMEOUT]
+    instants = [when for when, _ in events]
+    assert instants[0] == 1.2 and instants[-2] == 31.5 and instants[-1] == 39.5
+    gaps = [b - a for a, b in zip([0.0] + instants[:-2], instants[:-1])]
+    assert all(later >= earlier - 1e-9 for earlier, later in zip(gaps, gaps[1:]))
+    # With the configured RTO the schedule is RFC 8489's exactly; a very slow path spaces them evenly.
+    assert timeline(ClientTransaction(b"t" * 12, b"r", ("192.0.2.1", 3478), rto=0.5, budgetRTO=0.5)) == \
+        [(0.5, SEND), (1.5, SEND), (3.5, SEND), (7.5, SEND), (15.5, SEND), (31.5, SEND), (39.5, TIMEOUT)]
+    slow = [when for when, _ in timeline(ClientTransaction(b"t" * 12, b"r", ("192.0.2.1", 3478), rto=9.0,
+                                                           budgetRTO=0.5))]
+    assert slow == pytest.approx([5.25, 10.5, 15.75, 21.0, 26.25, 31.5, 39.5])
 
 
 def test_fire_before_time_does_nothing_and_nothing_before_start() -> None:
