@@ -59,8 +59,8 @@ def test_a_learned_rto_spaces_sends_but_keeps_the_configured_deadline() -> None:
     assert [action for _, action in events] == [SEND] * 6 + [TIMEOUT]
     instants = [when for when, _ in events]
     assert instants[0] == 1.2 and instants[-2] == 31.5 and instants[-1] == 39.5
-    gaps = [b - a for a, b in zip([0.0] + instants[:-2], instants[:-1])]
-    assert all(later >= earlier - 1e-9 for earlier, later in zip(gaps, gaps[1:]))
+    gaps = [b - a for a, b in zip([0.0] + instants[:-2], instants[:-1], strict=True)]
+    assert all(later >= earlier - 1e-9 for earlier, later in zip(gaps, gaps[1:], strict=False))
     # With the configured RTO the schedule is RFC 8489's exactly; a very slow path spaces them evenly.
     assert timeline(ClientTransaction(b"t" * 12, b"r", ("192.0.2.1", 3478), rto=0.5, budgetRTO=0.5)) == \
         [(0.5, SEND), (1.5, SEND), (3.5, SEND), (7.5, SEND), (15.5, SEND), (31.5, SEND), (39.5, TIMEOUT)]
