@@ -46,7 +46,7 @@ def test_a_resolution_started_from_the_cancellation_errback_of_free_resources_ti
 
     controller.resolvePublicAddress(None, shared, HOP).addErrback(again)
     controller.freeResources()
-    assert controller.pendingTransactionCount == 1 and controller.timerArmed
+    assert controller.pendingTransactionCount == 1 and len(clock.getDelayedCalls()) == 1
     clock.advance(39.5)
     assert len(second) == 1 and isinstance(second[0], Failure) and second[0].check(STUNTimeout)
     assert len(transport.stunRequests()) == 1 + 7  # the cancelled one's first request, all seven of the new one

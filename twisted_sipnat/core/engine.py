@@ -80,11 +80,50 @@ class SocketRecord:
 class Probe:
     """One single Binding transaction (``sendBindingRequest``, the RFC 5780 tests)."""
 
-    __slots__ = ("txn", "done")
+    __slots__ = ("txn", "done", "lookup")
 
     def __init__(self) -> None:
         self.txn: Optional[Txn] = None
         self.done = False
+        self.lookup = None
+
+
+class Probes:
+    """The sink of probe transactions: every outcome is an event for the probe's Deferred."""
+
+    __slots__ = ("table", "events")
+
+    def __init__(self, table: TransactionTable, events: Deque[Any]) -> None:
+        self.table = table
+        self.events = events
+
+    def start(self, record: SocketRecord, server: HostPort, settings: Any, attributes: Sequence[Any], now: float,
+              rc: int, anySource: bool) -> Probe:
+        probe = Probe()
+        probe.txn = self.table.start(record, server, settings, probe, self, now, extra=tuple(attributes), rc=rc,
+                                     anySource=anySource)
+        return probe
+
+    def _end(self, probe: Probe, event: Any) -> None:
+        if not probe.done:
+            probe.done = True
+            probe.txn = None
+            self.events.append(event)
+
+    def quick(self, txn: Txn, data: bytes, now: float) -> bool:
+        return False
+
+    def answered(self, txn: Txn, message: Any, source: Any, data: bytes, now: float) -> None:
+        self.table.answered(txn, now)
+        self._end(txn.owner, ProbeAnswered(txn.owner, message, source))
+
+    def timedOut(self, txn: Txn, now: float) -> None:
+        elapsed = now - txn.startedAt if txn.startedAt is not None else None
+        self._end(txn.owner, ProbeFailed(txn.owner, STUNTimeout((txn.destination,), elapsed)))
+
+    def unusable(self, txn: Txn, why: str, now: float) -> None:
+        self.table.end(txn, now)
+        self._end(txn.owner, ProbeFailed(txn.owner, NATTraversalError(f"{txn.server[0]}:{txn.server[1]} sent a {why}")))
 
 
 class ServerLookup:
@@ -143,6 +182,7 @@ class Engine:
                                       maxOutstandingPerServer)
         self.flows = FlowTable(self.table, self.timers, self.outbox, self.withdrawals, self.events, self.stats,
                                self.rng, maxFlows, keepaliveEvents)
+        self.probes = Probes(self.table, self.events)
         self.sockets: Dict[Any, SocketRecord] = {}
         self.resolutions: Dict[Resolution, None] = {}
 
@@ -262,7 +302,7 @@ class Engine:
     def pong(self, record: SocketRecord) -> bool:
         return self.flows.pong(record)
 
-    # -- resolutions (the sink of their transactions) ---------------------------------------------------------
+    # -- resolutions (the engine is the sink of their transactions) -------------------------------------------
 
     def resolve(self, record: SocketRecord, settings: Any, servers: Sequence[Any], observer: Any, hop: HostPort,
                 domain: Optional[str], now: float) -> Resolution:
@@ -310,14 +350,7 @@ class Engine:
 
     def answered(self, txn: Txn, message: Any, source: Any, data: bytes, now: float) -> None:
         self.table.answered(txn, now)
-        owner = txn.owner
-        if type(owner) is Probe:
-            if not owner.done:
-                owner.done = True
-                owner.txn = None
-                self.events.append(ProbeAnswered(owner, message, source))
-            return
-        resolution: Resolution = owner
+        resolution: Resolution = txn.owner
         resolution.txn = None
         if message.messageClass == stun.SUCCESS:
             mapped = message.mappedAddress
@@ -354,10 +387,6 @@ class Engine:
 
     def timedOut(self, txn: Txn, now: float) -> None:
         owner = txn.owner
-        elapsed = now - txn.startedAt if txn.startedAt is not None else None
-        if type(owner) is Probe:
-            self._endProbe(owner, ProbeFailed(owner, STUNTimeout((txn.destination,), elapsed)))
-            return
         owner.txn = None
         self.nextServer(owner, now)
 
@@ -365,9 +394,6 @@ class Engine:
         """RFC 8489 §6.3.3: the answer is discarded and the transaction failed; the error will say why."""
         self.table.end(txn, now)
         owner = txn.owner
-        if type(owner) is Probe:
-            self._endProbe(owner, ProbeFailed(owner, NATTraversalError(f"{txn.server[0]}:{txn.server[1]} sent a {why}")))
-            return
         owner.txn = None
         owner.unusable.append((txn.server, why))
         self.nextServer(owner, now)
@@ -376,17 +402,8 @@ class Engine:
 
     def probe(self, record: SocketRecord, server: HostPort, settings: Any, attributes: Sequence[Any], now: float,
               rc: int = DEFAULT_RC, anySource: bool = False) -> Probe:
-        probe = Probe()
-        probe.txn = self.table.start(record, server, settings, probe, self, now, extra=tuple(attributes), rc=rc,
-                                     anySource=anySource)
-        return probe
-
-    def _endProbe(self, probe: Probe, event: Any) -> None:
-        if probe.done:
-            return
-        probe.done = True
-        probe.txn = None
-        self.events.append(event)
+        """One Binding transaction with extra ``attributes``; its outcome is a ``Probe*`` event."""
+        return self.probes.start(record, server, settings, attributes, now, rc, anySource)
 
     # -- cancelling and cleaning up ---------------------------------------------------------------------------
 
@@ -401,8 +418,6 @@ class Engine:
         if handle.txn is not None:
             txn, handle.txn = handle.txn, None
             self.table.end(txn, now)
-        if type(handle) is Probe:
-            return None
         self.resolutions.pop(handle, None)
         lookup, handle.lookup = handle.lookup, None
         return lookup
@@ -440,10 +455,9 @@ class Engine:
         for observer in list(self.flows.flows):
             self.flows.stop(observer, now)
         for txn in list(self.table.pending.values()):
-            owner = txn.owner
-            if type(owner) is Probe:
-                owner.done = True
-                owner.txn = None
+            owner = txn.owner  # a probe's (resolutions and flows were stopped above)
+            owner.done = True
+            owner.txn = None
             self.table.end(txn, now)
         self.flows.memory.clear()
         self.sockets.clear()
