@@ -54,7 +54,8 @@ class EngineDriver:
         if engine.withdrawals:
             for key, writeKey in engine.withdrawalsToMake():
                 key.shared.withdrawKeepalive(writeKey)
-        for key, writeKey, data, addr in engine.datagramsToSend():
+        # The truthiness checks skip a call each on the common inputs that hand out nothing (an answer).
+        for key, writeKey, data, addr in engine.datagramsToSend() if engine.outbox else ():
             try:
                 if key.shared.sendKeepalive(writeKey, data, addr):
                     continue
@@ -65,6 +66,8 @@ class EngineDriver:
                 self.stats["writes.held"] += 1
             engine.heldBack(writeKey)
         self._reschedule()
+        if not engine.events:
+            return
         event = engine.nextEvent()
         while event is not None:
             try:
@@ -74,7 +77,7 @@ class EngineDriver:
             event = engine.nextEvent()
 
     def _reschedule(self) -> None:
-        nextTime = self._engine.getTimer()
+        nextTime = self._engine.timers.nextTime()
         call = self._call
         if nextTime is None:
             if call is not None and call.active():
