@@ -223,6 +223,11 @@ class SharedDatagramProtocol(DatagramProtocol):
     def peerAddress(self) -> None:
         return None
 
+    @property
+    def vettedDestinations(self) -> int:
+        """How many destinations are written to with the socket's ``sendto`` directly (see writeKeepalive)."""
+        return len(self._vetted)
+
     def localAddress(self) -> Optional[IAddress]:
         return self.transport.getHost() if self.transport is not None else None
 
