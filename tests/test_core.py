@@ -6,14 +6,14 @@ the timer heap against a model, and the RFC 5626 flow keeper.  No reactor, no Cl
 from __future__ import annotations
 
 import random
-from typing import Dict, List, Optional
+from typing import Dict, List
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from twisted_sipnat.core import keepalive as ka
-from twisted_sipnat.core.timers import TimerHeap
+from twisted_sipnat.core.timers import Timed, TimerHeap
 from twisted_sipnat.core.transaction import (
     SEND,
     TIMEOUT,
@@ -116,10 +116,10 @@ def test_outstanding_limiter_fifo() -> None:
     assert limiter.outstanding("k") == 0
 
 
-class Item:
+class Item(Timed):
     def __init__(self, name: int) -> None:
+        super().__init__()
         self.name = name
-        self.dueAt: Optional[float] = None
 
 
 @given(st.lists(st.tuples(st.sampled_from(["schedule", "unschedule", "pop"]), st.integers(0, 9),

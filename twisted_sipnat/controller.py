@@ -223,20 +223,24 @@ class NATTraversalController(EngineDriver):
 
     def dataReceived(self, data: bytes, socket: Any, addr: Any = None) -> bool:
         """Unrecognised bytes: ``True`` if consumed (a STUN response/indication, an awaited pong).  Never raises."""
-        try:
-            if stun.isSTUN(data):
-                socket = canonicalSocket(socket)
-                state = self._sockets.get(id(socket))
-                record = state.record if state is not None and state.socket is socket else None
-                return self._engine.receive(record, data, addr, self._now())
-            if data == PONG_BYTES:
-                return self.pongReceived(socket)
+        if data == PONG_BYTES:
+            return self.pongReceived(socket)
+        if not stun.isSTUN(data):
             return False
+        engine = self._engine
+        try:
+            socket = canonicalSocket(socket)
+            state = self._sockets.get(id(socket))
+            record = state.record if state is not None and state.socket is socket else None
+            return engine.receive(record, data, addr, float(self.reactor.seconds()))
         except Exception:
             _log.failure("internal error handling {length} bytes from {addr}", length=len(data), addr=addr)
             return False
         finally:
-            self._flush()
+            if engine.outbox or engine.withdrawals or engine.events:
+                self._flush()
+            else:
+                self._reschedule()  # an answer (the common case) hands out nothing: only the timer may move
 
     def pongReceived(self, socket: Any) -> bool:
         """A CRLF pong (RFC 5626 §4.4.1) arrived on ``socket``; ``True`` if a flow there was waiting for it."""

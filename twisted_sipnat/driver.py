@@ -94,7 +94,7 @@ class EngineDriver:
         call, self._call = self._call, None
         # A reactor may wake us a hair before the instant asked for (float rounding of delay + now); the core
         # compares strictly, so "now" is never earlier than the instant this call was scheduled for.
-        now = self._now()
+        now = float(self.reactor.seconds())
         if call is not None:
             now = max(now, call.getTime())
         self._engine.handleTimer(now)

@@ -32,6 +32,7 @@ import random
 from typing import Any, Optional, Tuple
 
 from .stun import endsWithValidFingerprint
+from .timers import Timed
 
 #: :meth:`FlowKeeper.fire`: send a keepalive now.
 KEEPALIVE = "keepalive"
@@ -78,7 +79,7 @@ def nextInstant(start: float, base: float, rng: random.Random) -> float:
     return snapped
 
 
-class FlowKeeper:
+class FlowKeeper(Timed):
     """When one flow's keepalives are due, and what the answers mean."""
 
     __slots__ = (
@@ -115,6 +116,7 @@ class FlowKeeper:
         nextHop: Optional[Tuple[str, int]] = None,
         settings: Any = None,
     ) -> None:
+        Timed.__init__(self)
         if kind not in (STUN, CRLF, PING):
             raise ValueError(f"unknown keepalive kind {kind!r}")
         if not base > 0:

@@ -36,6 +36,8 @@ from collections import deque
 from functools import lru_cache
 from typing import Deque, Dict, Generic, Hashable, Optional, Tuple, TypeVar
 
+from .timers import Timed
+
 HostPort = Tuple[str, int]
 
 #: :meth:`ClientTransaction.fire` result: write the request (again).
@@ -121,7 +123,7 @@ def tcpSchedule(ti: float = DEFAULT_TI) -> Tuple[Tuple[float, ...], float]:
     return (0.0,), float(ti)
 
 
-class ClientTransaction:
+class ClientTransaction(Timed):
     """
     The timers of one Binding request (RFC 8489 §6.2).
 
@@ -152,6 +154,7 @@ class ClientTransaction:
         rc: int = DEFAULT_RC,
         budgetRTO: Optional[float] = None,
     ) -> None:
+        Timed.__init__(self)
         self.transactionId = transactionId
         self.request = request
         self.destination = destination

@@ -55,7 +55,7 @@ class Txn(ClientTransaction):
 
     def __init__(self, transactionId: bytes, request: bytes, destination: HostPort, sock: Any, owner: Any,
                  sink: Any, integrityKey: Optional[bytes], rto: float, rc: int, anySource: bool,
-                 budgetRTO: Optional[float]) -> None:
+                 budgetRTO: Optional[float], writeKey: Any = None) -> None:
         super().__init__(transactionId, request, destination, rto=rto, reliable=sock.stream, rc=rc,
                          budgetRTO=budgetRTO)
         self.sock = sock
@@ -71,7 +71,7 @@ class Txn(ClientTransaction):
         #: Once held back by the socket's arbitration: its end must withdraw it there.
         self.held = False
         #: The key its sends are held under: a keepalive's flow (one held per context), else itself.
-        self.writeKey: Any = self
+        self.writeKey: Any = self if writeKey is None else writeKey
 
     def unstart(self) -> None:
         """The first send was held back: the schedule starts again when it is written."""
@@ -152,9 +152,7 @@ class TransactionTable:
         key = None if settings.password is None else self.integrityKey(settings)
         request = self.buildRequest(settings, transactionId, ":" in destination[0] or bool(sock.ipv6), extra, key)
         txn = Txn(transactionId, request, destination, sock, owner, sink, key,
-                  self.rto.rtoFor(destination, now, settings.rto), rc, anySource, settings.rto)
-        if writeKey is not None:
-            txn.writeKey = writeKey
+                  self.rto.rtoFor(destination, now, settings.rto), rc, anySource, settings.rto, writeKey)
         pending[transactionId] = txn
         sock.transactions += 1
         if self.limiter.acquire(txn.limiterKey, txn):
@@ -167,7 +165,10 @@ class TransactionTable:
     def _sendFirst(self, txn: Txn, now: float) -> None:
         txn.queued = False
         self.outbox.append((txn.sock.key, txn.writeKey, txn.request, txn.destination))
-        self._started(txn, now)
+        txn.start(now)  # what _started does, inline: this is every keepalive's path
+        if txn.nextTime is not None:
+            self.timers.schedule(txn, txn.nextTime)
+        self.stats["stun.requests.sent"] += 1
 
     def _started(self, txn: Txn, now: float) -> None:
         txn.start(now)
