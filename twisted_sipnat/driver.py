@@ -28,6 +28,9 @@ from .sockets import BareSocket, SocketState, canonicalSocket, looksLikeStream, 
 
 _log = Logger(namespace="twisted_sipnat")
 
+#: Due items the engine handles before the driver writes what they handed out (see ``Engine.handleTimer``).
+TIMER_BATCH = 8
+
 
 class EngineDriver:
     """Drives one engine from one reactor: its sockets, its one delayed call, its Deferreds and observers."""
@@ -51,6 +54,21 @@ class EngineDriver:
     def _flush(self) -> None:
         """Send what the engine hands out, re-arm the one timer, then deliver the events (in that order)."""
         engine = self._engine
+        self._send()
+        self._reschedule()
+        if not engine.events:
+            return
+        event = engine.nextEvent()
+        while event is not None:
+            try:
+                self._deliver(event)
+            except Exception:
+                _log.failure("internal error delivering {event}", event=event)
+            event = engine.nextEvent()
+
+    def _send(self) -> None:
+        """Write what the engine handed out, through each socket's arbitration; report what was held back."""
+        engine = self._engine
         if engine.withdrawals:
             for key, writeKey in engine.withdrawalsToMake():
                 key.shared.withdrawKeepalive(writeKey)
@@ -65,16 +83,6 @@ class EngineDriver:
             else:
                 self.stats["writes.held"] += 1
             engine.heldBack(writeKey)
-        self._reschedule()
-        if not engine.events:
-            return
-        event = engine.nextEvent()
-        while event is not None:
-            try:
-                self._deliver(event)
-            except Exception:
-                _log.failure("internal error delivering {event}", event=event)
-            event = engine.nextEvent()
 
     def _reschedule(self) -> None:
         nextTime = self._engine.timers.nextTime()
@@ -97,7 +105,9 @@ class EngineDriver:
         now = float(self.reactor.seconds())
         if call is not None:
             now = max(now, call.getTime())
-        self._engine.handleTimer(now)
+        engine = self._engine
+        while engine.handleTimer(now, TIMER_BATCH):
+            self._send()  # the first of a slot's keepalives leave while the rest are built
         self._flush()
 
     def _deliver(self, event: Any) -> None:

@@ -168,8 +168,13 @@ class FlowTable:
         if flow is None or flow.nextHop == hop:
             return
         flow.moveTo(hop)
-        if flow.txn is not None:
-            flow.txn.destination = hop
+        txn = flow.txn
+        if txn is not None:
+            txn.destination = hop
+            if txn.held and txn.startedAt is None:
+                # Its first send is still held by the socket: offer it again for the new hop (the socket keeps
+                # its place in the queue and writes it there when it is released).
+                self.outbox.append((flow.sock.key, flow, txn.request, hop))
         if named:
             self.events.append(LookupNeeded(NextHopLookup(flow, hop), hop[0], hop[1], flow.sock.key))
         self.events.append(Note("info", "keepalives moved to {nextHop}", {

@@ -181,6 +181,8 @@ class TransactionTable:
         if txn.done:
             return
         txn.held = True
+        if txn.startedAt is None:
+            return  # offered again while still held (its flow moved): nothing was started
         if txn.sends == 1:
             txn.unstart()
             self.timers.unschedule(txn)
