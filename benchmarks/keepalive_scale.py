@@ -250,13 +250,17 @@ def main(argv: Optional[List[str]] = None) -> int:
     recording = [False]
     now = time.time
 
-    class MeasuredController(NATTraversalController):
+    from twisted_sipnat.core.keepalive import FlowKeeper
+    from twisted_sipnat.core.timers import TimerHeap
+
+    class MeasuredTimers(TimerHeap):
         """Records timer slip: when a flow is handled minus when it was due (benchmark-only hook)."""
 
-        def _flowDue(self, flow: Any, at: float) -> None:
-            if recording[0]:
-                slips.append(now() - flow.nextKeepaliveAt)
-            super()._flowDue(flow, at)
+        def popDue(self, at: float) -> Any:
+            for item in super().popDue(at):
+                if recording[0] and type(item) is FlowKeeper:
+                    slips.append(now() - item.nextKeepaliveAt)
+                yield item
 
     class Observer:
         __slots__ = ("failures",)
@@ -275,7 +279,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     options: Dict[str, Any] = {"maxOutstandingPerServer": size}
     if "keepaliveEvents" in inspect.signature(NATTraversalController).parameters:  # older versions: always on
         options["keepaliveEvents"] = args.keepalive_events
-    controller = MeasuredController(settings, reactor, **options)
+    if "timers" in inspect.signature(NATTraversalController).parameters:
+        options["timers"] = MeasuredTimers()
+    controller = NATTraversalController(settings, reactor, **options)
     ports = []
     shared = []
     for _ in range(args.sockets):

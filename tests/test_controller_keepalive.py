@@ -451,7 +451,7 @@ ANSWER_KINDS = {
 def test_skipping_the_decode_of_repeated_answers_changes_no_outcome(kinds: List[str]) -> None:
     from unittest import mock
 
-    from twisted_sipnat.controller import _AnswerMemo
+    from twisted_sipnat.core.keepalive import AnswerMemo as _AnswerMemo
 
     def run() -> Tuple[List[str], Any]:
         clock, controller, shared, transport, observer = setup()
@@ -481,3 +481,18 @@ def test_the_new_next_hops_first_answer_sets_the_baseline_even_when_it_repeats_t
     answerNext(clock, shared, transport)  # same bytes as the old hop's answers: still the new hop's first
     answerNext(clock, shared, transport, mapped=("203.0.113.1", 40001))
     assert len(observer.failures) == 1 and observer.failures[0].check(MappedAddressChanged)
+
+
+def test_a_held_keepalive_moved_to_a_new_next_hop_is_written_there() -> None:
+    clock, controller, shared, transport, observer = setup(udpKeepaliveInterval=10)
+    controller.refreshNATBinding(shared, observer, HOP)
+    controller.socketIdle(False, shared)
+    clock.advance(10)  # the keepalive fell due while the SIP stack held the socket
+    assert transport.written == [] and shared.arbiter.held == 1
+    controller.updateNextHop(HOP2, observer)
+    assert shared.arbiter.held == 1  # still one per context
+    controller.socketIdle(True, shared)
+    assert [addr for _, addr in transport.written] == [HOP2]
+    (request, addr), = transport.stunRequests()
+    shared.datagramReceived(bindingResponse(request, ("203.0.113.1", 40000)), HOP2)
+    assert controller.stats["keepalive.answered"] == 1 and controller.pendingTransactionCount == 0

@@ -6,14 +6,14 @@ the timer heap against a model, and the RFC 5626 flow keeper.  No reactor, no Cl
 from __future__ import annotations
 
 import random
-from typing import Dict, List, Optional
+from typing import Dict, List
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from twisted_sipnat.core import keepalive as ka
-from twisted_sipnat.core.timers import TimerHeap
+from twisted_sipnat.core.timers import Timed, TimerHeap
 from twisted_sipnat.core.transaction import (
     SEND,
     TIMEOUT,
@@ -53,8 +53,20 @@ def test_tcp_transaction_sends_once_and_fails_at_ti() -> None:
 
 
 def test_a_learned_rto_spaces_sends_but_keeps_the_configured_deadline() -> None:
+    # Issue 12: was [(1.2, SEND), (3.6, SEND), (8.4, SEND), (18.0, SEND), (37.2, SEND), (39.5, TIMEOUT)], six
+    # requests; now RFC 8489's seven, the first retransmission after the learned RTO, the last at 31.5 s.
     events = timeline(ClientTransaction(b"t" * 12, b"r", ("192.0.2.1", 3478), rto=1.2, budgetRTO=0.5))
-    assert events == [(1.2, SEND), (3.6, SEND), (8.4, SEND), (18.0, SEND), (37.2, SEND), (39.5, TIMEOUT)]
+    assert [action for _, action in events] == [SEND] * 6 + [TIMEOUT]
+    instants = [when for when, _ in events]
+    assert instants[0] == 1.2 and instants[-2] == 31.5 and instants[-1] == 39.5
+    gaps = [b - a for a, b in zip([0.0] + instants[:-2], instants[:-1], strict=True)]
+    assert all(later >= earlier - 1e-9 for earlier, later in zip(gaps, gaps[1:], strict=False))
+    # With the configured RTO the schedule is RFC 8489's exactly; a very slow path spaces them evenly.
+    assert timeline(ClientTransaction(b"t" * 12, b"r", ("192.0.2.1", 3478), rto=0.5, budgetRTO=0.5)) == \
+        [(0.5, SEND), (1.5, SEND), (3.5, SEND), (7.5, SEND), (15.5, SEND), (31.5, SEND), (39.5, TIMEOUT)]
+    slow = [when for when, _ in timeline(ClientTransaction(b"t" * 12, b"r", ("192.0.2.1", 3478), rto=9.0,
+                                                           budgetRTO=0.5))]
+    assert slow == pytest.approx([5.25, 10.5, 15.75, 21.0, 26.25, 31.5, 39.5])
 
 
 def test_fire_before_time_does_nothing_and_nothing_before_start() -> None:
@@ -104,10 +116,10 @@ def test_outstanding_limiter_fifo() -> None:
     assert limiter.outstanding("k") == 0
 
 
-class Item:
+class Item(Timed):
     def __init__(self, name: int) -> None:
+        super().__init__()
         self.name = name
-        self.dueAt: Optional[float] = None
 
 
 @given(st.lists(st.tuples(st.sampled_from(["schedule", "unschedule", "pop"]), st.integers(0, 9),
@@ -195,7 +207,7 @@ def test_timer_heap_compacting_during_a_pass_loses_and_repeats_nothing() -> None
     again = [i for i in range(2000, 3000) if i % 7 == 3]
     assert heap.compactions >= 1
     assert sorted(popped) == sorted(due + again)
-    assert heap._entries < 2 * len(heap) + 1024 + 2
+    assert heap.entryCount < 2 * len(heap) + 1024 + 2
     assert sorted(item.name for item in heap.popDue(10_000.0)) == sorted(
         [i for i in range(2000)] + [i for i in range(2000, 3000) if i % 7 > 3])
 
@@ -205,7 +217,7 @@ def test_timer_heap_rescheduling_at_the_same_instant_adds_no_entry() -> None:
     item = Item(0)
     for _ in range(5000):
         heap.schedule(item, 7.0)
-    assert heap._entries == 1 and heap.compactions == 0
+    assert heap.entryCount == 1 and heap.compactions == 0
     assert [i.name for i in heap.popDue(7.0)] == [0] and heap.nextTime() is None
 
 
@@ -214,7 +226,7 @@ def test_timer_heap_compacts_stale_entries() -> None:
     item = Item(0)
     for t in range(5000):
         heap.schedule(item, float(t))
-    assert len(heap) == 1 and heap._entries < 2 * 1 + 1024 + 2 and len(heap._instants) == len(heap._buckets) < 1024 + 4
+    assert len(heap) == 1 and heap.entryCount < 2 * 1 + 1024 + 2 and heap.instantCount == heap.bucketCount < 1024 + 4
 
 
 @given(st.floats(0.5, 3600), st.integers(0, 2**32))

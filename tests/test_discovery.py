@@ -166,3 +166,23 @@ def test_send_binding_request_with_change_request_accepts_another_source_only_wh
     assert loose and loose[0][1] == ALTERNATE
     controller.freeResources()
     assert clock.getDelayedCalls() == []
+
+
+def test_a_wildcard_bound_socket_compares_with_the_local_address_used_toward_each_server() -> None:
+    """Issue 12: bound to 0.0.0.0, reaching the two server addresses from two local addresses, no NAT."""
+    clock = Clock()
+    controller = NATTraversalController(NATSettings(), reactor=clock)
+    shared, transport = sharedDatagramSocket(controller, host="0.0.0.0", port=5060)
+    responder = BindingResponder(primary=PRIMARY, alternate=ALTERNATE)
+    routes = {PRIMARY[0]: "192.0.2.10", ALTERNATE[0]: "192.0.2.11"}
+    results: List[Any] = []
+    controller.discoverNATBehaviour(shared, PRIMARY, route=lambda d: routes[d[0]]).addBoth(results.append)
+    while not results:
+        data, destination = transport.written.pop(0)
+        reply = responder.respond(data, (routes[destination[0]], 5060), receivedOn=destination, now=0.0)
+        assert reply is not None
+        shared.datagramReceived(reply.data, reply.sendFrom or destination)
+    behaviour = results[0]
+    assert isinstance(behaviour, NATBehaviour), behaviour
+    assert behaviour.natPresent is False and behaviour.localAddress == ("192.0.2.10", 5060)
+    assert behaviour.mapping == ENDPOINT_INDEPENDENT

@@ -109,3 +109,32 @@ async def test_errorResponseFailsTheCommand() -> None:
     finally:
         await port.stopListening()
     assert set(reactor.getDelayedCalls()) <= before
+
+
+class _UnusableServer(protocol.DatagramProtocol):
+    """Answers with an unknown comprehension-required attribute (0x0030): an answer the client must discard."""
+
+    def datagramReceived(self, data: bytes, addr: Any) -> None:
+        request = stun.decode(data)
+        self.transport.write(bindingResponse(request, ("192.0.2.1", 4), extra=[stun.RawAttribute(0x0030, b"abcd")]),
+                             addr)
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_unusable_answer_is_reported_as_such_not_as_no_answer() -> None:
+    """Issue 12: the error line said "no STUN answer ... after 0.0 s" when an answer had come."""
+    from twisted.internet import reactor
+
+    from twisted_sipnat import STUNTimeout
+    from twisted_sipnat.errors import UnusableSTUNAnswer
+
+    port = reactor.listenUDP(0, _UnusableServer(), interface="127.0.0.1")
+    try:
+        args = parseArguments(["resolve", f"127.0.0.1:{port.getHost().port}", "--count", "1"])
+        with pytest.raises(STUNTimeout) as info:
+            await resolveCommand(reactor, args, io.StringIO())
+        assert isinstance(info.value, UnusableSTUNAnswer)
+        line = f"python -m twisted_sipnat resolve: {info.value}"  # what main() prints
+        assert "no STUN answer" not in line and "0x0030" in line and "comprehension-required" in line
+    finally:
+        await port.stopListening()

@@ -82,6 +82,25 @@ class STUNTimeout(FlowFailure):
         self.elapsed = elapsed
 
 
+class UnusableSTUNAnswer(STUNTimeout):
+    """
+    Every server was tried, none answered usably, and at least one *did* answer: with a response the client
+    must discard (RFC 8489 §6.3.3: unknown comprehension-required attributes).  A :class:`STUNTimeout` (the
+    contract's errback when no server gave an error response), whose message says what came instead of "no
+    answer".  ``answers`` holds ``((host, port), why)`` for each unusable answer.
+    """
+
+    def __init__(self, servers: Tuple[HostPort, ...], elapsed: Optional[float],
+                 answers: Tuple[Tuple[HostPort, str], ...]) -> None:
+        super().__init__(servers, elapsed)
+        what = "; ".join(f"{h}:{p} sent a {why}" for (h, p), why in answers)
+        others = [s for s in servers if s not in {a[0] for a in answers}]
+        rest = f"; no STUN answer from {', '.join(f'{h}:{p}' for h, p in others)}" if others else ""
+        after = f" after {elapsed:.1f} s" if elapsed is not None else ""
+        Exception.__init__(self, f"no usable STUN answer: {what}{rest}{after}")
+        self.answers = answers
+
+
 class MappedAddressChanged(FlowFailure):
     """
     The next hop reports a different XOR-MAPPED-ADDRESS than before: the NAT rebound the flow (RFC 5626 §4.4.2).

@@ -34,8 +34,25 @@ class ISharedSocket(Interface):
     isStream = Attribute("True for TCP/TLS (CRLF ping/pong), False for UDP (STUN or CRLF datagrams).")
     arbiter = Attribute("The twisted_sipnat.core.arbitration.Arbiter that decides when a keepalive may be written.")
 
+    def sendKeepalive(key: object, data: bytes, addr: object) -> bool:
+        """
+        Write a keepalive of the controller's now if the socket's arbitration allows it (``True``), else hold
+        it under ``key``, at most one per key (``False``).  A held keepalive is written when the socket is free
+        again; the socket then tells the controller (``keepalivesWritten``) unless :meth:`sipIdle` returned it.
+        Raises :class:`~twisted_sipnat.errors.NATTraversalError` when the arbitration refuses it.
+        """
+
+    def withdrawKeepalive(key: object) -> None:
+        """Drop the keepalive held under ``key`` (its context stopped)."""
+
+    def sipIdle(idle: bool) -> list:  # type: ignore[type-arg]
+        """
+        The SIP stack's ``socketIdle(idle)``: with ``True``, write the held keepalives (in order,
+        synchronously) and return their keys.
+        """
+
     def writeKeepalive(data: bytes, addr: object) -> None:
-        """Write keepalive bytes now, bypassing arbitration (the controller already asked the arbiter)."""
+        """Write keepalive bytes now, bypassing arbitration."""
 
     def peerAddress() -> object:
         """For a stream: ``(host, port)`` of the connection's peer; ``None`` for a datagram socket."""

@@ -168,8 +168,33 @@ class SharedDatagramProtocol(DatagramProtocol):
         self._local: Optional[HostPort] = None
         self._sendto: Any = None
         self._vetted: Set[Any] = set()
+        #: Where each held keepalive goes (the arbiter holds keys and bytes only).
+        self._heldTo: Dict[Any, Any] = {}
 
     # -- ISharedSocket ----------------------------------------------------------------------------------------
+
+    def sendKeepalive(self, key: Any, data: bytes, addr: Any) -> bool:
+        """
+        Write a keepalive of the controller's now if the arbitration lets it (``True``), else hold it under
+        ``key`` (``False``) until :meth:`sipIdle` releases it.  Raises ``NATTraversalError`` when refused.
+        """
+        if self.arbiter.offer(key, data):
+            self.writeKeepalive(data, addr)
+            return True
+        self._heldTo[key] = addr
+        return False
+
+    def withdrawKeepalive(self, key: Any) -> None:
+        self.arbiter.withdraw(key)
+        self._heldTo.pop(key, None)
+
+    def sipIdle(self, idle: bool) -> List[Any]:
+        """The SIP stack's ``socketIdle``: on release, write what was held (in order); returns their keys."""
+        written = []
+        for key, data in self.arbiter.sipIdle(idle):
+            self.writeKeepalive(data, self._heldTo.pop(key, None))
+            written.append(key)
+        return written
 
     def writeKeepalive(self, data: bytes, addr: Any) -> None:
         """
@@ -197,6 +222,11 @@ class SharedDatagramProtocol(DatagramProtocol):
 
     def peerAddress(self) -> None:
         return None
+
+    @property
+    def vettedDestinations(self) -> int:
+        """How many destinations are written to with the socket's ``sendto`` directly (see writeKeepalive)."""
+        return len(self._vetted)
 
     def localAddress(self) -> Optional[IAddress]:
         return self.transport.getHost() if self.transport is not None else None
@@ -294,6 +324,26 @@ class SharedStreamProtocol(ProtocolWrapper):
 
     # -- ISharedSocket ----------------------------------------------------------------------------------------
 
+    def sendKeepalive(self, key: Any, data: bytes, addr: Any = None) -> bool:
+        """A ping now if between two whole SIP messages (``True``), else held for the next boundary (``False``)."""
+        if self.arbiter.offer(key, data):
+            self.writeKeepalive(data, addr)
+            return True
+        return False
+
+    def withdrawKeepalive(self, key: Any) -> None:
+        self.arbiter.withdraw(key)
+
+    def sipIdle(self, idle: bool) -> List[Any]:
+        written = []
+        for key, data in self.arbiter.sipIdle(idle):
+            self.writeKeepalive(data)
+            if key is _PONG:
+                self.stats["pongs.sent"] += 1
+            else:
+                written.append(key)
+        return written
+
     def writeKeepalive(self, data: bytes, addr: Any = None) -> None:
         if self.transport is not None and not self._closing:
             self.transport.write(data)
@@ -331,10 +381,11 @@ class SharedStreamProtocol(ProtocolWrapper):
         self.write(b"".join(data))
 
     def _afterReleased(self, released: List[Tuple[Any, bytes]]) -> None:
-        mine = [(key, chunk) for key, chunk in released if key is not _PONG]
+        mine = [key for key, _ in released if key is not _PONG]
         self.stats["pongs.sent"] += len(released) - len(mine)
         if mine and self.controller is not None:
-            self.controller.writeReleased(self, mine, write=False)
+            # Written in place, between two SIP messages: the controller starts their clocks.
+            self.controller.keepalivesWritten(self, mine)
 
     # -- incoming ---------------------------------------------------------------------------------------------
 
@@ -366,7 +417,7 @@ class SharedStreamProtocol(ProtocolWrapper):
             elif type(event) is Pong:
                 self.stats["pongs.received"] += 1
                 if self.controller is not None:
-                    self.controller.dataReceived(PONG_BYTES, self)
+                    self.controller.pongReceived(self)
 
     def _pingReceived(self) -> None:
         self.stats["pings.received"] += 1

@@ -10,11 +10,11 @@ from __future__ import annotations
 import ipaddress
 import math
 from dataclasses import dataclass, field
-from typing import Optional, Sequence, Tuple, Union
+from typing import Dict, Optional, Sequence, Tuple, Union
 
 from ._version import __version__
 from .core.addresses import isIPLiteral
-from .errors import InvalidSettingsError
+from .errors import InvalidSettingsError, NATTraversalError
 
 #: A STUN server after parsing: ``(host, port)``; ``port`` is ``None`` for a host name given without one,
 #: which means "DNS SRV ``_stun._udp.host`` first, then A/AAAA on 3478" (RFC 8489 §8).
@@ -140,3 +140,20 @@ class NATSettings:
     def hasCredentials(self) -> bool:
         """``True`` when requests are signed and responses must carry valid MESSAGE-INTEGRITY."""
         return self.username is not None
+
+
+def settingsTable(settings: object) -> Tuple[Optional[NATSettings], Dict[str, NATSettings]]:
+    """
+    A controller's ``settings`` argument as ``(one for every domain, {domain: settings})``; raises
+    :class:`~twisted_sipnat.errors.NATTraversalError` for anything but NATSettings or a mapping of them.
+    """
+    from collections.abc import Mapping
+
+    if isinstance(settings, NATSettings):
+        return settings, {}
+    if isinstance(settings, Mapping):
+        for domain, value in settings.items():
+            if not isinstance(value, NATSettings):
+                raise NATTraversalError(f"settings for domain {domain!r} must be NATSettings, not {value!r}")
+        return None, dict(settings)
+    raise NATTraversalError(f"settings must be NATSettings or a mapping of them, not {settings!r}")

@@ -105,20 +105,15 @@ Observer = RecordingObserver
 
 def counts(controller: Any) -> Dict[str, int]:
     """The size of every table the controller keeps (for the growth bounds)."""
-    return {
-        "pending": len(controller._pending),
-        "flows": len(controller._flows),
-        "sockets": len(controller._sockets),
-        "resolutions": len(controller._resolutions),
-        "memory": len(controller._memory),
-        "timers": len(controller._timers),
-    }
+    sizes = controller.tableSizes()
+    return {key: sizes[key] for key in ("pending", "flows", "sockets", "resolutions", "memory", "timers")}
 
 
 class LoopDetector(TimerHeap):
     """
-    A controller's TimerHeap that notices a timer loop: the same object scheduled again at the same instant
-    over and over inside one wake-up (the controller's ``_wake`` would spin forever).  It then raises, which
+    A controller's TimerHeap (``NATTraversalController(..., timers=LoopDetector())``) that notices a timer
+    loop: the same object scheduled again at the same instant over and over inside one wake-up (the engine's
+    timer pass would spin forever).  It then raises, which
     the controller logs as a failure and survives, so a test ends and can report the loop instead of hanging.
     """
 

@@ -97,12 +97,11 @@ class KeepaliveMachine(RuleBasedStateMachine):
         self.logs = watchingLogs()
         self.watcher = self.logs.__enter__()
         self.clock = Clock()
+        self.heap = LoopDetector()
         self.controller = NATTraversalController(
             NATSettings(udpKeepaliveInterval=10, tcpKeepaliveInterval=10, pongTimeout=PONG_TIMEOUT),
-            reactor=self.clock, rng=random.Random(0),
+            reactor=self.clock, rng=random.Random(0), timers=self.heap,
         )
-        self.heap = LoopDetector()
-        self.controller._timers = self.heap
         # UDP
         self.udpTransport = HoldCheckingTransport()
         self.udpSip = DatagramRecorder()

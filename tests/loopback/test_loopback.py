@@ -204,4 +204,4 @@ def test_keepalive_writes_check_a_destination_once_then_use_the_sockets_sendto()
     finally:
         yield port.stopListening()
         yield sinkPort.stopListening()
-    assert shared._vetted == set()
+    assert shared.vettedDestinations == 0

@@ -21,8 +21,8 @@ HOP = ("198.51.100.1", 5060)
 
 def test_a_wake_up_just_before_the_due_time_does_not_spin() -> None:
     clock = Clock()
-    controller = NATTraversalController(NATSettings(stunServers=[SERVER]), reactor=clock)
-    controller._timers = heap = LoopDetector()  # without it this test would hang forever
+    heap = LoopDetector()  # without it this test would hang forever
+    controller = NATTraversalController(NATSettings(stunServers=[SERVER]), reactor=clock, timers=heap)
     shared, transport = sharedDatagramSocket(controller)
     controller.resolvePublicAddress(None, shared, HOP).addErrback(lambda f: None)
     (call,) = clock.getDelayedCalls()

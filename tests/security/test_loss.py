@@ -124,15 +124,15 @@ def test_thirty_percent_loss_gives_no_false_flow_failure(seed: int) -> None:
     sends = [len(times) for times in transport.sent.values()]
     assert max(sends) <= 7 and sum(sends) > 1.2 * len(sends)
     controller.freeResources()
-    assert not controller._call
+    assert not controller.timerArmed
 
 
 def test_many_flows_with_loss_and_latency_fail_only_when_unanswered() -> None:
     """Twenty contexts on one socket, 30 % loss, 200 ms jitter: failures are exactly the unanswered ones."""
     clock = Clock()
+    heap = LoopDetector()
     controller = NATTraversalController(NATSettings(udpKeepaliveInterval=INTERVAL), reactor=clock,
-                                        rng=random.Random(11))
-    controller._timers = heap = LoopDetector()
+                                        rng=random.Random(11), timers=heap)
     transport = LossyTransport(clock, random.Random(11), 0.3, 0.2)
     shared = SharedDatagramProtocol(controller=controller, clock=clock)
     shared.makeConnection(transport)  # type: ignore[arg-type]

@@ -96,7 +96,7 @@ def test_forged_first_keepalive_answer_sets_no_baseline(name: str, credentials: 
     key = KEY if credentials else None
     request = nextKeepalive(clock, transport)
     deliver(ALL[name], request, HOP, key, shared, other)
-    assert controller._flows[observer].baseline is None, f"{name}: set the baseline"
+    assert controller.baselineOf(observer) is None, f"{name}: set the baseline"
     shared.datagramReceived(bindingResponse(request, MAPPED, key=key), HOP)  # the genuine first answer
     request = nextKeepalive(clock, transport)
     shared.datagramReceived(bindingResponse(request, MAPPED, key=key), HOP)
@@ -174,9 +174,9 @@ def test_answer_from_the_old_next_hop_after_update_next_hop() -> None:
     request = nextKeepalive(clock, transport)
     controller.updateNextHop(HOP2, observer)
     shared.datagramReceived(bindingResponse(request, EVIL), HOP)  # the old hop answers: no longer trusted
-    assert controller._flows[observer].baseline is None and controller.pendingTransactionCount == 1
+    assert controller.baselineOf(observer) is None and controller.pendingTransactionCount == 1
     shared.datagramReceived(bindingResponse(request, MAPPED), HOP2)
-    assert controller._flows[observer].baseline == IPv4Address("UDP", *MAPPED)
+    assert controller.baselineOf(observer) == IPv4Address("UDP", *MAPPED)
 
 
 def test_address_after_message_integrity_is_not_used() -> None:

@@ -31,6 +31,9 @@ import math
 import random
 from typing import Any, Optional, Tuple
 
+from .stun import endsWithValidFingerprint
+from .timers import Timed
+
 #: :meth:`FlowKeeper.fire`: send a keepalive now.
 KEEPALIVE = "keepalive"
 #: :meth:`FlowKeeper.fire`: the pong did not arrive in time; the flow failed.
@@ -76,7 +79,7 @@ def nextInstant(start: float, base: float, rng: random.Random) -> float:
     return snapped
 
 
-class FlowKeeper:
+class FlowKeeper(Timed):
     """When one flow's keepalives are due, and what the answers mean."""
 
     __slots__ = (
@@ -88,7 +91,15 @@ class FlowKeeper:
         "pongDeadline",
         "stunInFlight",
         "baseline",
-        "dueAt",
+        "observer",
+        "sock",
+        "nextHop",
+        "settings",
+        "txn",
+        "done",
+        "held",
+        "pingArmed",
+        "memo",
     )
 
     def __init__(
@@ -100,7 +111,12 @@ class FlowKeeper:
         *,
         pongTimeout: float = 10.0,
         baseline: Any = None,
+        observer: Any = None,
+        sock: Any = None,
+        nextHop: Optional[Tuple[str, int]] = None,
+        settings: Any = None,
     ) -> None:
+        Timed.__init__(self)
         if kind not in (STUN, CRLF, PING):
             raise ValueError(f"unknown keepalive kind {kind!r}")
         if not base > 0:
@@ -113,10 +129,24 @@ class FlowKeeper:
         self.nextKeepaliveAt = nextInstant(now, base, rng)
         self.pongDeadline: Optional[float] = None
         self.stunInFlight = False
-        #: The public address the next hop last reported on this flow (``None`` until the first answer).
+        #: The public address ``(host, port)`` the next hop first reported on this flow (``None`` until then).
         self.baseline = baseline
-        #: Owned by :class:`twisted_sipnat.core.timers.TimerHeap`.
-        self.dueAt: Optional[float] = None
+        #: The engine's context: the shell's key (the observer), the socket record, where and how to send.
+        self.observer = observer
+        self.sock = sock
+        self.nextHop = nextHop
+        self.settings = settings
+        #: The STUN keepalive transaction in flight (set and cleared by :meth:`keepaliveStarted` and
+        #: :meth:`keepaliveEnded` only, which keep :attr:`stunInFlight` in step).
+        self.txn: Any = None
+        #: Stopped (freed, failed or replaced): nothing of it is sent or reported any more.
+        self.done = False
+        #: A ping or CRLF of this flow was held back by the socket's arbitration (to withdraw when it stops).
+        self.held = False
+        #: The pong deadline was armed by the ping just handed out (undone if that ping is held back).
+        self.pingArmed = False
+        #: The last answer that confirmed the baseline (:class:`AnswerMemo`).
+        self.memo: Optional[AnswerMemo] = None
 
     @property
     def nextTime(self) -> float:
@@ -140,10 +170,32 @@ class FlowKeeper:
             return None
         return KEEPALIVE
 
-    def pingWritten(self, now: float) -> None:
-        """A ping left the socket: the pong must arrive within ``pongTimeout`` (the earliest deadline stands)."""
+    def keepaliveStarted(self, txn: Any) -> None:
+        """A STUN keepalive transaction started for this flow: no second one until it ends (see :meth:`fire`)."""
+        self.txn = txn
+        self.stunInFlight = True
+
+    def keepaliveEnded(self, txn: Any = None) -> None:
+        """The flow's STUN keepalive transaction ended (answered, timed out, unusable or cancelled)."""
+        if txn is None or self.txn is txn:
+            self.txn = None
+            self.stunInFlight = False
+
+    def pingWritten(self, now: float) -> bool:
+        """
+        A ping left the socket: the pong must arrive within ``pongTimeout`` (the earliest deadline stands).
+        ``True`` when this ping armed the deadline.
+        """
         if self.pongDeadline is None:
             self.pongDeadline = now + self.pongTimeout
+            return True
+        return False
+
+    def pingHeld(self) -> None:
+        """The ping just handed out was held back by the socket: its deadline starts when it is written."""
+        if self.pingArmed:
+            self.pingArmed = False
+            self.pongDeadline = None
 
     def pongReceived(self) -> bool:
         """A CRLF arrived on the flow; ``True`` if it was the pong we were waiting for."""
@@ -156,6 +208,12 @@ class FlowKeeper:
     def awaitingPong(self) -> bool:
         return self.pongDeadline is not None
 
+    def moveTo(self, nextHop: Tuple[str, int]) -> None:
+        """``updateNextHop``: the new hop reports the mapping it sees, so it sets a new baseline."""
+        self.nextHop = nextHop
+        self.baseline = None
+        self.memo = None
+
     def judgeMappedAddress(self, mapped: Any) -> Optional[Tuple[Any, Any]]:
         """
         A keepalive answer reported ``mapped``: returns ``(old, new)`` when it differs from the baseline (the
@@ -167,3 +225,32 @@ class FlowKeeper:
         if mapped != self.baseline:
             return (self.baseline, mapped)
         return None
+
+
+class AnswerMemo:
+    """
+    What a healthy flow's keepalive answers have in common: on a flow whose mapping has not changed, the next
+    hop answers every Binding with the same bytes but for the transaction ID and the FINGERPRINT value that
+    covers it (IPv4's XOR-MAPPED-ADDRESS is XORed with the magic cookie alone, RFC 8489 §14.2).  An answer
+    with the same :attr:`shape` (and, when the memo had one, a valid FINGERPRINT) therefore passes every check
+    the first one passed -- class, method, comprehension-required attributes, the mapped address equal to
+    :attr:`baseline` -- and is taken without decoding.  Anything else (an IPv6 mapping, whose XOR covers the ID;
+    credentials, whose MESSAGE-INTEGRITY covers it; any other byte changed) takes the full path.
+    """
+
+    __slots__ = ("shape", "fingerprinted", "baseline")
+
+    def __init__(self, shape: bytes, fingerprinted: bool, baseline: Any) -> None:
+        self.shape = shape
+        self.fingerprinted = fingerprinted
+        self.baseline = baseline
+
+    @staticmethod
+    def shapeOf(data: bytes, fingerprinted: bool) -> bytes:
+        """``data`` without its transaction ID and, if ``fingerprinted``, without the FINGERPRINT value."""
+        return data[:8] + data[20:-4] if fingerprinted else data[:8] + data[20:]
+
+    def matches(self, data: bytes, baseline: Any) -> bool:
+        if baseline is not self.baseline or self.shapeOf(data, self.fingerprinted) != self.shape:
+            return False
+        return not self.fingerprinted or endsWithValidFingerprint(data)

@@ -7,13 +7,16 @@ A :class:`ClientTransaction` knows *when* its request must be (re)sent and when 
 socket or a clock.  The shell asks :attr:`ClientTransaction.nextTime` when to wake it, and at that instant calls
 :meth:`ClientTransaction.fire` with ``now``: the answer is :data:`SEND` (write the request again, to
 :attr:`~ClientTransaction.destination`) or :data:`TIMEOUT` (the transaction failed; ``nextTime`` is then
-``None``).  A response is matched by the shell (transaction ID *and* source) and reported with
+``None``).  A response is matched by :class:`~twisted_sipnat.core.transactions.TransactionTable` (transaction ID *and*
+source) and reported with
 :meth:`~ClientTransaction.answered`, which ends the transaction and yields a round-trip sample when one is valid.
 
 The instants are data, not code (:func:`udpSchedule`): over UDP the request goes out at 0, RTO, 3 RTO, 7 RTO ...
 (the RTO doubling each time, Rc = 7 sends) and the transaction fails Rm × RTO after the last send (Rm = 16).
-When the RTO comes from the per-server memory (``budgetRTO`` is the configured one), it spaces the sends while
-the failure instant stays the configured one, so failure detection never stretches on a slow path.
+When the RTO comes from the per-server memory (``budgetRTO`` is the configured one), it sets the first
+retransmission while the number of requests (Rc = 7) and the failure instant stay the configured ones
+(:func:`_budgetedSchedule`), so failure detection never stretches on a slow path and a lossy one still gets
+seven tries.
 With the default RTO of 500 ms that is 0, 0.5, 1.5, 3.5, 7.5, 15.5, 31.5 s and failure at 39.5 s.  Over TCP (or
 TLS) there is one send and failure after Ti = 39.5 s (§6.2.2).  The clock for these instants starts when the
 request is first actually written (:meth:`~ClientTransaction.start`), so a request the socket arbitration held
@@ -32,6 +35,8 @@ import os
 from collections import deque
 from functools import lru_cache
 from typing import Deque, Dict, Generic, Hashable, Optional, Tuple, TypeVar
+
+from .timers import Timed
 
 HostPort = Tuple[str, int]
 
@@ -71,12 +76,44 @@ def udpSchedule(rto: float = DEFAULT_RTO, rc: int = DEFAULT_RC, rm: int = DEFAUL
 @lru_cache(maxsize=256)
 def _budgetedSchedule(rto: float, rc: int, budgetRTO: float) -> Tuple[Tuple[float, ...], float]:
     """
-    The offsets ``rto`` gives, cut at the failure instant ``budgetRTO`` gives: a learned RTO spaces the
-    retransmissions, the configured one fixes when the transaction fails (39.5 s by default).
+    The schedule of a transaction whose RTO was learned (``rto``, RFC 8489 §6.2.1) while the configured one is
+    ``budgetRTO``: still Rc requests, the last one at the instant the configured schedule sends its last, and
+    the failure at the configured failure instant (39.5 s by default).
+
+    RFC 8489 spaces the requests by doubling from the RTO; from an RTO above the configured one, doubling
+    would push the later requests past the failure instant (a 2.6 s RTO sends at 0, 2.6, 7.8, 18.2 s and then
+    the 39.5 s cut comes: four requests instead of seven, so a lossy slow path fails where seven tries would
+    have got through).  Here the first retransmission waits the learned RTO (capped at an equal share of the
+    time to the last request), and the following gaps grow by one common factor between 1 and 2 chosen so the
+    last request goes out when the configured schedule's last does (31.5 s by default).  With the configured
+    RTO that factor is 2: exactly :func:`udpSchedule`.
     """
-    offsets = udpSchedule(rto, rc)[0]
-    timeout = udpSchedule(budgetRTO, rc)[1]
-    return tuple(t for t in offsets if t < timeout), timeout
+    base, timeout = udpSchedule(budgetRTO, rc)
+    if rto <= budgetRTO or rc < 3:
+        return tuple(t for t in udpSchedule(rto, rc)[0] if t < timeout), timeout
+    last = base[-1]
+    gaps = rc - 1
+    first = min(rto, last / gaps)
+
+    def span(q: float) -> float:
+        return first * gaps if q == 1.0 else first * (q**gaps - 1) / (q - 1)
+
+    low, high = 1.0, 2.0
+    if span(low) < last:
+        for _ in range(60):
+            middle = (low + high) / 2
+            if span(middle) < last:
+                low = middle
+            else:
+                high = middle
+    factor = low
+    offsets = [0.0]
+    gap = first
+    for _ in range(gaps - 1):
+        offsets.append(offsets[-1] + gap)
+        gap *= factor
+    offsets.append(last)
+    return tuple(offsets), timeout
 
 
 def tcpSchedule(ti: float = DEFAULT_TI) -> Tuple[Tuple[float, ...], float]:
@@ -86,7 +123,7 @@ def tcpSchedule(ti: float = DEFAULT_TI) -> Tuple[Tuple[float, ...], float]:
     return (0.0,), float(ti)
 
 
-class ClientTransaction:
+class ClientTransaction(Timed):
     """
     The timers of one Binding request (RFC 8489 §6.2).
 
@@ -117,6 +154,7 @@ class ClientTransaction:
         rc: int = DEFAULT_RC,
         budgetRTO: Optional[float] = None,
     ) -> None:
+        Timed.__init__(self)
         self.transactionId = transactionId
         self.request = request
         self.destination = destination
@@ -125,8 +163,8 @@ class ClientTransaction:
         if reliable:
             self._offsets, self._timeoutOffset = tcpSchedule()
         elif budgetRTO is not None:
-            # A learned RTO spaces the retransmissions, but the failure instant stays the one the configured
-            # RTO gives (39.5 s by default): retransmissions that would fall after it are not sent.
+            # A learned RTO sets the first retransmission; the number of requests and the failure instant stay
+            # the ones the configured RTO gives (7 requests, failure at 39.5 s by default).
             self._offsets, self._timeoutOffset = _budgetedSchedule(rto, rc, budgetRTO)
         else:
             self._offsets, self._timeoutOffset = udpSchedule(rto, rc)
