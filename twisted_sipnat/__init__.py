@@ -27,6 +27,7 @@ _PUBLIC = {
     "STUNErrorResponse": "errors",
     "STUNTimeout": "errors",
     "UnknownDomainError": "errors",
+    "UnusableSTUNAnswer": "errors",
     "IBindingObserver": "interfaces",
     "ISharedSocket": "interfaces",
     "SharedDatagramProtocol": "protocols",
@@ -51,6 +52,7 @@ if TYPE_CHECKING:
         STUNErrorResponse,
         STUNTimeout,
         UnknownDomainError,
+        UnusableSTUNAnswer,
     )
     from .interfaces import IBindingObserver, ISharedSocket
     from .protocols import SharedDatagramProtocol, SharedStreamFactory, SharedStreamProtocol
@@ -60,11 +62,16 @@ if TYPE_CHECKING:
 def __getattr__(name: str) -> Any:
     from importlib import import_module
 
-    if name == "stun":
-        return import_module(".stun", __name__)
     try:
         module = _PUBLIC[name]
     except KeyError:
+        # a submodule used as an attribute (``twisted_sipnat.controller.X`` after ``import twisted_sipnat``),
+        # as it was when this package imported its modules eagerly
+        try:
+            return import_module("." + name, __name__)
+        except ModuleNotFoundError as e:
+            if e.name != f"{__name__}.{name}":
+                raise
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
     value = getattr(import_module("." + module, __name__), name)
     globals()[name] = value
@@ -94,6 +101,7 @@ __all__ = [
     "SharedStreamFactory",
     "SharedStreamProtocol",
     "UnknownDomainError",
+    "UnusableSTUNAnswer",
     "__version__",
     "stun",
 ]

@@ -9,7 +9,8 @@ purpose by the library is a :class:`NATTraversalError`; the failures delivered t
 
 from __future__ import annotations
 
-from typing import Any, Optional, Tuple
+import enum
+from typing import Any, List, Optional, Sequence, Tuple
 
 HostPort = Tuple[str, int]
 
@@ -139,3 +140,75 @@ class RegistrationError(NATTraversalError):
         super().__init__(f"REGISTER failed: {code} {phrase}" if code is not None else f"REGISTER failed: {phrase}")
         self.code = code
         self.phrase = phrase
+
+
+# -- errors of the sans-IO core, raised on bad bytes or values (re-exported by the modules that raise them) --
+
+
+class STUNDecodeError(NATTraversalError, ValueError):
+    """
+    The bytes are not a well-formed STUN message.  ``data`` is the input, ``reason`` says what is wrong.
+
+    This is the only exception :func:`decode <twisted_sipnat.core.stun.decode>` raises, so a demultiplexer can
+    drop bad input with one ``except`` and never lets a traceback out of a socket callback.
+    """
+
+    def __init__(self, reason: str, data: bytes = b"") -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.data = data
+
+
+class STUNEncodeError(NATTraversalError, ValueError):
+    """A message cannot be encoded: an attribute value is out of range (a port, an address, a length)."""
+
+
+class SIPFramingError(NATTraversalError):
+    """
+    The byte stream cannot be framed into SIP messages (RFC 3261 §18.3): a message is too large or its
+    Content-Length is malformed.  The connection has to be closed.
+
+    ``reason`` says what was wrong, for the log.  ``events`` holds what the same ``feed`` call had found
+    before the error (SIP bytes and keepalives that were still good), so the shell can deliver them before
+    it closes the connection.
+    """
+
+    def __init__(self, reason: str, events: Sequence[Any] = ()) -> None:
+        super().__init__(f"SIP framing error: {reason}")
+        self.reason = reason
+        self.events: List[Any] = list(events)
+
+
+class InvalidHeaderError(NATTraversalError, ValueError):
+    """
+    A header value cannot be used: ``header`` names it, ``value`` is the text received, ``why`` says what is
+    wrong.  Raised by the strict parsers only; the convenience readers turn it into ``None``.
+    """
+
+    def __init__(self, header: str, value: object, why: str) -> None:
+        super().__init__(f"invalid {header} value {value!r}: {why}")
+        self.header = header
+        self.value = value
+        self.why = why
+
+
+class MissingViaError(NATTraversalError, ValueError):
+    """:func:`addKeepToVia` was given a message with no Via header to add ``;keep`` to."""
+
+    def __init__(self) -> None:
+        super().__init__("the message has no Via header")
+
+
+class ArbitrationError(NATTraversalError, RuntimeError):
+    """
+    The arbiter got an input its transition table has no entry for in its current state, or an entry whose
+    effect the call cannot do: a bug in the arbiter or in the framer it relies on, never something the SIP
+    stack or the network can cause (the tests walk every pair the public calls can produce).
+
+    ``state`` and ``input`` name the missing pair.
+    """
+
+    def __init__(self, state: enum.Enum, input: enum.Enum) -> None:
+        super().__init__(f"no arbitration transition for {input.name} in state {state.name}")
+        self.state = state
+        self.input = input

@@ -31,7 +31,8 @@ from zope.interface import implementer
 from .core import stun
 from .core.arbitration import Arbiter, Keepalive
 from .core.keepalive import PING_BYTES, PONG_BYTES
-from .core.sipframing import IncomingSplitter, Ping, Pong, SIPData, SIPFramingError
+from .core.responder import DEFAULT_RESPONDER_BURST, DEFAULT_RESPONDER_RATE
+from .core.sipframing import DEFAULT_MAX_MESSAGE_SIZE, IncomingSplitter, Ping, Pong, SIPData, SIPFramingError
 from .errors import NATTraversalError
 from .interfaces import ISharedSocket
 from .settings import DEFAULT_SOFTWARE
@@ -40,12 +41,6 @@ HostPort = Tuple[str, int]
 
 _log = Logger(namespace="twisted_sipnat")
 
-#: The per-source-IP rate limit of the default responder (requests per second, burst).
-DEFAULT_RESPONDER_RATE = 20.0
-DEFAULT_RESPONDER_BURST = 40
-
-#: RFC 3261 §18.1.1 and RFC 5626: a SIP message on a stream above this is refused (configurable).
-DEFAULT_MAX_MESSAGE_SIZE = 65536
 
 #: How many keepalive destinations a shared UDP socket remembers as accepted by its port (then it starts over).
 MAX_VETTED_DESTINATIONS = 4096

@@ -105,7 +105,7 @@ from types import MappingProxyType
 from typing import Dict, FrozenSet, Hashable, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
 
 from twisted_sipnat.core.sipframing import DEFAULT_MAX_MESSAGE_SIZE, OutgoingTracker, SIPFramingError
-from twisted_sipnat.errors import NATTraversalError, ResourceLimitError
+from twisted_sipnat.errors import ArbitrationError, ResourceLimitError
 
 __all__ = [
     "Arbiter",
@@ -283,19 +283,7 @@ _INPUT_TEXT: Mapping[Input, str] = MappingProxyType(
 )
 
 
-class ArbitrationError(NATTraversalError, RuntimeError):
-    """
-    The arbiter got an input its transition table has no entry for in its current state, or an entry whose
-    effect the call cannot do: a bug in the arbiter or in the framer it relies on, never something the SIP
-    stack or the network can cause (the tests walk every pair the public calls can produce).
 
-    ``state`` and ``input`` name the missing pair.
-    """
-
-    def __init__(self, state: State, input: Input) -> None:
-        super().__init__(f"no arbitration transition for {input.name} in state {state.name}")
-        self.state = state
-        self.input = input
 
 
 def transition(state: State, event: Input) -> Tuple[Effect, State]:

@@ -70,9 +70,9 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import List, Literal, Optional, Sequence, Union
+from typing import List, Literal, Optional, Union
 
-from twisted_sipnat.errors import NATTraversalError
+from twisted_sipnat.errors import SIPFramingError
 
 __all__ = [
     "SIPFramingError",
@@ -106,20 +106,7 @@ _LWS = b" \t\r\n"
 _MAX_LENGTH_DIGITS = 12
 
 
-class SIPFramingError(NATTraversalError):
-    """
-    The byte stream cannot be framed into SIP messages (RFC 3261 §18.3): a message is too large or its
-    Content-Length is malformed.  The connection has to be closed.
 
-    ``reason`` says what was wrong, for the log.  ``events`` holds what the same ``feed`` call had found
-    before the error (SIP bytes and keepalives that were still good), so the shell can deliver them before
-    it closes the connection.
-    """
-
-    def __init__(self, reason: str, events: Sequence[Event] = ()) -> None:
-        super().__init__(f"SIP framing error: {reason}")
-        self.reason = reason
-        self.events: List[Event] = list(events)
 
 
 @dataclass(frozen=True, slots=True)

@@ -40,7 +40,7 @@ from typing import (
     Union,
 )
 
-from twisted_sipnat.errors import NATTraversalError
+from twisted_sipnat.errors import InvalidHeaderError, MissingViaError
 
 __all__ = [
     "MAX_KEEPALIVE_INTERVAL",
@@ -66,24 +66,10 @@ _COMPACT = {"v": "via"}
 _DIGITS = re.compile(r"[0-9]+")
 
 
-class InvalidHeaderError(NATTraversalError, ValueError):
-    """
-    A header value cannot be used: ``header`` names it, ``value`` is the text received, ``why`` says what is
-    wrong.  Raised by the strict parsers only; the convenience readers turn it into ``None``.
-    """
-
-    def __init__(self, header: str, value: object, why: str) -> None:
-        super().__init__(f"invalid {header} value {value!r}: {why}")
-        self.header = header
-        self.value = value
-        self.why = why
 
 
-class MissingViaError(NATTraversalError, ValueError):
-    """:func:`addKeepToVia` was given a message with no Via header to add ``;keep`` to."""
 
-    def __init__(self) -> None:
-        super().__init__("the message has no Via header")
+
 
 
 class MessageLike(Protocol):

@@ -12,6 +12,8 @@ from __future__ import annotations
 import struct
 from typing import Dict, Optional, Tuple
 
+from twisted_sipnat.errors import STUNDecodeError, STUNEncodeError
+
 __all__ = [
     "MAGIC_COOKIE",
     "HEADER_LENGTH",
@@ -47,22 +49,10 @@ PREFIX = struct.Struct("!HHI")
 _DEMUX = struct.Struct("!BxHI")
 
 
-class STUNDecodeError(ValueError):
-    """
-    The bytes are not a well-formed STUN message.  ``data`` is the input, ``reason`` says what is wrong.
-
-    This is the only exception :func:`decode <twisted_sipnat.core.stun.decode>` raises, so a demultiplexer can
-    drop bad input with one ``except`` and never lets a traceback out of a socket callback.
-    """
-
-    def __init__(self, reason: str, data: bytes = b"") -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.data = data
 
 
-class STUNEncodeError(ValueError):
-    """A message cannot be encoded: an attribute value is out of range (a port, an address, a length)."""
+
+
 
 
 # Method and class <-> message type (RFC 8489 §5, figure 3: M11..M7 C1 M6..M4 C0 M3..M0)
