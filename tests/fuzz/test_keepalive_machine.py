@@ -15,7 +15,7 @@ Invariants, after every step:
   got no pong within ``pongTimeout`` has failed;
 - nothing is logged with a traceback, no timer loops, and after ``freeResources()`` no timer is left.
 
-(tests/test_arbitration.py has the arbiter-level machines; this one covers the controller and the shells.)
+(tests/core/test_arbitration.py has the arbiter-level machines; this one covers the controller and the shells.)
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ from twisted.python.failure import Failure
 from twisted_sipnat import NATSettings, NATTraversalController, SharedDatagramProtocol, STUNTimeout
 from twisted_sipnat.service.edge import EdgeRole
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "useragent.py"
 
 

@@ -629,7 +629,7 @@ def test_benchmarkRuns(capsys: pytest.CaptureFixture[str]) -> None:
     """benchmarks/codec.py keeps working (a tiny run; the figures themselves are not asserted)."""
     import importlib.util
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "codec.py"
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "codec.py"
     spec = importlib.util.spec_from_file_location("benchmark_codec", path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)

@@ -17,7 +17,7 @@ from twisted_sipnat.__main__ import parseArguments, resolveCommand
 from twisted_sipnat.service.stunserver import STUNRole
 from twisted_sipnat.testing import bindingResponse
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _run(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:

@@ -18,7 +18,7 @@ from twisted_sipnat.errors import InvalidSettingsError
 from twisted_sipnat.settings import NATSettings
 from twisted_sipnat.tap import Options
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _parse(*argv: str) -> Options:
