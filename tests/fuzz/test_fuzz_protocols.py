@@ -24,6 +24,7 @@ from twisted.internet.protocol import Factory
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
+from tests.addresses import HOP, SERVER
 from twisted_sipnat import NATSettings, NATTraversalController, SharedStreamFactory, stun
 from twisted_sipnat.core.responder import AMPLIFICATION_FLOOR
 from twisted_sipnat.core.sipframing import IncomingSplitter, Pong, SIPData
@@ -40,8 +41,6 @@ from .support import (
     watchingLogs,
 )
 
-SERVER = ("198.51.100.7", 3478)
-HOP = ("198.51.100.1", 5060)
 OTHERS = [SERVER, HOP, ("198.51.100.7", 3479), ("203.0.113.66", 3478), ("2001:db8::1", 3478)]
 
 # -- SIP-ish material ------------------------------------------------------------------------------------------

@@ -32,6 +32,7 @@ from twisted.internet.protocol import Factory
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
+from tests.addresses import HOP, SERVER
 from twisted_sipnat import (
     NATSettings,
     NATTraversalController,
@@ -43,9 +44,6 @@ from twisted_sipnat import (
 from twisted_sipnat.core.arbitration import DEFAULT_MAX_HELD, Arbiter
 from twisted_sipnat.protocols import DEFAULT_MAX_MESSAGE_SIZE
 from twisted_sipnat.testing import answerAll, sharedDatagramSocket
-
-SERVER = ("198.51.100.7", 3478)
-HOP = ("198.51.100.1", 5060)
 
 
 def controllerWith(**kwargs: Any) -> Tuple[Clock, NATTraversalController]:

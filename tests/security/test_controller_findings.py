@@ -12,11 +12,9 @@ from fuzz.support import LoopDetector, assertNoLoggedFailure, watchingLogs
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 
+from tests.addresses import HOP, SERVER
 from twisted_sipnat import NATSettings, NATTraversalController, STUNTimeout
 from twisted_sipnat.testing import sharedDatagramSocket
-
-SERVER = ("198.51.100.7", 3478)
-HOP = ("198.51.100.1", 5060)
 
 
 def test_a_wake_up_just_before_the_due_time_does_not_spin() -> None:

@@ -15,11 +15,11 @@ from fuzz.support import LoopDetector, Observer, assertNoLoggedFailure, watching
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 
+from tests.addresses import HOP
 from twisted_sipnat import NATSettings, NATTraversalController, STUNTimeout, stun
 from twisted_sipnat.protocols import SharedDatagramProtocol
 from twisted_sipnat.testing import FakeDatagramTransport, bindingResponse
 
-HOP = ("198.51.100.1", 5060)
 MAPPED = ("203.0.113.1", 40000)
 INTERVAL = 25.0
 BUDGET = 39.5  # RFC 8489 §6.2.1 with RTO 0.5 s, Rc 7, Rm 16

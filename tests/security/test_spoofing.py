@@ -16,13 +16,12 @@ from fuzz.support import Observer, assertNoLoggedFailure, watchingLogs
 from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 
+from tests.addresses import HOP, SERVER
 from twisted_sipnat import MappedAddressChanged, NATSettings, NATTraversalController, stun
 from twisted_sipnat.testing import bindingResponse, sharedDatagramSocket
 
 from .forgeries import ALL, ALWAYS, DROPPED_AS, EVIL, WITH_CREDENTIALS, Forgery
 
-SERVER = ("198.51.100.7", 3478)
-HOP = ("198.51.100.1", 5060)
 HOP2 = ("198.51.100.2", 5060)
 MAPPED = ("203.0.113.1", 40000)
 PASSWORD = "s3cret"

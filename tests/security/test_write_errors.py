@@ -16,11 +16,10 @@ import pytest
 from fuzz.support import Observer, assertNoLoggedFailure, watchingLogs
 from twisted.internet.task import Clock
 
+from tests.addresses import HOP, SERVER
 from twisted_sipnat import NATSettings, NATTraversalController, STUNTimeout, stun
 from twisted_sipnat.testing import FakeDatagramTransport, answerAll, sharedDatagramSocket
 
-HOP = ("198.51.100.1", 5060)
-SERVER = ("198.51.100.7", 3478)
 ERRNOS = [errno.ENETUNREACH, errno.EHOSTUNREACH, errno.EPERM, errno.EINVAL, errno.ENOBUFS]
 
 

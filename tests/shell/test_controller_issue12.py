@@ -15,13 +15,12 @@ from twisted.internet.task import Clock
 from twisted.names import dns
 from twisted.python.failure import Failure
 
+from tests.addresses import HOP, SERVER
 from twisted_sipnat import NATSettings, NATTraversalController, STUNTimeout, stun
 from twisted_sipnat.core.resolution import orderSRV
 from twisted_sipnat.errors import UnusableSTUNAnswer
 from twisted_sipnat.testing import bindingResponse, sharedDatagramSocket
 
-SERVER = ("198.51.100.7", 3478)
-HOP = ("198.51.100.1", 5060)
 MAPPED = ("203.0.113.1", 40000)
 
 
@@ -34,8 +33,7 @@ def outcome(d: defer.Deferred[Any]) -> List[Any]:
 # -- 1: a resolution started from a CancelledError errback inside freeResources() ---------------------------
 
 
-def test_a_resolution_started_from_the_cancellation_errback_of_free_resources_times_out() -> None:
-    clock = Clock()
+def test_a_resolution_started_from_the_cancellation_errback_of_free_resources_times_out(clock: Clock) -> None:
     controller = NATTraversalController(NATSettings(stunServers=[SERVER]), reactor=clock)
     shared, transport = sharedDatagramSocket(controller)
     second: List[Any] = []
@@ -52,8 +50,7 @@ def test_a_resolution_started_from_the_cancellation_errback_of_free_resources_ti
     assert len(transport.stunRequests()) == 1 + 7  # the cancelled one's first request, all seven of the new one
 
 
-def test_a_resolution_started_from_the_cancellation_errback_of_free_resources_is_answered() -> None:
-    clock = Clock()
+def test_a_resolution_started_from_the_cancellation_errback_of_free_resources_is_answered(clock: Clock) -> None:
     controller = NATTraversalController(NATSettings(stunServers=[SERVER]), reactor=clock)
     shared, transport = sharedDatagramSocket(controller)
     second: List[Any] = []
@@ -77,8 +74,7 @@ def sendTimes(clock: Clock, transport: Any, until: float) -> List[float]:
     return times
 
 
-def test_a_learned_rto_still_sends_seven_requests_before_the_39_5_s_failure() -> None:
-    clock = Clock()
+def test_a_learned_rto_still_sends_seven_requests_before_the_39_5_s_failure(clock: Clock) -> None:
     controller = NATTraversalController(NATSettings(stunServers=[SERVER]), reactor=clock)
     shared, transport = sharedDatagramSocket(controller)
     # A slow path: answers after 0.4 s, then after 1.15 s (before the learned 1.2 s RTO's retransmission):
@@ -172,8 +168,7 @@ def test_srv_targets_of_one_priority_are_chosen_by_weight_and_failed_over() -> N
 # -- 4: an unusable answer is reported as what it was ---------------------------------------------------------
 
 
-def test_an_answer_with_unknown_comprehension_required_attributes_is_named_in_the_error() -> None:
-    clock = Clock()
+def test_an_answer_with_unknown_comprehension_required_attributes_is_named_in_the_error(clock: Clock) -> None:
     controller = NATTraversalController(NATSettings(stunServers=[SERVER]), reactor=clock)
     shared, transport = sharedDatagramSocket(controller)
     result = outcome(controller.resolvePublicAddress(None, shared, HOP))
@@ -187,8 +182,7 @@ def test_an_answer_with_unknown_comprehension_required_attributes_is_named_in_th
     assert error.answers == ((SERVER, "response with unknown comprehension-required attributes 0x0030"),)
 
 
-def test_a_timeout_without_any_answer_still_says_no_answer() -> None:
-    clock = Clock()
+def test_a_timeout_without_any_answer_still_says_no_answer(clock: Clock) -> None:
     controller = NATTraversalController(NATSettings(stunServers=[SERVER]), reactor=clock)
     shared, transport = sharedDatagramSocket(controller)
     result = outcome(controller.resolvePublicAddress(None, shared, HOP))

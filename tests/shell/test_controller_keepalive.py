@@ -17,6 +17,7 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 
+from tests.addresses import HOP
 from twisted_sipnat import (
     FlowConnectionLost,
     MappedAddressChanged,
@@ -29,7 +30,6 @@ from twisted_sipnat import (
 from twisted_sipnat.core import stun
 from twisted_sipnat.testing import RecordingObserver, answerAll, bindingResponse, sharedDatagramSocket
 
-HOP = ("198.51.100.1", 5060)
 HOP2 = ("198.51.100.2", 5060)
 MAPPED = ("203.0.113.1", 40000)
 

@@ -14,10 +14,9 @@ from twisted.internet.task import Clock
 from twisted.names import dns
 from twisted.names.error import DNSNameError
 
+from tests.addresses import HOP
 from twisted_sipnat import NATSettings, NATTraversalController
 from twisted_sipnat.testing import bindingResponse, sharedDatagramSocket
-
-HOP = ("198.51.100.1", 5060)
 
 
 class NamingClock(Clock):

@@ -13,6 +13,8 @@ from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 
+from tests.addresses import HOP, SERVER
+from tests.addresses import OTHER_SERVER as OTHER
 from twisted_sipnat import (
     NATSettings,
     NATTraversalController,
@@ -23,9 +25,6 @@ from twisted_sipnat import (
 )
 from twisted_sipnat.testing import bindingResponse, sharedDatagramSocket
 
-SERVER = ("198.51.100.7", 3478)
-OTHER = ("198.51.100.8", 3478)
-HOP = ("198.51.100.1", 5060)
 MAPPED = ("203.0.113.1", 40000)
 
 

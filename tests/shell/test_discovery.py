@@ -103,8 +103,7 @@ def test_discovery_names_every_simulated_nat(mapping: str, filtering: str) -> No
     assert result.otherAddress == ALTERNATE and result.localAddress == LOCAL
 
 
-def test_server_without_other_address_is_refused() -> None:
-    clock = Clock()
+def test_server_without_other_address_is_refused(clock: Clock) -> None:
     controller = NATTraversalController(NATSettings(), reactor=clock)
     shared, transport = sharedDatagramSocket(controller)
     results: List[Any] = []
@@ -118,8 +117,7 @@ def test_server_without_other_address_is_refused() -> None:
     assert clock.getDelayedCalls() == []
 
 
-def test_no_nat_is_reported_as_such() -> None:
-    clock = Clock()
+def test_no_nat_is_reported_as_such(clock: Clock) -> None:
     controller = NATTraversalController(NATSettings(), reactor=clock)
     shared, transport = sharedDatagramSocket(controller, host=LOCAL[0], port=LOCAL[1])
     responder = BindingResponder(primary=PRIMARY, alternate=ALTERNATE)
@@ -147,8 +145,7 @@ def test_classification_rules() -> None:
     assert classifyFiltering(False, False) == ADDRESS_AND_PORT_DEPENDENT
 
 
-def test_send_binding_request_with_change_request_accepts_another_source_only_when_asked() -> None:
-    clock = Clock()
+def test_send_binding_request_with_change_request_accepts_another_source_only_when_asked(clock: Clock) -> None:
     controller = NATTraversalController(NATSettings(), reactor=clock)
     shared, transport = sharedDatagramSocket(controller)
     strict: List[Any] = []

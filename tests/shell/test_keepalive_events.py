@@ -13,10 +13,10 @@ import pytest
 from twisted.internet.task import Clock
 from twisted.logger import ILogObserver, globalLogPublisher
 
+from tests.addresses import HOP
 from twisted_sipnat import NATSettings, NATTraversalController
 from twisted_sipnat.testing import answerAll, sharedDatagramSocket
 
-HOP = ("198.51.100.1", 5060)
 MAPPED = ("203.0.113.1", 40000)
 
 
