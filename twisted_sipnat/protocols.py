@@ -161,7 +161,10 @@ class SharedDatagramProtocol(DatagramProtocol):
         self.stats: Counter[str] = Counter()
         self._clock = clock
         self._local: Optional[HostPort] = None
-        self._sendto: Any = None
+        #: The bound socket's ``sendto`` (``None`` while not bound): a keepalive to a destination the port
+        #: accepted once is written with it, skipping udp.Port.write's address parsing; a failing call falls
+        #: back to the port's write and its error rules.  Public so that a test can make it fail.
+        self.socketSendto: Any = None
         self._vetted: Set[Any] = set()
         #: Where each held keepalive goes (the arbiter holds keys and bytes only).
         self._heldTo: Dict[Any, Any] = {}
@@ -206,11 +209,11 @@ class SharedDatagramProtocol(DatagramProtocol):
             return
         if addr in self._vetted:
             try:
-                self._sendto(data, addr)
+                self.socketSendto(data, addr)
                 return
             except OSError:
                 pass
-        if sendDatagram(transport, data, addr, self.stats, "a keepalive") and self._sendto is not None:
+        if sendDatagram(transport, data, addr, self.stats, "a keepalive") and self.socketSendto is not None:
             if len(self._vetted) >= MAX_VETTED_DESTINATIONS:
                 self._vetted.clear()
             self._vetted.add(addr)
@@ -231,7 +234,7 @@ class SharedDatagramProtocol(DatagramProtocol):
     def startProtocol(self) -> None:
         # Only a real Twisted UDP port has a socket whose sendto does what its write does (see writeKeepalive).
         if type(self.transport) is UDPPort:
-            self._sendto = self.transport.socket.sendto
+            self.socketSendto = self.transport.socket.sendto
         host = self.transport.getHost() if self.transport is not None else None
         if host is not None and getattr(host, "port", None) is not None:
             self._local = (host.host, host.port)
@@ -239,7 +242,7 @@ class SharedDatagramProtocol(DatagramProtocol):
             self.sipProtocol.makeConnection(SharedDatagramTransport(self))  # type: ignore[arg-type]
 
     def stopProtocol(self) -> None:
-        self._sendto = None
+        self.socketSendto = None
         self._vetted.clear()
         if self.sipProtocol is not None:
             self.sipProtocol.doStop()

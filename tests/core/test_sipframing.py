@@ -223,7 +223,7 @@ def test_anyBytesOnlyFramingErrors(data: bytes, cuts: List[int], role: str, limi
             return
         accounted += _size(events)
         assert accounted <= len(data)
-        assert len(splitter._head) <= limit  # the only buffer grows no further than the bound
+        assert splitter.buffered <= limit  # the only buffer grows no further than the bound
 
 
 def _size(events: Sequence[Event]) -> int:
@@ -369,7 +369,7 @@ def test_headerBlockBound(step: Union[int, None]) -> None:
         else:
             for k in range(0, len(endless), step):
                 splitter.feed(endless[k : k + step])
-                assert len(splitter._head) <= limit
+                assert splitter.buffered <= limit
 
 
 def test_headerBlockExactlyAtBoundFits() -> None:

@@ -248,7 +248,7 @@ def checkStreamJunk(server: bool, chunks: List[bytes]) -> None:
             assert shared.stats["framing.errors"] == 1
             assert [e for e in logs.events if e.get("sipnat_event") == "stream.framing-error"]
         else:  # only CRLFs were taken out (a CR at the very end waits for the next byte)
-            if shared.splitter._pendingCR:
+            if shared.splitter.pendingCR:
                 total = total[:-1]
             assert received.replace(b"\r\n", b"") == total.replace(b"\r\n", b"")
         controller.freeResources()

@@ -197,7 +197,7 @@ def test_keepalive_writes_check_a_destination_once_then_use_the_sockets_sendto()
         def failing(data: bytes, addr: Any) -> Any:
             raise InterruptedError(4, "Interrupted system call")
 
-        shared._sendto = failing
+        shared.socketSendto = failing
         shared.writeKeepalive(b"\x00\x01\x00\x00" + b"e" * 16, hop)
         yield sleep(0.1)
         assert sink.received[-1][4:5] == b"e" and portWrites[-1] == hop

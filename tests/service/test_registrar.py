@@ -14,7 +14,7 @@ def test_edge_fills_a_bare_rport_behind_a_port_preserving_nat() -> None:
     proxy = EdgeRegisterProxy(host="203.0.113.20", port=5062)
     message = sip.Request("REGISTER", "sip:example.com")
     message.addHeader("via", "SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bK1;rport")
-    proxy._fixupNAT(message, ("203.0.113.1", 5060))
+    proxy.fixupNAT(message, ("203.0.113.1", 5060))
     via = sip.parseViaHeader(message.headers["via"][0])
     assert (via.received, via.rport) == ("203.0.113.1", 5060)
 

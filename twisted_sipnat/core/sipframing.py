@@ -211,6 +211,11 @@ class _Framer:
         self._maxMessageSize = maxMessageSize
         self._reason = ""
 
+    @property
+    def buffered(self) -> int:
+        """How many bytes of an unfinished header block are buffered (bounded by ``maxMessageSize``)."""
+        return len(self._head)
+
     def _die(self, reason: str) -> SIPFramingError:
         self._state = _DEAD
         self._reason = reason
@@ -289,6 +294,11 @@ class IncomingSplitter(_Framer):
         # a CRLF that is either the first half of a ping or noise before a start line.
         self._pendingCR = False
         self._pendingCRLF = False
+
+    @property
+    def pendingCR(self) -> bool:
+        """True when the last byte received between messages was a CR whose LF has not arrived yet."""
+        return self._pendingCR
 
     @property
     def role(self) -> str:

@@ -93,6 +93,11 @@ class EdgeRegisterProxy(sip.RegisterProxy):  # type: ignore[misc]
     locator: Any = None
 
     def _fixupNAT(self, message: Any, sourcePeer: Any) -> None:
+        # twisted.protocols.sip.Base calls this hook for every request it receives
+        self.fixupNAT(message, sourcePeer)
+
+    def fixupNAT(self, message: Any, sourcePeer: Any) -> None:
+        """Stamp the top Via with ``received`` and ``rport`` for ``sourcePeer`` (RFC 3261 §18.2.1, RFC 3581 §4)."""
         # RFC 3581 §4: a bare ";rport" always gets the source port.  Twisted fills it only when the port
         # differs from the Via's, so behind a port-preserving NAT it stayed True and the response went to
         # port 1.
