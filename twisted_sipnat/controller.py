@@ -100,7 +100,7 @@ class NATTraversalController(EngineDriver):
 
     def localAddressOf(self, socket: Any) -> Any:
         """The local ``IAddress`` of a shared socket (``None`` if unknown)."""
-        return self._socketState(socket).shared.localAddress()
+        return self._socketState(socket).adapter.localAddress()
 
     def lookupServer(self, host: str, port: Optional[int], socket: Any) -> defer.Deferred[HostPort]:
         """The IP address and port of a STUN server name (``port`` given: A/AAAA only)."""
@@ -122,7 +122,7 @@ class NATTraversalController(EngineDriver):
         settings = self.settingsFor(domain)
         hop = checkNextHop(nextHop)
         state = self._socketState(socket)
-        if state.shared.isStream:
+        if state.adapter.isStream:
             # RFC 5626 §4.4.1: a TCP/TLS flow is kept alive with CRLF pings; STUN bytes written into the SIP
             # stream would corrupt it for the registrar.  The public address of a stream flow is in the
             # REGISTER response's Via received/rport.
@@ -186,7 +186,7 @@ class NATTraversalController(EngineDriver):
             domain = memory.domain
         settings = self.settingsFor(domain)
         state = self._socketState(socket)
-        stream = bool(state.shared.isStream)
+        stream = bool(state.adapter.isStream)
         configured = settings.tcpKeepaliveInterval if stream else settings.udpKeepaliveInterval
         now = self._now()
         if configured == 0:
@@ -202,7 +202,7 @@ class NATTraversalController(EngineDriver):
         elif memory is not None and memory.nextHop is not None:
             hop = memory.nextHop
         elif stream:
-            hop = state.shared.peerAddress()
+            hop = state.adapter.peerAddress()
         else:
             raise NATTraversalError("refreshNATBinding needs a nextHop (none was given at resolve either)")
         base = float(flowTimer) if flowTimer is not None else configured
@@ -262,8 +262,8 @@ class NATTraversalController(EngineDriver):
         synchronously, inside this call.
         """
         state = self._socketState(socket)
-        written = state.shared.sipIdle(bool(idle))
-        self.keepalivesWritten(state.shared, written)
+        written = state.adapter.sipIdle(bool(idle))
+        self.keepalivesWritten(state.adapter, written)
         if idle:
             self._forgetIfUnused(state)
 

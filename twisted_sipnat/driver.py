@@ -71,11 +71,11 @@ class EngineDriver:
         engine = self._engine
         if engine.withdrawals:
             for key, writeKey in engine.withdrawalsToMake():
-                key.shared.withdrawKeepalive(writeKey)
+                key.adapter.withdrawKeepalive(writeKey)
         # The truthiness checks skip a call each on the common inputs that hand out nothing (an answer).
         for key, writeKey, data, addr in engine.datagramsToSend() if engine.outbox else ():
             try:
-                if key.shared.sendKeepalive(writeKey, data, addr):
+                if key.adapter.sendKeepalive(writeKey, data, addr):
                     continue
             except NATTraversalError as e:
                 self.stats["writes.refused"] += 1
@@ -159,7 +159,7 @@ class EngineDriver:
     def _record(self, state: SocketState) -> SocketRecord:
         record: SocketRecord = state.record
         if record.ipv6 is None:
-            local = state.shared.localAddress()
+            local = state.adapter.localAddress()
             if local is not None:
                 record.ipv6 = isinstance(local, IPv6Address)
         if self._engine.sockets.get(state) is not record:
@@ -168,7 +168,7 @@ class EngineDriver:
 
     def _forgetIfUnused(self, state: Any) -> None:
         """Keep no state for a socket with nothing held and nothing riding on it (a stack may report every one)."""
-        if state is None or not self._engine.socketUnused(state.record) or state.shared.arbiter.held:
+        if state is None or not self._engine.socketUnused(state.record) or state.adapter.arbiter.held:
             return
         key = id(state.socket)
         if self._sockets.get(key) is state:

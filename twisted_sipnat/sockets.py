@@ -31,11 +31,11 @@ def publicAddress(address: HostPort, stream: bool = False) -> PublicAddress:
 class SocketState:
     """The shell's side of one shared socket: the caller's object, its adapter, and the engine's record."""
 
-    __slots__ = ("socket", "shared", "record", "__weakref__")
+    __slots__ = ("socket", "adapter", "record", "__weakref__")
 
-    def __init__(self, socket: Any, shared: Any) -> None:
+    def __init__(self, socket: Any, adapter: Any) -> None:
         self.socket = socket
-        self.shared = shared
+        self.adapter = adapter  #: the ISharedSocket provider (or a BareSocket around a plain transport)
         self.record: Any = None  #: the engine's SocketRecord
 
 
