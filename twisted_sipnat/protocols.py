@@ -84,6 +84,45 @@ def _isKeepaliveDatagram(data: bytes) -> bool:
     return bool(data) and not data.strip(b"\r\n")
 
 
+class HeldKeepalives:
+    """
+    The keepalive half of :class:`~twisted_sipnat.interfaces.ISharedSocket` for a socket the SIP stack writes
+    to directly (a UDP port, or a bare transport), over its
+    :class:`~twisted_sipnat.core.arbitration.Arbiter`: a keepalive is written now when the arbitration lets it,
+    else held under its context key with its destination until the SIP stack releases the socket.  The class
+    using it provides ``arbiter``, ``writeKeepalive(data, addr)`` and an empty ``_heldTo`` dict.
+    """
+
+    arbiter: Arbiter
+    _heldTo: Dict[Any, Any]
+
+    def writeKeepalive(self, data: bytes, addr: Any) -> None:
+        raise NotImplementedError
+
+    def sendKeepalive(self, key: Any, data: bytes, addr: Any) -> bool:
+        """
+        Write a keepalive of the controller's now if the arbitration lets it (``True``), else hold it under
+        ``key`` (``False``) until :meth:`sipIdle` releases it.  Raises ``NATTraversalError`` when refused.
+        """
+        if self.arbiter.offer(key, data):
+            self.writeKeepalive(data, addr)
+            return True
+        self._heldTo[key] = addr
+        return False
+
+    def withdrawKeepalive(self, key: Any) -> None:
+        self.arbiter.withdraw(key)
+        self._heldTo.pop(key, None)
+
+    def sipIdle(self, idle: bool) -> List[Any]:
+        """The SIP stack's ``socketIdle``: on release, write what was held (in order); returns their keys."""
+        written = []
+        for key, data in self.arbiter.sipIdle(idle):
+            self.writeKeepalive(data, self._heldTo.pop(key, None))
+            written.append(key)
+        return written
+
+
 class SharedDatagramTransport:
     """
     The transport the SIP protocol sees: it writes to the shared UDP socket; everything else (``getHost``,
@@ -114,7 +153,7 @@ class SharedDatagramTransport:
 
 
 @implementer(ISharedSocket)
-class SharedDatagramProtocol(DatagramProtocol):
+class SharedDatagramProtocol(HeldKeepalives, DatagramProtocol):
     """
     The ``DatagramProtocol`` bound to a UDP port that a SIP stack and twisted_sipnat share.
 
@@ -170,29 +209,6 @@ class SharedDatagramProtocol(DatagramProtocol):
         self._heldTo: Dict[Any, Any] = {}
 
     # -- ISharedSocket ----------------------------------------------------------------------------------------
-
-    def sendKeepalive(self, key: Any, data: bytes, addr: Any) -> bool:
-        """
-        Write a keepalive of the controller's now if the arbitration lets it (``True``), else hold it under
-        ``key`` (``False``) until :meth:`sipIdle` releases it.  Raises ``NATTraversalError`` when refused.
-        """
-        if self.arbiter.offer(key, data):
-            self.writeKeepalive(data, addr)
-            return True
-        self._heldTo[key] = addr
-        return False
-
-    def withdrawKeepalive(self, key: Any) -> None:
-        self.arbiter.withdraw(key)
-        self._heldTo.pop(key, None)
-
-    def sipIdle(self, idle: bool) -> List[Any]:
-        """The SIP stack's ``socketIdle``: on release, write what was held (in order); returns their keys."""
-        written = []
-        for key, data in self.arbiter.sipIdle(idle):
-            self.writeKeepalive(data, self._heldTo.pop(key, None))
-            written.append(key)
-        return written
 
     def writeKeepalive(self, data: bytes, addr: Any) -> None:
         """

@@ -7,7 +7,7 @@ The controller's view of a socket it is handed: the shared socket behind whateve
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any, Dict, List, Optional, Tuple, Union
+from typing import Any, Dict, Optional, Tuple, Union
 
 from twisted.internet.address import IPv4Address, IPv6Address
 from zope.interface import implementer
@@ -15,7 +15,7 @@ from zope.interface import implementer
 from .core.addresses import hostPortOf
 from .core.arbitration import Arbiter
 from .interfaces import ISharedSocket
-from .protocols import sendDatagram
+from .protocols import HeldKeepalives, sendDatagram
 
 HostPort = Tuple[str, int]
 PublicAddress = Union[IPv4Address, IPv6Address]
@@ -73,7 +73,7 @@ def looksLikeStream(socket: Any) -> bool:
 
 
 @implementer(ISharedSocket)
-class BareSocket:
+class BareSocket(HeldKeepalives):
     """
     A socket the SIP stack reads itself: a Twisted transport, or a protocol with a ``transport``.  The
     adapter keeps the socket's arbiter, since the SIP stack writes to the transport directly.
@@ -88,24 +88,6 @@ class BareSocket:
 
     def _transport(self) -> Any:
         return getattr(self._socket, "transport", None) or self._socket
-
-    def sendKeepalive(self, key: Any, data: bytes, addr: Any) -> bool:
-        if self.arbiter.offer(key, data):
-            self.writeKeepalive(data, addr)
-            return True
-        self._heldTo[key] = addr
-        return False
-
-    def withdrawKeepalive(self, key: Any) -> None:
-        self.arbiter.withdraw(key)
-        self._heldTo.pop(key, None)
-
-    def sipIdle(self, idle: bool) -> List[Any]:
-        written = []
-        for key, data in self.arbiter.sipIdle(idle):
-            self.writeKeepalive(data, self._heldTo.pop(key, None))
-            written.append(key)
-        return written
 
     def writeKeepalive(self, data: bytes, addr: Any) -> None:
         transport = self._transport()

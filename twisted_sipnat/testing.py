@@ -14,10 +14,12 @@ Everything runs with ``twisted.internet.task.Clock`` and no sockets.
 
 from __future__ import annotations
 
-from typing import Any, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
+from twisted.internet import defer
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.interfaces import IUDPTransport
+from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -160,3 +162,48 @@ def answerAll(
 def requestsOf(written: Iterable[Tuple[bytes, HostPort]]) -> List[bytes]:
     """Only the STUN datagrams among ``written``."""
     return [data for data, _ in written if stun.isSTUN(data)]
+
+
+class NamingClock(Clock):
+    """
+    A Clock whose ``resolve`` (``IReactorCore.resolve``) answers host names from a table and records every
+    question, so a controller's name look-ups run on the Clock with no DNS.  A name not in the table fails with
+    ``twisted.names.error.DNSNameError``.
+    """
+
+    def __init__(self, addresses: Dict[str, str]) -> None:
+        super().__init__()
+        self.addresses = addresses
+        self.asked: List[str] = []
+
+    def resolve(self, name: str, timeout: Any = None) -> defer.Deferred[str]:
+        from twisted.names.error import DNSNameError
+
+        self.asked.append(name)
+        if name in self.addresses:
+            return defer.succeed(self.addresses[name])
+        return defer.fail(DNSNameError(name))
+
+
+class SRVTable:
+    """
+    A twisted.names-style resolver answering ``lookupService`` from a table ``{"_stun._udp.example.com":
+    [(priority, weight, port, target), ...]}`` (RFC 2782 records), for the controller's ``dnsResolver``.
+    """
+
+    def __init__(self, records: Dict[str, List[Tuple[int, int, int, str]]]) -> None:
+        self.records = records
+        self.asked: List[str] = []
+
+    def lookupService(self, name: str) -> defer.Deferred[Any]:
+        from twisted.names import dns
+        from twisted.names.error import DNSNameError
+
+        self.asked.append(name)
+        if name not in self.records:
+            return defer.fail(DNSNameError(name))
+        answers = [
+            dns.RRHeader(name=name, type=dns.SRV, payload=dns.Record_SRV(priority, weight, port, target))
+            for priority, weight, port, target in self.records[name]
+        ]
+        return defer.succeed((answers, [], []))

@@ -12,14 +12,13 @@ from typing import Any, Dict, List, Tuple
 from twisted.internet import defer
 from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
-from twisted.names import dns
 from twisted.python.failure import Failure
 
 from tests.addresses import HOP, SERVER
 from twisted_sipnat import NATSettings, NATTraversalController, STUNTimeout, stun
 from twisted_sipnat.core.resolution import orderSRV
 from twisted_sipnat.errors import UnusableSTUNAnswer
-from twisted_sipnat.testing import bindingResponse, sharedDatagramSocket
+from twisted_sipnat.testing import NamingClock, SRVTable, bindingResponse, sharedDatagramSocket
 
 MAPPED = ("203.0.113.1", 40000)
 
@@ -125,32 +124,11 @@ def test_srv_order_is_by_priority_then_weighted_random() -> None:
     assert 1650 < counts["heavy"] < 1950  # about 90 %
 
 
-class NamingClock(Clock):
-    def __init__(self, addresses: Dict[str, str]) -> None:
-        super().__init__()
-        self.addresses = addresses
-        self.asked: List[str] = []
-
-    def resolve(self, name: str, timeout: Any = None) -> defer.Deferred[str]:
-        self.asked.append(name)
-        if name in self.addresses:
-            return defer.succeed(self.addresses[name])
-        return defer.fail(LookupError(name))
-
-
-class SRVResolver:
-    def __init__(self, records: List[Tuple[int, int, int, str]]) -> None:
-        self.records = records
-
-    def lookupService(self, name: str) -> defer.Deferred[Any]:
-        answers = [dns.RRHeader(name=name, type=dns.SRV, payload=dns.Record_SRV(p, w, port, target))
-                   for p, w, port, target in self.records]
-        return defer.succeed((answers, [], []))
 
 
 def test_srv_targets_of_one_priority_are_chosen_by_weight_and_failed_over() -> None:
     clock = NamingClock({"a.example.com": "198.51.100.21", "b.example.com": "198.51.100.22"})
-    srv = SRVResolver([(10, 1, 3478, "a.example.com"), (10, 99, 3479, "b.example.com")])
+    srv = SRVTable({"_stun._udp.example.com": [(10, 1, 3478, "a.example.com"), (10, 99, 3479, "b.example.com")]})
     controller = NATTraversalController(NATSettings(stunServers=["stun:example.com"]), reactor=clock,
                                         dnsResolver=srv, rng=ScriptedRandom([50, 0]))
     shared, transport = sharedDatagramSocket(controller)

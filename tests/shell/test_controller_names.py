@@ -6,50 +6,14 @@ moves on to the next server.  Driven by a Clock with scripted resolvers.
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Tuple
+from typing import Any, List, Tuple
 
-from twisted.internet import defer
 from twisted.internet.address import IPv4Address
-from twisted.internet.task import Clock
-from twisted.names import dns
-from twisted.names.error import DNSNameError
 
 from tests.addresses import HOP
 from twisted_sipnat import NATSettings, NATTraversalController
-from twisted_sipnat.testing import bindingResponse, sharedDatagramSocket
-
-
-class NamingClock(Clock):
-    """A Clock whose ``resolve`` answers from a table (IReactorCore.resolve), recording every question."""
-
-    def __init__(self, addresses: Dict[str, str]) -> None:
-        super().__init__()
-        self.addresses = addresses
-        self.asked: List[str] = []
-
-    def resolve(self, name: str, timeout: Any = None) -> defer.Deferred[str]:
-        self.asked.append(name)
-        if name in self.addresses:
-            return defer.succeed(self.addresses[name])
-        return defer.fail(DNSNameError(name))
-
-
-class SRVResolver:
-    """A twisted.names-style resolver answering ``lookupService`` from a table."""
-
-    def __init__(self, records: Dict[str, List[Tuple[int, int, int, str]]]) -> None:
-        self.records = records
-        self.asked: List[str] = []
-
-    def lookupService(self, name: str) -> defer.Deferred[Any]:
-        self.asked.append(name)
-        if name not in self.records:
-            return defer.fail(DNSNameError(name))
-        answers = [
-            dns.RRHeader(name=name, type=dns.SRV, payload=dns.Record_SRV(priority, weight, port, target))
-            for priority, weight, port, target in self.records[name]
-        ]
-        return defer.succeed((answers, [], []))
+from twisted_sipnat.testing import NamingClock, bindingResponse, sharedDatagramSocket
+from twisted_sipnat.testing import SRVTable as SRVResolver
 
 
 def resolve(clock: NamingClock, srv: SRVResolver, servers: List[Any]) -> Tuple[List[Any], Any, Any]:
