@@ -28,11 +28,11 @@ STEPS: List[Tuple[str, str, str, str]] = [
     ("msg", "sock", "ctl", "STUN: dataReceived(data, sock, addr)"),
     ("msg", "ctl", "core", "Engine.receive(record, data, addr, now)"),
     ("note", "core", "core", "match, check, sink.answered"),
-    ("ret", "core", "ctl", "True: consumed"),
-    ("ret", "ctl", "sock", "False: a request, for BindingResponder"),
+    ("ret", "core", "ctl", "True: consumed (False for a request)"),
+    ("ret", "ctl", "sock", "False: BindingResponder may answer it"),
     ("note", "reactor", "core", "Then, in this order (EngineDriver._flush)"),
     ("msg", "ctl", "core", "1. withdrawalsToMake, datagramsToSend"),
-    ("msg", "ctl", "sock", "sendKeepalive(writeKey, data, dest)"),
+    ("msg", "ctl", "sock", "sendKeepalive: write, or hold (Arbiter)"),
     ("ret", "sock", "ctl", "False (held): Engine.heldBack(writeKey)"),
     ("msg", "ctl", "core", "2. getTimer()"),
     ("msg", "ctl", "reactor", "re-arm the one IDelayedCall (reset / callLater / cancel)"),
@@ -46,7 +46,7 @@ STEPS: List[Tuple[str, str, str, str]] = [
     ("note", "reactor", "core", "Then the same _flush: 1. send, 2. re-arm, 3. events"),
     ("msg", "ctl", "reactor", "re-arm the IDelayedCall to getTimer()"),
     ("ret", "ctl", "sip", "events: Deferreds, flowFailure, log"),
-    ("note", "reactor", "core", "Never: the core calling the shell, or the shell reading the core's objects"),
+    ("note", "reactor", "core", "The core never calls the shell; the shell changes the core only through Engine's methods"),
 ]
 
 SPACING = 300
