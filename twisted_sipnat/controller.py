@@ -164,7 +164,7 @@ class NATTraversalController(EngineDriver):
 
     def discoverNATBehaviour(self, socket: Any, server: Any, *, retransmissions: int = DEFAULT_RC,
                              route: Any = None) -> Any:
-        """RFC 5780 §4.3/§4.4 behaviour from ``socket`` (a :class:`~.discovery.NATBehaviour`; ``route``: tests)."""
+        """RFC 5780 §4.3/§4.4 behaviour from ``socket`` (a :class:`~twisted_sipnat.core.discovery.NATBehaviour`; ``route``: tests)."""
         from .discovery import discover
 
         return discover(self, socket, server, retransmissions=retransmissions, route=route)

@@ -57,7 +57,7 @@ COMPACT_FORMS: Dict[str, str] = {
 
 #: Headers whose value is a comma-separated list (RFC 3261 §7.3.1, §25.1; RFC 3327 Path, RFC 3608
 #: Service-Route, RFC 3841 Accept-/Reject-Contact and Request-Disposition, RFC 6665 Allow-Events, RFC 3329
-#: Security-*), by lower-case full name.  Contact is one, except for ``*`` (§20.10).
+#: ``Security-*``), by lower-case full name.  Contact is one, except for ``*`` (§20.10).
 LIST_HEADERS: FrozenSet[str] = frozenset(
     {
         "accept",
