@@ -84,11 +84,11 @@ class NATTraversalController(EngineDriver):
 
     @property
     def keepaliveEvents(self) -> bool:
-        return self._engine.flows.keepaliveEvents
+        return self._engine.keepaliveEvents
 
     @keepaliveEvents.setter
     def keepaliveEvents(self, value: bool) -> None:
-        self._engine.flows.keepaliveEvents = value
+        self._engine.keepaliveEvents = value
 
     def settingsFor(self, domain: Optional[str]) -> NATSettings:
         """The settings of ``domain``; :class:`~twisted_sipnat.errors.UnknownDomainError` if it has none."""
@@ -181,7 +181,7 @@ class NATTraversalController(EngineDriver):
         call for the same observer restarts its keepalives.
         """
         engine = self._engine
-        memory = engine.flows.memory.get(observer)
+        memory = engine.flows.remembered(observer)
         if domain is None and memory is not None:
             domain = memory.domain
         settings = self.settingsFor(domain)
@@ -320,7 +320,7 @@ class NATTraversalController(EngineDriver):
 
     def isKeepingAlive(self, observer: Any) -> bool:
         """``True`` while ``observer`` has a running keepalive context."""
-        return observer in self._engine.flows.flows
+        return self._engine.flows.isKeepingAlive(observer)
 
     @property
     def flowCount(self) -> int:
@@ -332,5 +332,5 @@ class NATTraversalController(EngineDriver):
 
     def baselineOf(self, observer: Any) -> Optional[PublicAddress]:
         """The public address the observer's flow judges keepalive answers against (``None``: not yet)."""
-        flow = self._engine.flows.flows.get(observer)
-        return publicAddress(flow.baseline) if flow is not None and flow.baseline is not None else None
+        baseline = self._engine.flows.baselineOf(observer)
+        return publicAddress(baseline) if baseline is not None else None

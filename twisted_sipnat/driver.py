@@ -162,8 +162,7 @@ class EngineDriver:
             local = state.adapter.localAddress()
             if local is not None:
                 record.ipv6 = isinstance(local, IPv6Address)
-        if self._engine.sockets.get(state) is not record:
-            self._engine.sockets[state] = record
+        self._engine.keepRecord(record)
         return record
 
     def _forgetIfUnused(self, state: Any) -> None:

@@ -89,7 +89,8 @@ ever held in a DEAD state; cleanup (``sipIdle``, ``withdraw``) never fails there
 returns no chunk.
 
 Out of scope: the arbiter writes nothing itself and knows nothing of time or of what a keepalive means; the
-Twisted shell (``protocols.py``) writes what it returns, and the controller decides when a keepalive is due.
+Twisted shell (``protocols.py``) writes what it returns, and the engine (:mod:`twisted_sipnat.core.flows`) decides
+when a keepalive is due.
 
 What is returned: ``sipWrite`` returns a list of chunks to write in order, each either :class:`SIPBytes`
 (the stack's bytes) or :class:`Keepalive` (a released keepalive, with the ``key`` it was offered under); both

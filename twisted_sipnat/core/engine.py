@@ -223,6 +223,20 @@ class Engine:
             record = self.sockets[key] = SocketRecord(key, stream)
         return record
 
+    def keepRecord(self, record: SocketRecord) -> None:
+        """Make sure ``record`` is the one known for its socket again (after :meth:`forgetSocket` dropped it)."""
+        if self.sockets.get(record.key) is not record:
+            self.sockets[record.key] = record
+
+    @property
+    def keepaliveEvents(self) -> bool:
+        """Whether every keepalive sent and answered is also reported as a debug :class:`Note`."""
+        return self.flows.keepaliveEvents
+
+    @keepaliveEvents.setter
+    def keepaliveEvents(self, value: bool) -> None:
+        self.flows.keepaliveEvents = value
+
     def socketUnused(self, record: SocketRecord) -> bool:
         return not record.flows and not record.transactions
 

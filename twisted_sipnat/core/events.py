@@ -92,8 +92,8 @@ class MappingChanged:
 class LookupNeeded:
     """
     The engine needs a name looked up (it does no I/O): ``srv`` asks for DNS SRV ``_stun._udp.host`` first
-    (RFC 8489 §8.1), else an A/AAAA look-up of ``host``.  The shell answers with ``Engine.lookupDone`` or
-    ``Engine.lookupFailed`` for this ``handle``.
+    (RFC 8489 §8.1), else an A/AAAA look-up of ``host``.  The shell answers by calling ``handle.done(engine, result,
+    now)`` or ``handle.failed(engine, why, now)`` (see :class:`twisted_sipnat.names.NameLookups`).
     """
 
     handle: Any

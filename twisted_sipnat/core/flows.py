@@ -91,6 +91,17 @@ class FlowTable:
         self.maxFlows = maxFlows
         self.keepaliveEvents = keepaliveEvents
 
+    def remembered(self, observer: Any) -> Optional[ObserverMemory]:
+        """What the table remembers of ``observer`` (the domain it resolved with, its next hop), if anything."""
+        return self.memory.get(observer)
+
+    def isKeepingAlive(self, observer: Any) -> bool:
+        return observer in self.flows
+
+    def baselineOf(self, observer: Any) -> Optional[HostPort]:
+        """The public address the next hop first reported to ``observer``'s keepalives (RFC 5626 §4.4.1)."""
+        flow = self.flows.get(observer)
+        return flow.baseline if flow is not None else None
     def __len__(self) -> int:
         return len(self.flows)
 
