@@ -24,7 +24,7 @@ from .core.timers import TimerHeap
 from .core.transaction import DEFAULT_RC
 from .driver import EngineDriver
 from .errors import NATTraversalError, UnknownDomainError
-from .settings import NATSettings, ServerSpec, settingsTable
+from .settings import DEFAULT_STUN_PORT, NATSettings, ServerSpec, settingsTable
 from .sockets import canonicalSocket, publicAddress
 
 HostPort = Tuple[str, int]
@@ -105,7 +105,7 @@ class NATTraversalController(EngineDriver):
     def lookupServer(self, host: str, port: Optional[int], socket: Any) -> defer.Deferred[HostPort]:
         """The IP address and port of a STUN server name (``port`` given: A/AAAA only)."""
         record = self._record(self._socketState(socket))
-        return self._names.lookupHost(host, 3478 if port is None else port, bool(record.ipv6))
+        return self._names.lookupHost(host, DEFAULT_STUN_PORT if port is None else port, bool(record.ipv6))
 
     # -- resolution -------------------------------------------------------------------------------------------
 

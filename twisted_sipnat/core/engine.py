@@ -29,6 +29,7 @@ from collections import Counter, deque
 from typing import Any, Deque, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from ..errors import FlowConnectionLost, NATTraversalError, ResourceLimitError, STUNErrorResponse, STUNTimeout
+from ..settings import DEFAULT_STUN_PORT
 from . import stun
 from .addresses import hostPortOf, isIPLiteral, normalHost
 from .events import LookupNeeded, Note, ProbeAnswered, ProbeFailed, ResolutionFailed, Resolved
@@ -41,8 +42,6 @@ from .transactions import TransactionTable, Transmit, Txn
 
 HostPort = Tuple[str, int]
 
-#: RFC 8489 §8.1: the STUN port when neither the configuration nor SRV gives one.
-DEFAULT_STUN_PORT = 3478
 
 
 def checkNextHop(nextHop: Any) -> HostPort:
