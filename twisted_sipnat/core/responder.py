@@ -40,7 +40,6 @@ fingerprinted one at most 4.6x; :class:`RateLimit` bounds the rate per source ad
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import List, Optional, Tuple
 
@@ -67,6 +66,7 @@ from twisted_sipnat.core.stun import (
     decode,
     peekHeader,
 )
+from twisted_sipnat.core.ratelimit import RateLimit
 from twisted_sipnat.errors import InvalidSettingsError
 
 __all__ = [
@@ -105,61 +105,6 @@ class Reply:
 
     data: bytes
     sendFrom: Optional[HostPort] = None
-
-
-class RateLimit:
-    """
-    A token bucket per source IP: ``burst`` requests at once, refilled at ``perSourceRate`` per second.
-
-    Memory is bounded: at most ``maxSources`` buckets are kept; the least recently seen source is forgotten
-    first (it comes back with a full bucket, which is the worst an attacker spraying spoofed sources can get).
-    """
-
-    __slots__ = ("perSourceRate", "burst", "maxSources", "_buckets")
-
-    def __init__(
-        self,
-        perSourceRate: float = DEFAULT_RESPONDER_RATE,
-        burst: int = DEFAULT_RESPONDER_BURST,
-        maxSources: int = 65536,
-    ) -> None:
-        if not perSourceRate > 0:
-            raise InvalidSettingsError("perSourceRate", perSourceRate, "must be > 0")
-        if not isinstance(burst, int) or burst < 1:
-            raise InvalidSettingsError("burst", burst, "must be an integer >= 1")
-        if not isinstance(maxSources, int) or maxSources < 1:
-            raise InvalidSettingsError("maxSources", maxSources, "must be an integer >= 1")
-        self.perSourceRate = float(perSourceRate)
-        self.burst = burst
-        self.maxSources = maxSources
-        # host -> (tokens, time of last refill), oldest first.  An OrderedDict, not a dict: forgetting the
-        # oldest of a dict (next(iter(d))) scans the slots of every key deleted before it, so under a spoofed
-        # flood, which evicts once per request, each request cost time in proportion to maxSources.
-        self._buckets: OrderedDict[str, Tuple[float, float]] = OrderedDict()
-
-    def __len__(self) -> int:
-        """How many sources are tracked."""
-        return len(self._buckets)
-
-    def allow(self, sourceHost: str, now: float) -> bool:
-        """Take a token for ``sourceHost`` at time ``now`` (seconds); ``False`` if its bucket is empty."""
-        buckets = self._buckets
-        state = buckets.get(sourceHost)
-        if state is None:
-            tokens, last = float(self.burst), now
-            if len(buckets) >= self.maxSources:
-                buckets.popitem(last=False)
-        else:
-            buckets.move_to_end(sourceHost)
-            tokens, last = state
-            if now > last:  # a clock that steps back refills nothing and loses nothing
-                tokens = min(float(self.burst), tokens + (now - last) * self.perSourceRate)
-                last = now
-        allowed = tokens >= 1.0
-        if allowed:
-            tokens -= 1.0
-        buckets[sourceHost] = (tokens, last)
-        return allowed
 
 
 def _size(attributes: List[Attribute], transactionId: bytes) -> int:
