@@ -44,6 +44,7 @@ from dataclasses import dataclass
 from typing import List, Optional, Tuple
 
 from twisted_sipnat.core.addresses import unmappedHost
+from twisted_sipnat.core.ratelimit import RateLimit
 from twisted_sipnat.core.stun import (
     BINDING,
     CHANGE_REQUEST,
@@ -66,7 +67,6 @@ from twisted_sipnat.core.stun import (
     decode,
     peekHeader,
 )
-from twisted_sipnat.core.ratelimit import RateLimit
 from twisted_sipnat.errors import InvalidSettingsError
 
 __all__ = [
