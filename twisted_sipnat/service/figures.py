@@ -14,11 +14,11 @@ writes its current figures into one :class:`Figures`.  So a figure is never stal
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, Mapping, Tuple
+from typing import Dict, List, Mapping, Tuple
 
 from zope.interface import Interface
 
-__all__ = ["Figures", "HistogramFigure", "IFigureSource", "METRICS", "MetricSpec"]
+__all__ = ["FigureSources", "Figures", "HistogramFigure", "IFigureSource", "METRICS", "MetricSpec"]
 
 Labels = Tuple[Tuple[str, str], ...]
 
@@ -98,3 +98,26 @@ class IFigureSource(Interface):
 
     def reportFigures(figures: Figures) -> None:
         """Write this part's current figures into ``figures``."""
+
+
+class FigureSources:
+    """
+    Mixed into a role: its parts add themselves to :attr:`figureSources` when the role builds them, and
+    :meth:`reportFigures` asks each in turn.  So a role reports exactly the parts it has (an edge without TCP
+    reports no connections), and a new part needs one line where it is built.
+    """
+
+    figureSources: List[IFigureSource]
+
+    def addFigureSource(self, source: IFigureSource) -> None:
+        """Have ``source`` report with this role."""
+        try:
+            sources = self.figureSources
+        except AttributeError:
+            sources = self.figureSources = []
+        sources.append(source)
+
+    def reportFigures(self, figures: Figures) -> None:
+        """Every part's current figures, into ``figures``."""
+        for source in getattr(self, "figureSources", ()):
+            source.reportFigures(figures)
