@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from twisted_sipnat.service.figures import METRICS, FigureSources, Figures, HistogramFigure
+from twisted_sipnat.service.figures import METRICS, Figures, FigureSources, HistogramFigure
 
 
 class _Part:
