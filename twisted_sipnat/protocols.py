@@ -79,6 +79,17 @@ def sendDatagram(transport: Any, data: bytes, addr: Any, stats: Counter[str], wh
     return True
 
 
+_stunLog = Logger(namespace="twisted_sipnat.stun")
+
+
+def sayDrops(line: str) -> None:
+    """
+    Log a STUN responder's drop summary ("dropped 1,234 rate-limited STUN requests from 17 sources in the last
+    10 s"): the responder says one per interval per kind, so a flood is visible without flooding the log.
+    """
+    _stunLog.warn("{summary}", summary=line, sipnat_event="stun.dropped")
+
+
 def _isKeepaliveDatagram(data: bytes) -> bool:
     """A datagram of CRLFs only: an RFC 5626 §4.4.1 / RFC 3261 §7.5 keepalive, not a SIP message."""
     return bool(data) and not data.strip(b"\r\n")
@@ -194,6 +205,10 @@ class SharedDatagramProtocol(HeldKeepalives, DatagramProtocol):
                 software=DEFAULT_SOFTWARE, rateLimit=RateLimit(DEFAULT_RESPONDER_RATE, DEFAULT_RESPONDER_BURST)
             )
         self.responder = responder
+        if responder is not None and getattr(responder, "say", False) is None:
+            responder.say = sayDrops  # the summary lines of what the rate limit and the checks dropped
+        #: The timer that says the drops not reported yet (armed only while there are some).
+        self._dropSummary: Any = None
         self.alternateSockets: Dict[HostPort, Any] = dict(alternateSockets or {})
         self.dropKeepalives = dropKeepalives
         self.arbiter = Arbiter(stream=False)
@@ -260,6 +275,7 @@ class SharedDatagramProtocol(HeldKeepalives, DatagramProtocol):
     def stopProtocol(self) -> None:
         self.socketSendto = None
         self._vetted.clear()
+        self._sayDrops()
         if self.sipProtocol is not None:
             self.sipProtocol.doStop()
         if self.controller is not None:
@@ -269,6 +285,8 @@ class SharedDatagramProtocol(HeldKeepalives, DatagramProtocol):
         try:
             if stun.isSTUN(datagram):
                 self._stunReceived(datagram, addr)
+            elif self.responder is not None and stun.isClassicSTUN(datagram):
+                self._answer(datagram, addr)  # an RFC 3489 client (RFC 8489 §12.2): never the controller's
             elif self.dropKeepalives and _isKeepaliveDatagram(datagram):
                 self.stats["keepalive.datagrams"] += 1
             elif self.sipProtocol is not None:
@@ -279,12 +297,15 @@ class SharedDatagramProtocol(HeldKeepalives, DatagramProtocol):
         except Exception:
             _log.failure("error handling a datagram of {length} bytes from {addr}", length=len(datagram), addr=addr)
 
-    def _now(self) -> float:
+    def _clockOrReactor(self) -> Any:
         if self._clock is None:
             from twisted.internet import reactor
 
             self._clock = reactor
-        return float(self._clock.seconds())
+        return self._clock
+
+    def _now(self) -> float:
+        return float(self._clockOrReactor().seconds())
 
     def _stunReceived(self, datagram: bytes, addr: Any) -> None:
         if self.controller is not None and self.controller.dataReceived(datagram, self, addr):
@@ -293,20 +314,42 @@ class SharedDatagramProtocol(HeldKeepalives, DatagramProtocol):
         if self.responder is None:
             self.stats["dropped.stun-unclaimed"] += 1
             return
-        reply = self.responder.respond(datagram, (addr[0], addr[1]), receivedOn=self._local, now=self._now())
+        self._answer(datagram, addr)
+
+    def _answer(self, datagram: bytes, addr: Any) -> None:
+        responder = self.responder
+        reply = responder.respond(datagram, (addr[0], addr[1]), receivedOn=self._local, now=self._now())
+        if self._dropSummary is None and getattr(responder, "summariesPending", False):
+            self._dropSummary = self._clockOrReactor().callLater(
+                responder.rateLimitedDrops.interval, self._sayDrops)
         if reply is None:
             self.stats["stun.requests.unanswered"] += 1
             return
         self.stats["stun.requests.answered"] += 1
+        # RESPONSE-PORT (RFC 5780 §7.5): the source IP at another port; never another IP.
+        to = reply.sendTo if getattr(reply, "sendTo", None) is not None else addr
         if reply.sendFrom is None or reply.sendFrom == self._local:
             if self.transport is not None:
-                sendDatagram(self.transport, reply.data, addr, self.stats, "a STUN answer")
+                sendDatagram(self.transport, reply.data, to, self.stats, "a STUN answer")
             return
         other = self.alternateSockets.get(reply.sendFrom)
         if other is None:
             self.stats["dropped.no-alternate-socket"] += 1
             return
-        sendDatagram(other, reply.data, addr, self.stats, "a STUN answer")
+        sendDatagram(other, reply.data, to, self.stats, "a STUN answer")
+
+    def _sayDrops(self) -> None:
+        """Say what the responder dropped and has not said yet (the timer's call, and at stop)."""
+        call, self._dropSummary = self._dropSummary, None
+        if call is not None and call.active():
+            call.cancel()
+        if self.responder is not None and hasattr(self.responder, "flushSummaries"):
+            self.responder.flushSummaries(self._now())
+
+    def reportFigures(self, figures: Any) -> None:
+        """``sipnat_stun_requests_total{result}`` of this socket's responder (``IFigureSource``)."""
+        if self.responder is not None and hasattr(self.responder, "reportFigures"):
+            self.responder.reportFigures(figures)
 
 
 @implementer(ISharedSocket)

@@ -95,8 +95,9 @@ class TestBinding:
     @pytest.mark.parametrize(
         "data",
         [b"", b"\x00\x01", b"REGISTER sip:example.org SIP/2.0\r\n\r\n", b"\r\n\r\n",
-         struct.pack("!HHI12s", 0x0001, 0, 0x2112A443, TID),  # bad cookie: not STUN as far as we know
-         struct.pack("!HHI12s", 0x4001, 0, 0x2112A442, TID)],
+         struct.pack("!HHI12s", 0x4001, 0, 0x2112A442, TID),
+         struct.pack("!HHI12s", 0x4001, 0, 0x2112A443, TID),  # no cookie, and not even RFC 3489's leading bits
+         struct.pack("!HHI12s", 0x0001, 2, 0x2112A443, TID) + b"\0\0"],  # RFC 3489 lengths are multiples of 4
     )
     def test_notSTUNIgnored(self, data: bytes) -> None:
         assert BindingResponder().respond(data, CLIENT) is None
@@ -150,8 +151,7 @@ class TestBinding:
         m, _ = answer(BindingResponder(), request([stun.RawAttribute(0x8042, b"y")]))
         assert m.messageClass == stun.SUCCESS
 
-    @pytest.mark.parametrize("attribute,attrType", [(stun.ResponsePort(9), stun.RESPONSE_PORT),
-                                                    (stun.Padding(bytes(16)), stun.PADDING)])
+    @pytest.mark.parametrize("attribute,attrType", [(stun.Padding(bytes(16)), stun.PADDING)])
     def test_unsupportedRFC5780(self, attribute: stun.Attribute, attrType: int) -> None:
         m, _ = answer(BindingResponder(primary=PRIMARY, alternate=ALTERNATE), request([attribute]))
         assert m.errorCode == (420, "Unknown Attribute")

@@ -68,3 +68,27 @@ async def test_stunRoleRfc5780AnswersFromTheAlternateSocket() -> None:
     finally:
         await port.stopListening()
         await server.stopService()
+
+
+def test_stunRoleAnswersEveryRequestAcrossAnHourClockStepBack() -> None:
+    """
+    Issue 13: after the wall clock stepped back 1 h, a client asking once every 5 s got 39 of 100 answers (the
+    bucket refilled nothing until the clock caught up).  The role's default rate limit, on the role's clock.
+    """
+    net = NetReactor()
+    net.advance(1_000_000)
+    server = STUNRole(net, udp=(3478, "127.0.0.1"))
+    server.startService()
+    client = net.listenUDP(0, protocol.DatagramProtocol())
+    answers: List[bytes] = []
+    client.protocol.datagramReceived = lambda data, addr: answers.append(data)  # type: ignore[method-assign]
+    for i in range(100):
+        if i == 10:
+            net.rightNow -= 3600.0  # the wall clock steps back an hour
+        client.write(stun.Message(stun.BINDING, stun.REQUEST).encode(), ("127.0.0.1", 3478))
+        net.advance(5)
+    assert len(answers) == 100
+    assert server.responder.answered == 100 and server.responder.rateLimited == 0
+    client.stopListening()
+    server.stopService()
+    assert net.ports == {}

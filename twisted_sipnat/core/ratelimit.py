@@ -97,6 +97,11 @@ class DropTally:
         self._said: Optional[float] = None  # when the last line was due
         self._crowded = False
 
+    @property
+    def pending(self) -> int:
+        """Drops counted that no line has reported yet (a caller flushes them when the interval is over)."""
+        return self._count
+
     def drop(self, sourceHost: str, now: float) -> Optional[str]:
         """Count one drop from ``sourceHost`` at ``now``; the summary line when one is due, else ``None``."""
         self.total += 1

@@ -4,14 +4,15 @@ The stun role: a standalone STUN Binding server (RFC 8489 §6.3), with RFC 5780 
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple, cast
 
 from twisted.application import service
 from twisted.logger import Logger
 
 from ..core.responder import DEFAULT_RESPONDER_BURST, DEFAULT_RESPONDER_RATE, BindingResponder, RateLimit
 from ..errors import InvalidSettingsError
-from ..protocols import SharedDatagramProtocol
+from ..protocols import SharedDatagramProtocol, sayDrops
+from .figures import FigureSources, IFigureSource
 from .listeners import StreamListener, UDPListener
 from .stunstream import STUNStreamFactory
 
@@ -22,7 +23,7 @@ HostPort = Tuple[str, int]
 log = Logger(namespace="twisted_sipnat.stun")
 
 
-class STUNRole(service.MultiService):
+class STUNRole(FigureSources, service.MultiService):
     """
     A standalone STUN Binding server (RFC 8489 §6.3): UDP on ``udp``, optionally TCP on the endpoint ``tcp``.
 
@@ -54,7 +55,10 @@ class STUNRole(service.MultiService):
         self.reusePort = reusePort
         limit = RateLimit(rateLimit[0], rateLimit[1]) if rateLimit is not None else None
         primary = (udp[1], udp[0]) if alternate is not None else None
-        self.responder = BindingResponder(software=software, primary=primary, alternate=alternate, rateLimit=limit)
+        self.responder = BindingResponder(software=software, primary=primary, alternate=alternate, rateLimit=limit,
+                                          say=sayDrops)
+        # One responder for every socket and the TCP listener: it reports once, for all of them.
+        self.addFigureSource(cast(IFigureSource, self.responder))  # the sans-IO core has no zope declarations
         self.sockets: Dict[HostPort, UDPListener] = {}
         self._shared: Dict[HostPort, SharedDatagramProtocol] = {}
         self.listener = self._listen(udp[0], udp[1])
@@ -82,11 +86,12 @@ class STUNRole(service.MultiService):
             shared.alternateSockets.update(transports)
         host, port = self.address()
         log.info("STUN server on UDP {host}:{port}{alt}", host=host, port=port,
-                 alt=" with RFC 5780 alternates" if len(self.sockets) > 1 else "")
+                 alt=" with RFC 5780 alternates" if len(self.sockets) > 1 else "", sipnat_event="stun.listening")
 
     def stopService(self) -> Any:
         for shared in self._shared.values():
             shared.alternateSockets.clear()
+        self.responder.flushSummaries(self.reactor.seconds())  # nothing dropped goes unsaid at shutdown
         return service.MultiService.stopService(self)
 
     def address(self) -> HostPort:

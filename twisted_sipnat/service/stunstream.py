@@ -34,15 +34,17 @@ class STUNStreamProtocol(protocol.Protocol):
         try:
             messages = self.framer.feed(data)
         except STUNDecodeError as e:
-            log.info("closing STUN/TCP connection from {peer}: {why}", peer=transport.getPeer(), why=str(e))
+            log.info("closing STUN/TCP connection from {peer}: {why}", peer=transport.getPeer(), why=str(e),
+                     sipnat_event="stun.stream.closed")
             transport.loseConnection()
             return
         if not messages:
             return
         peer, local = transport.getPeer(), transport.getHost()
         for message in messages:
+            # stream=True: RESPONSE-PORT is meaningless on a connection (RFC 5780 §7.5): answered here.
             reply = self.responder.respond(message, (peer.host, peer.port), receivedOn=(local.host, local.port),
-                                           now=self.clock.seconds())
+                                           now=self.clock.seconds(), stream=True)
             if reply is not None:
                 transport.write(reply.data)
 
@@ -55,6 +57,11 @@ class STUNStreamFactory(protocol.Factory):
     def __init__(self, responder: Any, clock: Any) -> None:
         self.responder = responder
         self.clock = clock
+
+    def reportFigures(self, figures: Any) -> None:
+        """``sipnat_stun_requests_total{result}`` of the responder (``IFigureSource``; a role that shares the
+        responder with its UDP sockets reports the responder once instead)."""
+        self.responder.reportFigures(figures)
 
     def buildProtocol(self, addr: Any) -> STUNStreamProtocol:
         p = STUNStreamProtocol(self.responder, self.clock)

@@ -33,7 +33,8 @@ type-length-value attributes padded to 4 bytes (RFC 8489 §5, §14).
 - :class:`StreamFramer` splits a TCP byte stream into whole STUN messages by the length field (RFC 8489 §6.2.2).
 
 What decoding enforces (strictly, unlike the usual Python STUN codecs): the two leading zero bits, the magic
-cookie (RFC 3489 messages without it are rejected), the length, attribute bounds and padding, address
+cookie (RFC 3489 messages without it are rejected: only a server reads them, with :func:`decodeClassic`,
+:func:`peekClassicHeader` and :func:`isClassicSTUN`), the length, attribute bounds and padding, address
 families and lengths, ERROR-CODE class and number, UTF-8 in text attributes, the lengths of MESSAGE-INTEGRITY
 (20), MESSAGE-INTEGRITY-SHA256 (16-32, a multiple of 4), FINGERPRINT (4), USERHASH (32), and that FINGERPRINT
 is the last attribute.  Attributes after MESSAGE-INTEGRITY other than MESSAGE-INTEGRITY-SHA256 and FINGERPRINT
@@ -114,8 +115,10 @@ from twisted_sipnat.core.stun.header import (
     SUCCESS,
     STUNDecodeError,
     STUNEncodeError,
+    isClassicSTUN,
     isSTUN,
     messageType,
+    peekClassicHeader,
     peekHeader,
     splitMessageType,
 )
@@ -130,6 +133,8 @@ from twisted_sipnat.core.stun.keys import (
 from twisted_sipnat.core.stun.message import (
     Message,
     decode,
+    decodeClassic,
+    encodeClassic,
     endsWithValidFingerprint,
 )
 from twisted_sipnat.core.stun.template import encodeBindingRequest
@@ -205,9 +210,13 @@ __all__ = [
     "attributeName",
     "Message",
     "decode",
+    "decodeClassic",
+    "encodeClassic",
     "isSTUN",
+    "isClassicSTUN",
     "endsWithValidFingerprint",
     "peekHeader",
+    "peekClassicHeader",
     "encodeBindingRequest",
     "StreamFramer",
     "opaqueString",

@@ -28,7 +28,9 @@ __all__ = [
     "messageType",
     "splitMessageType",
     "isSTUN",
+    "isClassicSTUN",
     "peekHeader",
+    "peekClassicHeader",
 ]
 
 MAGIC_COOKIE = 0x2112A442
@@ -47,6 +49,7 @@ ERROR = 3
 HEADER = struct.Struct("!HHI12s")
 PREFIX = struct.Struct("!HHI")
 _DEMUX = struct.Struct("!BxHI")
+
 
 
 
@@ -117,3 +120,38 @@ def peekHeader(data: bytes) -> Optional[Tuple[int, int, bytes]]:
     except KeyError:
         method, messageClass = rememberSplit(msgType)
     return method, messageClass, bytes(tid)
+
+
+# RFC 3489 ("classic STUN") messages: the same header layout, but the 32 bits that RFC 8489 made the magic cookie
+# are the first part of a 128-bit transaction ID.  Only the server side asks for these (RFC 8489 §12.2: a server
+# SHOULD answer an RFC 3489 Binding request); isSTUN, peekHeader, decode and StreamFramer keep refusing them, so
+# the client side still takes only RFC 8489 answers.
+
+
+def isClassicSTUN(data: bytes) -> bool:
+    """
+    An RFC 3489 message (§11.1): first byte 0-3 (RFC 7983), *not* the magic cookie, and a length field that is a
+    multiple of 4 (every RFC 3489 attribute is) and accounts for exactly the rest of ``data``.  Never raises.
+    """
+    if len(data) < HEADER_LENGTH:
+        return False
+    first, length, cookie = _DEMUX.unpack_from(data)
+    return first < 4 and cookie != MAGIC_COOKIE and not length & 3 and length + HEADER_LENGTH == len(data)
+
+
+def peekClassicHeader(data: bytes) -> Optional[Tuple[int, int, bytes]]:
+    """
+    ``(method, messageClass, transactionId)`` of a datagram that passes :func:`isClassicSTUN` with the two
+    leading bits zero, else ``None``.  The transaction ID is RFC 3489's 16 bytes (header bytes 4-20), which a
+    response echoes whole (RFC 3489 §11.1, RFC 8489 §12.2).
+    """
+    if len(data) < HEADER_LENGTH:
+        return None
+    msgType, length, cookie, tid = HEADER.unpack_from(data)
+    if msgType & 0xC000 or cookie == MAGIC_COOKIE or length & 3 or length + HEADER_LENGTH != len(data):
+        return None
+    try:
+        method, messageClass = SPLIT_TYPES[msgType]
+    except KeyError:
+        method, messageClass = rememberSplit(msgType)
+    return method, messageClass, bytes(data[4:HEADER_LENGTH])

@@ -69,7 +69,7 @@ from twisted_sipnat.core.stun.shapes import (
     v4names,
 )
 
-__all__ = ["Message", "decode", "endsWithValidFingerprint"]
+__all__ = ["Message", "decode", "decodeClassic", "encodeClassic", "endsWithValidFingerprint"]
 
 # Module-level names for the imported structs (and the IPv4 name cache): CPython 3.11 compiles ``X.f()``
 # on a name bound by an import as an attribute load that makes a bound method per call, not LOAD_METHOD.
@@ -441,6 +441,46 @@ def decode(data: bytes) -> Message:
     msg._mi256 = mi256
     msg._fp = fp
     return msg
+
+
+_COOKIE_BYTES = _U32.pack(MAGIC_COOKIE)
+
+
+def decodeClassic(data: bytes) -> Message:
+    """
+    Parse one whole RFC 3489 message (§11.1: no magic cookie, a 128-bit transaction ID), for a server that
+    answers RFC 3489 clients (RFC 8489 §12.2).  Only the server asks for this; :func:`decode` keeps refusing
+    such messages, so a client never takes an RFC 3489 answer.
+
+    The attributes are read by the same code as :func:`decode`'s (RFC 3489's attribute layout is RFC 8489's);
+    ``transactionId`` is the last 96 bits of the 128 (the first 32 are ``data[4:8]``, which a response echoes:
+    :func:`encodeClassic`).  The message keeps ``data`` as its wire bytes.  Raises :class:`STUNDecodeError`, and
+    nothing else, for anything that is not a well-formed cookie-less message.
+    """
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise STUNDecodeError(f"not bytes: {type(data).__name__}")
+    data = bytes(data)
+    if len(data) >= HEADER_LENGTH and data[4:8] == _COOKIE_BYTES:
+        raise STUNDecodeError("an RFC 8489 message (it has the magic cookie), not an RFC 3489 one", data)
+    try:
+        msg = decode(data[:4] + _COOKIE_BYTES + data[8:])
+    except STUNDecodeError as e:
+        e.data = data
+        raise
+    msg._raw = data
+    return msg
+
+
+def encodeClassic(message: Message, cookieField: bytes) -> bytes:
+    """
+    The RFC 3489 wire form of ``message``: its encoding without integrity or FINGERPRINT (RFC 3489 has none),
+    with ``cookieField`` -- the first 32 bits of the request's 128-bit transaction ID -- where the magic cookie
+    would be.  The attributes must not depend on the cookie (no XOR addresses: RFC 3489 has none either).
+    """
+    if len(cookieField) != 4:
+        raise STUNEncodeError(f"the RFC 3489 cookie field is 4 bytes, not {len(cookieField)}")
+    data = message.encode(None, False)
+    return data[:4] + bytes(cookieField) + data[8:]
 
 
 def endsWithValidFingerprint(data: bytes) -> bool:
