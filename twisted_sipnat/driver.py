@@ -63,7 +63,7 @@ class EngineDriver:
             try:
                 self._deliver(event)
             except Exception:
-                _log.failure("internal error delivering {event}", event=event)
+                _log.failure("internal error delivering {event}", event=event, sipnat_event="internal.error")
             event = engine.nextEvent()
 
     def _send(self) -> None:
@@ -79,7 +79,7 @@ class EngineDriver:
                     continue
             except NATTraversalError as e:
                 self.stats["writes.refused"] += 1
-                _log.debug("keepalive not written: {why}", why=str(e))
+                _log.debug("keepalive not written: {why}", why=str(e), sipnat_event="keepalive.unwritten")
             else:
                 self.stats["writes.held"] += 1
             engine.heldBack(writeKey)
@@ -115,7 +115,8 @@ class EngineDriver:
         if kind is ev.Note:
             level = event.level
             if level == "failure":
-                _log.failure(event.text, Failure(event.fields["error"]))
+                _log.failure(event.text, Failure(event.fields["error"]),
+                             sipnat_event=event.fields.get("sipnat_event", "internal.error"))
             else:
                 getattr(_log, level)(event.text, **event.fields)
         elif kind is ev.FlowFailed or kind is ev.MappingChanged:
@@ -128,7 +129,7 @@ class EngineDriver:
                 try:
                     notify(Failure(error))
                 except Exception:
-                    _log.failure("the observer's flowFailure raised")
+                    _log.failure("the observer's flowFailure raised", sipnat_event="observer.error")
         elif kind is ev.LookupNeeded:
             self._lookUp(event)
         else:

@@ -37,6 +37,26 @@ class InvalidSettingsError(NATTraversalError, ValueError):
         self.why = why
 
 
+class ListenError(NATTraversalError, SystemExit):
+    """
+    A port could not be bound at start-up: ``option`` names the option (``udp``, ``tcp``, ``listen``,
+    ``metrics``), ``description`` its value (``udp:5060``), ``why`` the system's reason in words ("port already
+    in use").  Its text is the one line the console shows.
+
+    Also a ``SystemExit`` with status 1, because the failure happens when twistd starts the service, after
+    option parsing and outside any handler of ours: raised out of ``startService`` it ends twistd with status 1
+    and no traceback (the line is logged where it is raised: :func:`twisted_sipnat.service.listeners.listenFailed`),
+    and code that catches ``Exception`` or ``NATTraversalError`` still catches it.
+    """
+
+    def __init__(self, option: str, description: str, why: str) -> None:
+        NATTraversalError.__init__(self, f"--{option} {description}: {why}")
+        self.code = 1
+        self.option = option
+        self.description = description
+        self.why = why
+
+
 class ResourceLimitError(NATTraversalError):
     """A configured bound (pending transactions, contexts, held bytes) would be exceeded."""
 

@@ -182,6 +182,7 @@ class SharedDatagramProtocol(HeldKeepalives, DatagramProtocol):
     """
 
     isStream = False
+    noisy = False  # no "Starting protocol" lines: the roles log what they listen on themselves
 
     def __init__(
         self,
@@ -295,7 +296,8 @@ class SharedDatagramProtocol(HeldKeepalives, DatagramProtocol):
             else:
                 self.stats["dropped.not-stun"] += 1
         except Exception:
-            _log.failure("error handling a datagram of {length} bytes from {addr}", length=len(datagram), addr=addr)
+            _log.failure("error handling a datagram of {length} bytes from {addr}", length=len(datagram), addr=addr,
+                         sipnat_event="internal.error")
 
     def _clockOrReactor(self) -> Any:
         if self._clock is None:
@@ -504,6 +506,7 @@ class SharedStreamFactory(WrappingFactory):
     """
 
     protocol = SharedStreamProtocol  # type: ignore[assignment]
+    noisy = False  # no "Starting factory" lines
 
     def __init__(
         self,

@@ -89,7 +89,7 @@ class ClientRole(service.MultiService):
         self.aor = register
         self.registerClient = RegisterClient(reactor, register, nextHop) if register is not None else None
         self.shared = SharedDatagramProtocol(sipProtocol=self.registerClient, controller=self.controller, clock=reactor)
-        self.listener = UDPListener(reactor, listen[0], self.shared, listen[1])
+        self.listener = UDPListener(reactor, listen[0], self.shared, listen[1], option="listen")
         self.listener.setServiceParent(self)
         self.observer = _RoleObserver(self)
         self.backoff = Backoff(random, backoffBase)

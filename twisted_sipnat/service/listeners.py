@@ -13,21 +13,55 @@ state is per flow: nothing needs to be shared) while different flows spread over
 
 from __future__ import annotations
 
+import errno
 import socket
-from typing import Any, List, Tuple
+from typing import Any, List, NoReturn, Tuple
 
 from twisted.application import internet, service
+from twisted.internet import error as netError
 from twisted.internet import protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from ..errors import InvalidSettingsError
+from ..errors import InvalidSettingsError, ListenError
 
-__all__ = ["StreamListener", "UDPListener", "listenUDPReusePort", "reusePortSocket"]
+__all__ = ["StreamListener", "UDPListener", "listenFailed", "listenUDPReusePort", "reusePortSocket", "whyNotListening"]
 
 HostPort = Tuple[str, int]
 
 log = Logger(namespace="twisted_sipnat.listeners")
+
+
+#: What the console says for the bind errors an operator meets (the rest: the system's own words).
+_REASONS = {
+    errno.EADDRINUSE: "port already in use",
+    errno.EADDRNOTAVAIL: "address cannot be assigned (not an address of this host)",
+    errno.EACCES: "permission denied (a port below 1024 needs privileges)",
+    errno.EAFNOSUPPORT: "address family not supported",
+}
+
+
+def whyNotListening(error: BaseException) -> str:
+    """The reason a listen failed, in a few words: ``CannotListenError`` and the ``OSError`` inside it."""
+    if isinstance(error, netError.CannotListenError):
+        error = error.socketError if isinstance(error.socketError, BaseException) else OSError(str(error.socketError))
+    if isinstance(error, socket.gaierror):
+        return f"cannot resolve the interface ({error.strerror or error})"
+    if isinstance(error, OSError):
+        return _REASONS.get(error.errno or 0, error.strerror or str(error))
+    return str(error) or type(error).__name__
+
+
+def listenFailed(option: str, description: str, error: BaseException) -> NoReturn:
+    """
+    A listener of option ``option`` (``udp``, ``tcp``, ``listen``, ``metrics`` ...) could not bind
+    ``description``: log one line that names the option and the reason, and raise :class:`ListenError`, which
+    ends ``twistd`` with status 1 and no traceback.  Every listener of the roles calls this for its bind
+    errors; a listener of another part (the metrics endpoint) should call it too, from its ``startService``.
+    """
+    failure = ListenError(option, description, whyNotListening(error))
+    log.error("twistd sipnat: {failure}", failure=str(failure), sipnat_event="listen.failed")
+    raise failure from None
 
 
 def reusePortSocket(port: int, interface: str = "") -> socket.socket:
@@ -75,8 +109,10 @@ class UDPListener(internet.UDPServer):
     """
 
     def __init__(self, reactor: Any, portNumber: int, proto: protocol.AbstractDatagramProtocol, interface: str = "",
-                 reusePort: bool = False) -> None:
+                 reusePort: bool = False, option: str = "udp") -> None:
         internet.UDPServer.__init__(self, portNumber, proto, interface=interface, reactor=reactor)
+        #: The option this port comes from, for the one line a failed bind prints (:func:`listenFailed`).
+        self.option = option
         self.portNumber = portNumber
         self.protocol = proto
         self.interface = interface
@@ -88,10 +124,15 @@ class UDPListener(internet.UDPServer):
         return self._port
 
     def _getPort(self) -> Any:
-        # UDPServer's one hook for how the port is made: reactor.listenUDP, or our SO_REUSEPORT bind.
-        if self.reusePort:
-            return listenUDPReusePort(self.reactor, self.portNumber, self.protocol, self.interface)
-        return internet.UDPServer._getPort(self)
+        # UDPServer's one hook for how the port is made: reactor.listenUDP, or our SO_REUSEPORT bind.  Called
+        # from privilegedStartService or startService; a bind error is the console's one line (listenFailed).
+        try:
+            if self.reusePort:
+                return listenUDPReusePort(self.reactor, self.portNumber, self.protocol, self.interface)
+            return internet.UDPServer._getPort(self)
+        except (netError.CannotListenError, OSError) as e:
+            description = f"udp:{self.portNumber}" + (f":interface={self.interface}" if self.interface else "")
+            listenFailed(self.option, description, e)
 
     def startService(self) -> None:
         # Bind before marking running, so a failed bind leaves the service stopped (twistd reports the error).
@@ -126,6 +167,7 @@ class StreamListener(service.Service):
         from twisted.internet import endpoints
 
         self.reactor = reactor
+        self.key = key
         self.description = description
         self.factory = factory
         self.port = None
@@ -141,17 +183,24 @@ class StreamListener(service.Service):
         d.addBoth(outcome.append)
         if outcome and isinstance(outcome[0], Failure):
             service.Service.stopService(self)
-            outcome[0].raiseException()  # tcp:/ssl: listen at once: the port is taken, say so now
+            refused: Failure = outcome[0]
+            if refused.check(netError.CannotListenError, OSError) and refused.value is not None:
+                listenFailed(self.key, self.description, refused.value)  # tcp:/ssl: listen at once: say so now
+            refused.raiseException()
 
         def listening(port: Any) -> None:
             self.port = port
-            log.info("listening on {description}", description=self.description)
+            log.info("listening on {description}", description=self.description, sipnat_event="listening")
+
+        def failed(f: Failure) -> None:
+            log.error("twistd sipnat: --{option} {description}: {why}", option=self.key, description=self.description,
+                      why=whyNotListening(f.value if f.value is not None else Exception()),
+                      sipnat_event="listen.failed")
 
         if outcome:
             listening(outcome[0])
-        else:  # an endpoint that listens later: a failure can only be logged
-            d.addCallbacks(listening, lambda f: log.failure("cannot listen on {description}", f,
-                                                            description=self.description))
+        else:  # an endpoint that listens later: a failure can only be logged (in one line, as above)
+            d.addCallbacks(listening, failed)
 
     def stopService(self) -> Any:
         service.Service.stopService(self)

@@ -19,8 +19,9 @@ from typing import Any, Optional, Sequence
 from twisted.application import service
 from twisted.logger import FileLogObserver, formatEvent, globalLogBeginner
 
+from ..errors import ListenError
 from ..tap import Options, buildService
-from .workers import stopOnce, watchParent
+from .workers import WORKER_ENV, stopOnce, tagLogEvents, watchParent
 
 
 def _format(event: Any) -> str:
@@ -47,16 +48,29 @@ def main(argv: Optional[Sequence[str]] = None, reactor: Any = None) -> int:
 
         reactor = globalReactor
     globalLogBeginner.beginLoggingTo([FileLogObserver(sys.stdout, _format)], redirectStandardIO=False)
+    index = os.environ.get(WORKER_ENV, "")
+    if index.isdigit():
+        # The key only: the parent puts "[worker N]" in front of every line it relays.
+        tagLogEvents(int(index), prefix=False)
     top = service.IService(buildService(options, reactor))
     parent = os.getppid()
     stop = stopOnce(reactor)
-    reactor.callWhenRunning(top.startService)
+    status = [0]
+
+    def start() -> None:
+        try:
+            top.startService()
+        except ListenError:
+            status[0] = 1  # already said in one line (listeners.listenFailed); the pool starts us again later
+            stop()
+
+    reactor.callWhenRunning(start)
     reactor.callWhenRunning(watchParent, reactor, parent, stop)
     reactor.addSystemEventTrigger("before", "shutdown", top.stopService)
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: reactor.callFromThread(stop))
     reactor.run(installSignalHandlers=False)
-    return 0
+    return status[0]
 
 
 if __name__ == "__main__":

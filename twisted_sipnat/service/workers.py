@@ -25,7 +25,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 from twisted.application import service
 from twisted.internet import defer
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 from twisted.runner.procmon import LoggingProtocol, ProcessMonitor
 
@@ -34,8 +34,10 @@ __all__ = [
     "RESTART_DELAY",
     "STOP_GRACE",
     "WORKER_MODULE",
+    "WorkerOutputLogger",
     "WorkerPool",
     "stopOnce",
+    "tagLogEvents",
     "watchParent",
     "withWorkers",
     "workerArguments",
@@ -80,6 +82,52 @@ def workerArguments(options: Any, overrides: Optional[Mapping[str, Optional[str]
     return argv
 
 
+class WorkerOutputLogger(Logger):
+    """
+    The logger ``ProcessMonitor`` re-logs each worker's output lines with (``"[{tag}] {line}"``, ``tag`` the
+    worker's name): every event gets ``sipnat_event="worker.output"`` and ``sipnat_worker``, the worker's index,
+    so a worker's lines can be told apart by key as well as by the ``[worker N]`` text.
+    """
+
+    def emit(self, level: LogLevel, format: Optional[str] = None, **kwargs: Any) -> None:
+        kwargs.setdefault("sipnat_event", "worker.output")
+        tag = kwargs.get("tag")
+        if isinstance(tag, str) and tag.startswith("worker ") and tag[7:].isdigit():
+            kwargs.setdefault("sipnat_worker", int(tag[7:]))
+        Logger.emit(self, level, format, **kwargs)
+
+
+def tagLogEvents(index: int, prefix: bool = True, publisher: Any = None) -> Callable[[], None]:
+    """
+    Give every log event of this process the key ``sipnat_worker=index`` and, with ``prefix``, the text
+    ``[worker index] `` in front, so that with ``--workers N`` the twistd process's own lines (worker 0) carry
+    its id as the other workers' lines do (their parent tags those).  Returns the call that stops it.
+
+    It must see each event before the observers that write it, so it goes first among ``publisher``'s
+    (default: the global publisher's) observers; a publisher without that list gets it last (the key is then
+    only seen by observers added later).
+    """
+    from twisted.logger import globalLogPublisher
+
+    target: Any = globalLogPublisher if publisher is None else publisher
+    tagText = f"[worker {index}] "
+
+    def tag(event: Dict[str, Any]) -> None:
+        if "sipnat_worker" in event:
+            return
+        event["sipnat_worker"] = index
+        text = event.get("log_format")
+        if prefix and isinstance(text, str):
+            event["log_format"] = tagText + text
+
+    observers = getattr(target, "_observers", None)
+    if isinstance(observers, list):
+        observers.insert(0, tag)
+    else:
+        target.addObserver(tag)
+    return lambda: target.removeObserver(tag)
+
+
 class _WorkerProtocol(LoggingProtocol):
     """``ProcessMonitor``'s protocol (each output line logged with the worker's name), telling the pool of an exit."""
 
@@ -114,8 +162,8 @@ class WorkerPool(ProcessMonitor):
             raise ValueError(f"count must be an integer >= 1, not {count!r}")
         ProcessMonitor.__init__(self, reactor=reactor)
         # What the workers write is logged here (an instance attribute: a Logger on the class takes the class's
-        # name as its namespace).
-        self.log = log
+        # name as its namespace), each line with the event key and the worker's index.
+        self.log = WorkerOutputLogger(namespace=log.namespace)
         self.reactor = reactor
         self.count = count
         self.argvFor = argvFor
@@ -159,16 +207,19 @@ class WorkerPool(ProcessMonitor):
             del self.protocols[name]
             delay = self.delay[name]
             self.delay[name] = min(delay * 2, self.maxRestartDelay)
-            log.error("cannot start {name}: {why}; trying again in {delay} s", name=name, why=e, delay=delay)
+            log.error("cannot start {name}: {why}; trying again in {delay} s", name=name, why=e, delay=delay,
+                      sipnat_event="worker.start.failed")
             if self.running:
                 self.restart[name] = self.reactor.callLater(delay, self.startProcess, name)
             return
-        log.info("worker {index} of {count} started", index=self._index[name], count=self.count)
+        log.info("worker {index} of {count} started", index=self._index[name], count=self.count,
+                 sipnat_event="worker.started")
 
     def _workerEnded(self, name: str, reason: Failure) -> None:
         if self.running:
             self.restarts += 1
-            log.warn("{name} ended ({why}); starting it again", name=name, why=reason.getErrorMessage())
+            log.warn("{name} ended ({why}); starting it again", name=name, why=reason.getErrorMessage(),
+                     sipnat_event="worker.ended")
         elif not self.protocols:
             stopped, self._stopped = self._stopped, []
             for d in stopped:
@@ -204,7 +255,7 @@ def withWorkers(
     """
     if workers == 1:
         return role
-    top = service.MultiService()
+    top = _WorkerZero()
     role.setServiceParent(top)
 
     def argvFor() -> List[str]:
@@ -221,6 +272,29 @@ def withWorkers(
     top.role = role  # type: ignore[attr-defined]
     top.workers = pool  # type: ignore[attr-defined]
     return top
+
+
+class _WorkerZero(service.MultiService):
+    """The role and its pool: while running, this process's log lines carry ``[worker 0]`` (:func:`tagLogEvents`)."""
+
+    _untag: Optional[Callable[[], None]] = None
+
+    def privilegedStartService(self) -> None:
+        if self._untag is None:
+            self._untag = tagLogEvents(0)
+        service.MultiService.privilegedStartService(self)
+
+    def startService(self) -> None:
+        if self._untag is None:
+            self._untag = tagLogEvents(0)
+        service.MultiService.startService(self)
+
+    def stopService(self) -> Any:
+        d = service.MultiService.stopService(self)
+        untag, self._untag = self._untag, None
+        if untag is not None:
+            d.addBoth(lambda result: (untag(), result)[1])
+        return d
 
 
 def stopOnce(reactor: Any) -> Callable[[], None]:
@@ -244,7 +318,7 @@ def watchParent(reactor: Any, parent: int, stop: Callable[[], None]) -> Any:
 
     def check() -> None:
         if os.getppid() != parent:
-            log.warn("parent process {pid} is gone: stopping", pid=parent)
+            log.warn("parent process {pid} is gone: stopping", pid=parent, sipnat_event="worker.orphaned")
             stop()
 
     loop = task.LoopingCall(check)
