@@ -16,6 +16,9 @@ import zlib
 from typing import Any, Dict, List, Tuple
 
 import pytest
+from fuzz.support import ciSettings
+from hypothesis import given
+from hypothesis import strategies as st
 from twisted.internet.address import IPv4Address
 from twisted.internet.protocol import DatagramProtocol
 from twisted.internet.task import Clock
@@ -329,3 +332,31 @@ def test_the_stun_role_reports_requests_by_result() -> None:
     net.advance(60)
     assert net.getDelayedCalls() == []
 
+
+
+# ---- the amplification bound holds for the new answers too ------------------------------------------------------
+
+attributeBodies = st.lists(
+    st.tuples(st.sampled_from([0x0001, 0x0002, 0x0003, 0x0006, 0x0008, 0x0027, 0x8022, 0x8028, 0x0042, 0x8042]),
+              st.binary(max_size=24)),
+    max_size=6,
+).map(lambda attrs: b"".join(struct.pack("!HH", t, len(v)) + v + bytes(-len(v) & 3) for t, v in attrs))
+
+
+@ciSettings
+@given(attributeBodies, st.binary(min_size=16, max_size=16), st.booleans(), st.booleans())
+def test_rfc3489_and_response_port_answers_stay_within_the_bound(body: bytes, tid: bytes, alternate: bool,
+                                                                 stream: bool) -> None:
+    responder = BindingResponder(primary=PRIMARY, alternate=ALTERNATE) if alternate else BindingResponder()
+    if tid[:4] == b"\x21\x12\xa4\x42":
+        tid = b"\0" + tid[1:]
+    for data in (classicRequest(body, tid), struct.pack("!HHI12s", 1, len(body), 0x2112A442, tid[4:]) + body):
+        reply = responder.respond(data, CLIENT, receivedOn=PRIMARY, stream=stream)
+        if reply is None:
+            continue
+        assert len(reply.data) <= max(len(data), AMPLIFICATION_FLOOR)
+        if reply.sendTo is not None:
+            assert reply.sendTo[0] == CLIENT[0] and not stream, "RESPONSE-PORT never names another IP"
+        if data[4:8] != b"\x21\x12\xa4\x42":
+            assert not stream, "no RFC 3489 over a stream"
+            assert reply.data[4:20] == tid and 0x8028 not in classicAttributes(reply.data)

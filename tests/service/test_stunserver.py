@@ -92,3 +92,28 @@ def test_stunRoleAnswersEveryRequestAcrossAnHourClockStepBack() -> None:
     client.stopListening()
     server.stopService()
     assert net.ports == {}
+
+
+@pytest_twisted.ensureDeferred
+async def test_stunRoleSendsToTheResponsePortOnRealSockets() -> None:
+    """RFC 5780 §7.5 on a real UDP socket: asked from one port, answered at another of the same IP."""
+    from twisted.internet import reactor
+
+    server = STUNRole(reactor, udp=(0, "127.0.0.1"))
+    server.startService()
+    asking, answering = Collector(), Collector()
+    askPort = reactor.listenUDP(0, asking, interface="127.0.0.1")
+    answerPort = reactor.listenUDP(0, answering, interface="127.0.0.1")
+    try:
+        request = stun.Message(stun.BINDING, stun.REQUEST, None, [stun.ResponsePort(answerPort.getHost().port)])
+        askPort.write(request.encode(), server.address())
+        data, source = await nextItem(answering.received, reactor)
+        assert source == server.address()
+        answer = stun.decode(data)
+        assert answer.transactionId == request.transactionId
+        assert answer.mappedAddress == ("127.0.0.1", askPort.getHost().port), "the asking socket's address"
+        assert len(asking.received.pending) == 0
+    finally:
+        await askPort.stopListening()
+        await answerPort.stopListening()
+        await server.stopService()
