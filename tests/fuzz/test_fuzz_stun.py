@@ -49,8 +49,12 @@ def checkRespond(data: bytes, port: int) -> None:
     if reply is None:
         return
     assert len(reply.data) <= max(len(data), AMPLIFICATION_FLOOR)
-    answer = stun.decode(reply.data)  # what we send is well-formed
+    # what we send is well-formed: an RFC 3489 answer (its 128-bit transaction ID echoed) to an RFC 3489 request
+    classic = stun.isClassicSTUN(data)
+    answer = stun.decodeClassic(reply.data) if classic else stun.decode(reply.data)
     assert answer.transactionId == data[8:20]
+    if classic:
+        assert reply.data[4:8] == data[4:8] and not answer.hasFingerprint
     assert answer.messageClass in (stun.SUCCESS, stun.ERROR)
 
 
