@@ -173,6 +173,41 @@ async def test_the_client_role_reports_its_flow_and_every_answered_keepalive() -
     assert value(samples, "sipnat_flow_failures_total", reason="stun_timeout") == 0
 
 
+@pytest_twisted.ensureDeferred
+async def test_idle_connections_cannot_lock_the_scraper_out_for_long() -> None:
+    """A flood of idle connections: past MAX_CONNECTIONS each new one is closed; once they go, scrapes work."""
+    from twisted.internet import reactor
+
+    from twisted_sipnat.service.metrics import MAX_CONNECTIONS, MetricsServer
+
+    server = MetricsServer(reactor, f"tcp:0:interface={LOOPBACK}", Source())
+    server.startService()
+    port = server.address()[1]  # type: ignore[index]
+    idle: List[socket.socket] = []
+    try:
+        for _ in range(MAX_CONNECTIONS * 2):  # within the listen backlog: the reactor accepts after this loop
+            s = socket.socket()
+            s.setblocking(False)
+            s.connect_ex((LOOPBACK, port))
+            idle.append(s)
+        deadline = reactor.seconds() + 5
+        while len(server.factory.protocols) + server.factory.refused < len(idle) and reactor.seconds() < deadline:
+            await task.deferLater(reactor, 0.02)
+        assert len(server.factory.protocols) == MAX_CONNECTIONS
+        assert server.factory.refused == len(idle) - MAX_CONNECTIONS
+        for s in idle:
+            s.close()
+        idle.clear()
+        while server.factory.protocols and reactor.seconds() < deadline:
+            await task.deferLater(reactor, 0.02)
+        samples = await scrape(port)
+        assert value(samples, "sipnat_registrations") == 7
+    finally:
+        for s in idle:
+            s.close()
+        await server.stopService()
+
+
 def test_a_port_in_use_is_one_line_naming_the_option() -> None:
     from twisted.internet import reactor
 

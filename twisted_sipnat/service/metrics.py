@@ -25,6 +25,7 @@ from prometheus_client.utils import floatToGoString
 from twisted.application import service
 from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
+from twisted.protocols.policies import WrappingFactory
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
@@ -33,9 +34,16 @@ from ..errors import InvalidSettingsError
 from .figures import METRICS, Figures, IFigureSource
 from .listeners import StreamListener
 
-__all__ = ["FigureCollector", "MetricsServer", "familiesOf"]
+__all__ = ["MAX_CONNECTIONS", "IDLE_TIMEOUT", "FigureCollector", "MetricsServer", "familiesOf"]
 
 log = Logger(namespace="twisted_sipnat.metrics")
+
+#: Connections the metrics endpoint holds at once; one more is closed at once.  A Prometheus server keeps one per
+#: target, so a few are plenty, and the bound keeps an endpoint left on a reachable address from being a way to
+#: use up the process's file descriptors.
+MAX_CONNECTIONS = 16
+#: Seconds a metrics connection may stay silent before it is closed (a scrape takes milliseconds).
+IDLE_TIMEOUT = 30.0
 
 
 def familiesOf(figures: Figures) -> List[Metric]:
@@ -92,6 +100,23 @@ class _MetricsSite(Site):
         pass
 
 
+class _Bounded(WrappingFactory):
+    """The site, with at most :data:`MAX_CONNECTIONS` connections open; past it a new one is closed at once."""
+
+    noisy = False
+
+    def __init__(self, factory: Any, limit: int) -> None:
+        super().__init__(factory)
+        self.limit = limit
+        self.refused = 0
+
+    def buildProtocol(self, addr: Any) -> Any:
+        if len(self.protocols) >= self.limit:
+            self.refused += 1
+            return None
+        return super().buildProtocol(addr)
+
+
 class MetricsServer(service.Service):
     """
     Serves ``source``'s figures at ``http://ADDR:PORT/metrics`` on the stream endpoint ``description``
@@ -109,8 +134,9 @@ class MetricsServer(service.Service):
         self.registry.register(FigureCollector(source))
         root = Resource()
         root.putChild(b"metrics", MetricsResource(self.registry))
-        self.site = _MetricsSite(root)
-        self.listener = StreamListener(reactor, description, self.site, key)
+        self.site = _MetricsSite(root, timeout=IDLE_TIMEOUT)
+        self.factory = _Bounded(self.site, MAX_CONNECTIONS)
+        self.listener = StreamListener(reactor, description, self.factory, key)
 
     def privilegedStartService(self) -> None:
         self._listen()
