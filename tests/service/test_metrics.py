@@ -407,3 +407,21 @@ def test_twistd_with_workers_serves_each_workers_figures_on_its_own_port(tmp_pat
     for samples in seen.values():
         assert ("sipnat_stun_requests_total", frozenset({("result", "answered")})) in samples
     assert "Traceback" not in output, output
+
+
+def test_a_worker_whose_metrics_port_is_taken_says_so_in_one_line_and_exits_1(tmp_path: Path) -> None:
+    """Worker 1 of ``--metrics tcp:P`` binds P+1: taken, it ends with the one line and status 1 (the pool retries)."""
+    with socket.socket() as taken:
+        taken.bind((LOOPBACK, 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "twisted_sipnat.service.worker", "stun", f"--udp=udp:0:interface={LOOPBACK}",
+             f"--metrics=tcp:{port - 1}:interface={LOOPBACK}"],
+            cwd=tmp_path, env=dict(os.environ, PYTHONPATH=str(ROOT), TWISTED_SIPNAT_WORKER="1"),
+            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+    assert result.stderr.strip().splitlines() == [
+        f"twistd sipnat: invalid metrics='tcp:{port}:interface={LOOPBACK}': cannot listen "
+        "([Errno 98] Address already in use)"], result.stderr
