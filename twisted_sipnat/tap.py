@@ -65,7 +65,7 @@ def buildService(options: Options, reactor: Any, worker: int = 0) -> Any:
         workers = parseWorkers(sub)
         edge = EdgeRole(reactor, **edgeArguments(sub, workers))
         top = withWorkers(reactor, edge, edge.udp, "edge", sub, workers, {"tcp": "none"})
-        return withFigures(reactor, top, edge, sub, worker)
+        return withFigures(reactor, top, edge, sub, worker, workers)
     if options.subCommand == "stun":
         from .service.stunserver import STUNRole
         from .service.workers import withWorkers
@@ -73,7 +73,7 @@ def buildService(options: Options, reactor: Any, worker: int = 0) -> Any:
         workers = parseWorkers(sub)
         stun = STUNRole(reactor, **stunArguments(sub, workers))
         top = withWorkers(reactor, stun, stun.listener, "stun", sub, workers, {"tcp": None})
-        return withFigures(reactor, top, stun, sub, worker)
+        return withFigures(reactor, top, stun, sub, worker, workers)
     from .service.embedded import EmbeddedDefault
 
     embedded = EmbeddedDefault(reactor, embeddedSettings(options))
@@ -88,12 +88,14 @@ class _NoFigures:
         pass
 
 
-def withFigures(reactor: Any, top: Any, role: Any, options: Any, worker: int = 0) -> Any:
+def withFigures(reactor: Any, top: Any, role: Any, options: Any, worker: int = 0, workers: int = 1) -> Any:
     """
     ``top`` with the operator's views of ``role``'s figures added as its children: ``--metrics`` (a
     :class:`~twisted_sipnat.service.metrics.MetricsServer`) and ``--stats-interval`` (a
     :class:`~twisted_sipnat.service.statslog.StatsLog`); ``top`` unchanged when neither option is given.
+    ``worker`` is this process's index among ``workers``; the last worker's port is checked here, up front.
     """
+    parseMetrics(options["metrics"], workers - 1)
     description = parseMetrics(options["metrics"], worker)
     interval = parseStatsInterval(options["stats-interval"])
     if description is None and interval is None:

@@ -255,6 +255,10 @@ def test_bad_metrics_descriptions_name_the_option(text: str) -> None:
 def test_the_last_worker_port_must_exist() -> None:
     with pytest.raises(InvalidSettingsError, match="worker 2: 65536"):
         parseMetrics("tcp:65534", 2)
+    with pytest.raises(InvalidSettingsError, match="worker 2: 65536"):  # checked by twistd itself, up front
+        from twisted.internet import reactor
+
+        buildService(_parse(["stun", "--udp", "udp:0", "--workers", "3", "--metrics", "tcp:65534"]), reactor)
 
 
 @pytest.mark.parametrize("text", ["0", "-1", "soon", "nan", "inf"])
