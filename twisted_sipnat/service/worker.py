@@ -52,7 +52,7 @@ def main(argv: Optional[Sequence[str]] = None, reactor: Any = None) -> int:
     if index.isdigit():
         # The key only: the parent puts "[worker N]" in front of every line it relays.
         tagLogEvents(int(index), prefix=False)
-    top = service.IService(buildService(options, reactor))
+    top = service.IService(buildService(options, reactor, worker=int(index) if index.isdigit() else 0))
     parent = os.getppid()
     stop = stopOnce(reactor)
     status = [0]
@@ -62,6 +62,10 @@ def main(argv: Optional[Sequence[str]] = None, reactor: Any = None) -> int:
             top.startService()
         except ListenError:
             status[0] = 1  # already said in one line (listeners.listenFailed); the pool starts us again later
+            stop()
+        except SystemExit as e:  # another one-line refusal: say it, and exit status 1
+            print(e, file=sys.stderr)
+            status[0] = 1
             stop()
 
     reactor.callWhenRunning(start)
