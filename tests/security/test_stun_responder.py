@@ -360,3 +360,23 @@ def test_rfc3489_and_response_port_answers_stay_within_the_bound(body: bytes, ti
         if data[4:8] != b"\x21\x12\xa4\x42":
             assert not stream, "no RFC 3489 over a stream"
             assert reply.data[4:20] == tid and 0x8028 not in classicAttributes(reply.data)
+
+
+def test_a_shared_socket_and_a_stun_stream_factory_report_their_responder() -> None:
+    from twisted_sipnat.service.figures import Figures
+
+    shared, transport, _ = serverSocket(stunResponder=True)
+    shared.datagramReceived(stun.Message(stun.BINDING, stun.REQUEST).encode(), CLIENT)
+    shared.datagramReceived(fingerprinted(BROKEN), CLIENT)
+    figures = Figures()
+    shared.reportFigures(figures)
+    assert figures.get("sipnat_stun_requests_total", result="answered") == 1
+    assert figures.get("sipnat_stun_requests_total", result="malformed") == 1
+    factory = STUNStreamFactory(BindingResponder(), Clock())
+    proto = factory.buildProtocol(IPv4Address("TCP", *CLIENT))
+    proto.makeConnection(StringTransport(hostAddress=IPv4Address("TCP", *PRIMARY),
+                                         peerAddress=IPv4Address("TCP", *CLIENT)))
+    proto.dataReceived(stun.Message(stun.BINDING, stun.REQUEST, None, [stun.RawAttribute(0x0042, b"")]).encode())
+    figures = Figures()
+    factory.reportFigures(figures)
+    assert figures.get("sipnat_stun_requests_total", result="rejected") == 1

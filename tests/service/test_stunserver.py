@@ -117,3 +117,42 @@ async def test_stunRoleSendsToTheResponsePortOnRealSockets() -> None:
         await askPort.stopListening()
         await answerPort.stopListening()
         await server.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_stunRoleScrapedRequestsByResult() -> None:
+    """The role's own counts through its --metrics endpoint: 2 answered, 3 rate-limited, 1 rejected (420)."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+    from twisted.internet import reactor
+    from twisted.internet.threads import deferToThread
+
+    from twisted_sipnat.service.metrics import MetricsServer
+
+    server = STUNRole(reactor, udp=(0, "127.0.0.1"), rateLimit=(0.001, 3))
+    metrics = MetricsServer(reactor, "tcp:0:interface=127.0.0.1", server)
+    server.startService()
+    metrics.startService()
+    collector = Collector()
+    port = reactor.listenUDP(0, collector, interface="127.0.0.1")
+    try:
+        for attributes in ([], [], [stun.Padding(b"x")], [], [], []):
+            port.write(stun.Message(stun.BINDING, stun.REQUEST, None, attributes).encode(), server.address())
+        for _ in range(3):
+            await nextItem(collector.received, reactor)
+        host, metricsPort = metrics.address() or ("", 0)
+
+        def scrape() -> str:
+            with urllib.request.urlopen(f"http://{host}:{metricsPort}/metrics", timeout=5) as response:
+                return str(response.read().decode())
+
+        text = await deferToThread(scrape)
+        found = {sample.labels["result"]: sample.value
+                 for family in text_string_to_metric_families(text) for sample in family.samples
+                 if sample.name == "sipnat_stun_requests_total"}
+        assert found == {"answered": 2, "rejected": 1, "rate_limited": 3, "malformed": 0}
+    finally:
+        await port.stopListening()
+        await metrics.stopService()
+        await server.stopService()
