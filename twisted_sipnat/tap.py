@@ -17,7 +17,9 @@ plugin file names this module as a string, and the role modules (some need ``twi
 imports the reactor when it loads, and the worker pool needs ``twisted.runner.procmon``, which does too) load
 inside :func:`buildService`, once twistd has installed the reactor.  Every value is checked before anything is
 bound; a bad one ends the program with one line naming the option or configuration key (``SystemExit``), not a
-traceback.
+traceback.  A port that cannot be bound fails later, when twistd starts the service, and is one line too: each
+listener calls :func:`twisted_sipnat.service.listeners.listenFailed`, which logs it naming the option and raises
+:class:`twisted_sipnat.errors.ListenError` (a ``SystemExit`` with status 1).
 """
 
 from __future__ import annotations
