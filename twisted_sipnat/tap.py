@@ -44,6 +44,7 @@ def buildService(options: Options, reactor: Any) -> Any:
     """
     sub: Any = getattr(options, "subOptions", None)
     checkConfigUse(options)
+    _raiseOpenFileLimit()
     if options.subCommand == "client":
         from .service.client import ClientRole
 
@@ -65,6 +66,13 @@ def buildService(options: Options, reactor: Any) -> Any:
     from .service.embedded import EmbeddedDefault
 
     return EmbeddedDefault(reactor, embeddedSettings(options))
+
+
+def _raiseOpenFileLimit() -> None:
+    """Every role: the soft open-file limit up to the hard one, logged once (:mod:`.service.limits` says why)."""
+    from .service.limits import raiseOpenFileLimit
+
+    raiseOpenFileLimit()
 
 
 def makeService(options: Options) -> Any:

@@ -283,7 +283,7 @@ class IncomingSplitter(_Framer):
     buffers).  See the module docstring for the whole machine.
     """
 
-    __slots__ = ("_server", "_pendingCR", "_pendingCRLF")
+    __slots__ = ("_server", "_pendingCR", "_pendingCRLF", "_messages")
 
     def __init__(self, role: Literal["client", "server"], maxMessageSize: int = DEFAULT_MAX_MESSAGE_SIZE) -> None:
         if role not in ("client", "server"):
@@ -294,6 +294,12 @@ class IncomingSplitter(_Framer):
         # a CRLF that is either the first half of a ping or noise before a start line.
         self._pendingCR = False
         self._pendingCRLF = False
+        self._messages = 0
+
+    @property
+    def messages(self) -> int:
+        """How many whole messages (header block and body) have been received: what a connection table counts."""
+        return self._messages
 
     @property
     def pendingCR(self) -> bool:
@@ -329,6 +335,8 @@ class IncomingSplitter(_Framer):
             while i < n:
                 if self._state != _BETWEEN:
                     i = self._consumeMessage(data, i)
+                    if self._state == _BETWEEN:
+                        self._messages += 1
                     continue
                 # Between messages: keepalive CRLFs, or the first byte of a message.
                 if data[i] == _CR:

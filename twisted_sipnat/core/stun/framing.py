@@ -6,10 +6,14 @@ import struct
 from typing import List
 
 from twisted_sipnat.core.stun.header import HEADER_LENGTH, MAGIC_COOKIE, STUNDecodeError
+from twisted_sipnat.errors import STUNMessageTooLarge
 
-__all__ = ["StreamFramer"]
+__all__ = ["MAX_STREAM_MESSAGE", "StreamFramer"]
 
 _LENGTH_COOKIE = struct.Struct("!2xHI")
+
+#: The largest message a STUN header can announce (a 16-bit length of whole 4-byte words).
+MAX_STREAM_MESSAGE = HEADER_LENGTH + 65532
 
 
 class StreamFramer:
@@ -18,13 +22,18 @@ class StreamFramer:
 
     :meth:`feed` raises :class:`STUNDecodeError` as soon as the bytes at a message boundary cannot start a
     STUN header (leading bits, cookie, length); the stream is then out of sync and the connection should be
-    closed.  The buffer is bounded by one maximal message (20 + 65532 bytes).
+    closed.  The buffer is bounded by one maximal message (20 + 65532 bytes), or by ``maxMessageSize``: a
+    header announcing a longer message is refused as soon as its length field arrives, so a server whose
+    clients only send small requests never buffers more than that per connection.
     """
 
-    __slots__ = ("_buffer",)
+    __slots__ = ("_buffer", "maxMessageSize")
 
-    def __init__(self) -> None:
+    def __init__(self, maxMessageSize: int = MAX_STREAM_MESSAGE) -> None:
+        if maxMessageSize < HEADER_LENGTH:
+            raise ValueError(f"maxMessageSize must be at least {HEADER_LENGTH}, not {maxMessageSize}")
         self._buffer = bytearray()
+        self.maxMessageSize = maxMessageSize
 
     @property
     def buffered(self) -> int:
@@ -46,6 +55,9 @@ class StreamFramer:
             if length & 3:
                 raise STUNDecodeError(f"stream is not STUN: length {length} not a multiple of 4", bytes(buf[:20]))
             total = HEADER_LENGTH + length
+            if total > self.maxMessageSize:
+                raise STUNMessageTooLarge(f"message of {total} bytes is over this stream's {self.maxMessageSize}",
+                                      bytes(buf[:20]))
             if len(buf) < total:
                 break
             out.append(bytes(buf[:total]))
