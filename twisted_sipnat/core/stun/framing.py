@@ -41,8 +41,17 @@ class StreamFramer:
         return len(self._buffer)
 
     def feed(self, data: bytes) -> List[bytes]:
-        buf = self._buffer
-        buf += data
+        """The whole messages ``data`` completes; raises :class:`STUNDecodeError` (and drops the buffer: the
+        stream is out of sync for good) when the stream stops looking like STUN."""
+        self._buffer += data
+        try:
+            return self._split(self._buffer, self.maxMessageSize)
+        except STUNDecodeError:
+            self._buffer = bytearray()
+            raise
+
+    @staticmethod
+    def _split(buf: bytearray, maxMessageSize: int = MAX_STREAM_MESSAGE) -> List[bytes]:
         out: List[bytes] = []
         while buf:
             if buf[0] & 0xC0:
@@ -55,9 +64,9 @@ class StreamFramer:
             if length & 3:
                 raise STUNDecodeError(f"stream is not STUN: length {length} not a multiple of 4", bytes(buf[:20]))
             total = HEADER_LENGTH + length
-            if total > self.maxMessageSize:
-                raise STUNMessageTooLarge(f"message of {total} bytes is over this stream's {self.maxMessageSize}",
-                                      bytes(buf[:20]))
+            if total > maxMessageSize:
+                raise STUNMessageTooLarge(f"message of {total} bytes is over this stream's {maxMessageSize}",
+                                          bytes(buf[:20]))
             if len(buf) < total:
                 break
             out.append(bytes(buf[:total]))
