@@ -55,11 +55,13 @@ def freeTCPPort() -> int:
 class Role:
     """A role in a child process: ``pid``, its log file, :meth:`rssKiB`, :meth:`stop`."""
 
-    def __init__(self, argv: Sequence[str], soft: int = 1024, hard: Optional[int] = None) -> None:
+    def __init__(self, argv: Sequence[str], soft: int = 1024, hard: Optional[int] = None,
+                 checkout: Optional[str] = None) -> None:
         self.log: IO[bytes] = tempfile.TemporaryFile()
+        env = dict(os.environ, PYTHONPATH=checkout) if checkout else None  # another checkout's code (a baseline)
         self.process = subprocess.Popen(
             [sys.executable, "-c", _BOOT, str(soft), str(-1 if hard is None else hard), *argv],
-            stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
+            stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True, env=env, cwd=checkout,
         )
         self.pid = self.process.pid
 
@@ -85,14 +87,26 @@ class Role:
         self.log.close()
 
 
-def edge(port: int, soft: int = 1024, hard: Optional[int] = None, extra: Sequence[str] = ()) -> Role:
+def edge(port: int, soft: int = 1024, hard: Optional[int] = None, extra: Sequence[str] = (),
+         checkout: Optional[str] = None) -> Role:
     return Role(["edge", "--udp", "udp:0:interface=127.0.0.1", "--tcp", f"tcp:{port}:interface=127.0.0.1",
-                 "--domain", "example.com", *extra], soft, hard)
+                 "--domain", "example.com", *extra], soft, hard, checkout)
 
 
-def stun(port: int, soft: int = 1024, hard: Optional[int] = None, extra: Sequence[str] = ()) -> Role:
+def stun(port: int, soft: int = 1024, hard: Optional[int] = None, extra: Sequence[str] = (),
+         checkout: Optional[str] = None) -> Role:
     return Role(["stun", "--udp", "udp:0:interface=127.0.0.1", "--tcp", f"tcp:{port}:interface=127.0.0.1", *extra],
-                soft, hard)
+                soft, hard, checkout)
+
+
+def bindingAnswered(port: int, timeout: float = 5.0) -> bool:
+    """Connect, send a Binding request over TCP, and whether a success response came back in time."""
+    try:
+        with socket.create_connection((LOOPBACK, port), timeout=timeout) as sock:
+            sock.sendall(bindingRequest())
+            return sock.recv(2048)[:2] == b"\x01\x01"
+    except OSError:
+        return False
 
 
 def registerRequest(index: int) -> bytes:
