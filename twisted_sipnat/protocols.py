@@ -37,7 +37,7 @@ from .core.sipframing import DEFAULT_MAX_MESSAGE_SIZE, IncomingSplitter, Ping, P
 from .errors import NATTraversalError
 from .interfaces import ISharedSocket
 from .settings import DEFAULT_SOFTWARE
-from .streamlimits import StreamLimiter, limiterFor
+from .streamlimits import RefusedConnection, StreamLimiter, limiterFor
 
 HostPort = Tuple[str, int]
 
@@ -324,7 +324,8 @@ class SharedStreamProtocol(ProtocolWrapper):
     ``maxMessageSize`` or a malformed Content-Length closes the connection with a logged reason.
 
     With the factory's ``limits``, each read tells the factory's connection table what it completed (whole
-    SIP messages, keepalives) and how much of a partial header block the splitter holds; the table may close
+    SIP messages, keepalives) and how many bytes of a partial message are held (the splitter's copy of the
+    header block and what the wrapped protocol has of it: ``IncomingSplitter.partial``); the table may close
     the connection (:meth:`closeForLimit`).
     """
 
@@ -421,7 +422,7 @@ class SharedStreamProtocol(ProtocolWrapper):
         self._receive(data)
         if not self._closing:
             keepalive = self.stats["pings.received"] + self.stats["pongs.received"] != keepalives
-            limiter.observe(self, self.splitter.messages - messages, keepalive, self.splitter.buffered)
+            limiter.observe(self, self.splitter.messages - messages, keepalive, self.splitter.partial)
 
     def _receive(self, data: bytes) -> None:
         try:
@@ -520,10 +521,10 @@ class SharedStreamFactory(WrappingFactory):
         self.limiter: Optional[StreamLimiter] = limiterFor(limits, clock, transport)
 
     def buildProtocol(self, addr: Any) -> Any:
-        """A connection the table refuses gets ``None``: the port closes its socket before anything is read."""
+        """A connection the table refuses gets a ``RefusedConnection``: aborted at once, nothing read."""
         protocol = super().buildProtocol(addr)
         if self.limiter is not None and not self.limiter.admit(protocol, addr):
-            return None
+            return RefusedConnection()
         return protocol
 
     def doStop(self) -> None:

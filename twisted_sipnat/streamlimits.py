@@ -4,8 +4,9 @@ and the closing of what the table says to close.
 
 A stream factory with limits (:class:`~twisted_sipnat.protocols.SharedStreamFactory`, the stun role's
 :class:`~twisted_sipnat.service.stunstream.STUNStreamFactory`) owns a :class:`StreamLimiter`.  Its
-``buildProtocol`` asks :meth:`StreamLimiter.admit` (a refused connection gets ``None``, so the port closes the
-socket at once, before it costs a protocol); its protocol reports what each read completed and buffered
+``buildProtocol`` asks :meth:`StreamLimiter.admit`; a refused connection gets a :class:`RefusedConnection`,
+which aborts it as soon as it is made (not ``None``: a TLS wrapper around the factory would wrap ``None``); its
+protocol reports what each read completed and buffered
 (:meth:`StreamLimiter.observe`) and its loss (:meth:`StreamLimiter.lost`).  Whatever the table closes is
 aborted, not closed politely: a slowloris does not read, and ``loseConnection`` would wait on it for ever with
 the descriptor held.
@@ -18,12 +19,13 @@ from __future__ import annotations
 
 from typing import Any, Iterable, Optional
 
+from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 
 from .core.connections import REASONS, Closure, ConnectionLimits, ConnectionTable
 from .core.ratelimit import DropTally
 
-__all__ = ["StreamLimiter", "sourceOf"]
+__all__ = ["RefusedConnection", "StreamLimiter", "limiterFor", "sourceOf"]
 
 _log = Logger(namespace="twisted_sipnat.connections")
 
@@ -32,6 +34,20 @@ def sourceOf(address: Any) -> str:
     """The source IP a connection is counted under (the whole address when it has no ``host``: a UNIX socket)."""
     host = getattr(address, "host", None)
     return str(host) if host is not None else str(address)
+
+
+class RefusedConnection(Protocol):
+    """The protocol of a connection the table refused: aborted the moment it is made, nothing read."""
+
+    noisy = False
+
+    def makeConnection(self, transport: Any) -> None:
+        self.transport = transport
+        self.connected = 1
+        transport.abortConnection()
+
+    def dataReceived(self, data: bytes) -> None:
+        pass
 
 
 class StreamLimiter:

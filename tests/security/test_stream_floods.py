@@ -26,6 +26,7 @@ from tests.security import floodkit
 from twisted_sipnat.service.edge import EdgeRole
 from twisted_sipnat.service.figures import Figures
 from twisted_sipnat.service.stunserver import STUNRole
+from twisted_sipnat.streamlimits import RefusedConnection
 
 
 def connect(factory: Any, host: str, port: int) -> Tuple[Optional[Any], StringTransport]:
@@ -60,7 +61,7 @@ def test_idle_flood_beyond_the_cap_then_registers_are_still_answered() -> None:
     assert open_(flood) <= 100
     real = [connect(factory, "192.0.2.20", 20000 + i) for i in range(3)]
     for i, (protocol, _) in enumerate(real):
-        assert protocol is not None, "a legitimate client was refused"
+        assert not isinstance(protocol, RefusedConnection), "a legitimate client was refused"
         protocol.dataReceived(floodkit.registerRequest(i))
     assert [t.value().startswith(b"SIP/2.0 200") for _, t in real] == [True, True, True]
     assert not any(t.disconnecting for _, t in real)
@@ -107,6 +108,22 @@ def test_the_buffered_bytes_total_holds_against_connections_from_many_sources() 
         flood.append((protocol, transport))
         assert sum(p.splitter.buffered for p, t in flood if not t.disconnecting) <= 1_000_000
     assert factory.limiter.table.bufferedBytes <= 1_000_000
+    closeAll(flood)
+
+
+def test_partial_bodies_count_against_the_total_too() -> None:
+    """Headers complete, body stalled: the splitter copies nothing, but the SIP handler holds the body."""
+    clock = Clock()
+    edge = edgeRole(clock, maxBufferedBytes=1_000_000)
+    factory = edge.tcp.factory  # type: ignore[union-attr]
+    head = (b"OPTIONS sip:example.com SIP/2.0\r\nVia: SIP/2.0/TCP 203.0.113.5:1;branch=z9hG4bKx\r\n"
+            b"Call-ID: x\r\nCSeq: 1 OPTIONS\r\nContent-Length: 60000\r\n\r\n")
+    flood = [connect(factory, "203.0.113.5", 10000 + i) for i in range(100)]
+    for protocol, transport in flood:
+        if not transport.disconnecting:
+            protocol.dataReceived(head + b"x" * 50_000)  # type: ignore[union-attr]
+    assert factory.limiter.table.bufferedBytes <= 1_000_000
+    assert open_(flood) <= 1_000_000 // 50_000
     closeAll(flood)
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import struct
 import subprocess
 import sys
-from typing import Any, List, Optional, Tuple
+from typing import Any, List, Tuple
 
 import pytest
 from twisted.internet.address import IPv4Address
@@ -27,6 +27,7 @@ from twisted_sipnat.service.figures import Figures
 from twisted_sipnat.service.limits import FILE_RESERVE, connectionLimits, defaultMaxConnections
 from twisted_sipnat.service.options import Options, connectionLimitArguments, edgeArguments, stunArguments
 from twisted_sipnat.service.stunstream import STUN_STREAM_MAX_MESSAGE, STUNStreamFactory
+from twisted_sipnat.streamlimits import RefusedConnection
 
 REGISTER = (
     b"REGISTER sip:example.com SIP/2.0\r\nVia: SIP/2.0/TCP 192.0.2.10:40000;branch=z9hG4bK1\r\n"
@@ -43,13 +44,12 @@ class Recorder(Protocol):
         self.received.append(data)
 
 
-def connect(factory: Any, host: str = "192.0.2.10", port: int = 40000) -> Tuple[Optional[Any], StringTransport]:
-    """What a listening port does with a new connection: buildProtocol, then makeConnection (``None``: refused)."""
+def connect(factory: Any, host: str = "192.0.2.10", port: int = 40000) -> Tuple[Any, StringTransport]:
+    """What a listening port does with a new connection: buildProtocol, then makeConnection."""
     address = IPv4Address("TCP", host, port)
     transport = StringTransport(peerAddress=address, hostAddress=IPv4Address("TCP", "198.51.100.1", 5060))
     protocol = factory.buildProtocol(address)
-    if protocol is not None:
-        protocol.makeConnection(transport)
+    protocol.makeConnection(transport)
     return protocol, transport
 
 
@@ -92,8 +92,8 @@ def test_refused_when_every_connection_completed_a_message(clock: Clock) -> None
     clients = [connect(factory, port=40000 + i)[0] for i in range(2)]
     for protocol in clients:
         protocol.dataReceived(REGISTER)
-    refused, _ = connect(factory, port=41000)
-    assert refused is None
+    refused, refusedTransport = connect(factory, port=41000)
+    assert isinstance(refused, RefusedConnection) and refusedTransport.disconnecting
     figures = Figures()
     factory.reportFigures(figures)
     assert figures.get("sipnat_connections", transport="tcp") == 2
@@ -279,8 +279,8 @@ def test_stun_role_builds_its_table(clock: Clock) -> None:
     factory = role.tcp.factory  # type: ignore[union-attr]
     first, _ = connect(factory)
     first.dataReceived(bindingRequest())
-    second, _ = connect(factory, port=40001)
-    assert second is None
+    second, secondTransport = connect(factory, port=40001)
+    assert isinstance(second, RefusedConnection) and secondTransport.disconnecting
     figures = Figures()
     role.reportFigures(figures)
     assert figures.get("sipnat_connections_refused_total", reason="max_per_source") == 1

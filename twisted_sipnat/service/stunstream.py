@@ -21,7 +21,7 @@ from zope.interface import implementer
 from ..core.connections import ConnectionLimits
 from ..core.stun import StreamFramer, STUNDecodeError
 from ..errors import STUNMessageTooLarge
-from ..streamlimits import StreamLimiter, limiterFor
+from ..streamlimits import RefusedConnection, StreamLimiter, limiterFor
 from .figures import IFigureSource
 
 __all__ = ["STUN_STREAM_MAX_MESSAGE", "STUNStreamFactory", "STUNStreamProtocol"]
@@ -101,11 +101,11 @@ class STUNStreamFactory(protocol.Factory):
         self.maxMessageSize = maxMessageSize
         self.limiter: Optional[StreamLimiter] = limiterFor(limits, clock, transport)
 
-    def buildProtocol(self, addr: Any) -> Optional[STUNStreamProtocol]:  # type: ignore[override]
+    def buildProtocol(self, addr: Any) -> protocol.Protocol:
         p = STUNStreamProtocol(self.responder, self.clock, self.maxMessageSize, self.limiter)
         p.factory = self
         if self.limiter is not None and not self.limiter.admit(p, addr):
-            return None
+            return RefusedConnection()  # aborted at once
         return p
 
     def stopFactory(self) -> None:
