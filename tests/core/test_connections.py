@@ -122,6 +122,17 @@ def test_removed_connections_leave_no_wakeup_and_the_heap_stays_bounded() -> Non
     assert len(t._heap) <= 64
 
 
+def test_a_clock_stepped_back_keeps_the_timeouts() -> None:
+    t = table(idleTimeout=100.0, handshakeTimeout=10.0)
+    t.admit(1, "10.0.0.1", now=5000.0)
+    t.completed(1, now=5001.0)  # idle until 5101
+    t.admit(2, "10.0.0.1", now=1400.0)  # the wall clock went back an hour (and a bit)
+    wake = t.nextWakeup()
+    assert wake is not None and wake <= 1410.0
+    assert t.expire(1410.0) == [Closure(2, "handshake_timeout")]
+    assert t.expire(1500.0) == [Closure(1, "idle_timeout")]  # 100 s after its last message, not 3,700
+
+
 def test_idle_timeout_default_follows_the_flow_timer() -> None:
     assert defaultIdleTimeout(30) == 70.0
     assert defaultIdleTimeout(None) == DEFAULT_IDLE_TIMEOUT

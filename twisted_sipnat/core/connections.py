@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import heapq
 from collections import Counter, OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Dict, Generic, Hashable, List, Optional, Tuple, TypeVar
 
 from twisted_sipnat.errors import InvalidSettingsError
@@ -138,7 +138,6 @@ class _Entry:
     due: float = 0.0  # the deadline the wake-up heap holds for this entry (never later than the real one)
 
 
-@dataclass
 class ConnectionTable(Generic[K]):
     """
     The open stream connections of one listener, keyed by whatever the shell uses (its protocol objects).
@@ -146,21 +145,25 @@ class ConnectionTable(Generic[K]):
     Invariants (``tests/core/test_connections.py``): never more than ``maxConnections`` entries, never more
     than ``maxConnectionsPerSource`` from one source, :attr:`bufferedBytes` never over ``maxBufferedBytes``
     once :meth:`buffered`'s closures are carried out, a connection that completed a message is never evicted
-    to make room.
+    to make room, and nothing past its deadline survives :meth:`expire`.
     """
 
-    limits: ConnectionLimits = field(default_factory=ConnectionLimits)
-    #: Refusals and closures so far, by reason label.
-    refused: Counter[str] = field(default_factory=Counter)
-    _entries: Dict[K, _Entry] = field(default_factory=dict)
-    #: Connections that have not completed a message, oldest first (admission order).
-    _incomplete: OrderedDict[K, None] = field(default_factory=OrderedDict)
-    _incompleteBySource: Dict[str, OrderedDict[K, None]] = field(default_factory=dict)
-    _bySource: Counter[str] = field(default_factory=Counter)
-    _holders: Dict[K, int] = field(default_factory=dict)
-    _buffered: int = 0
-    _heap: List[Tuple[float, int, K]] = field(default_factory=list)
-    _seq: int = 0
+    def __init__(self, limits: Optional[ConnectionLimits] = None) -> None:
+        self.limits = limits if limits is not None else ConnectionLimits()
+        #: Refusals and closures so far, by reason label.
+        self.refused: Counter[str] = Counter()
+        self._entries: Dict[K, _Entry] = {}
+        #: Connections that have not completed a message, oldest first (admission order), in all and by source.
+        self._incomplete: OrderedDict[K, None] = OrderedDict()
+        self._incompleteBySource: Dict[str, OrderedDict[K, None]] = {}
+        self._bySource: Counter[str] = Counter()
+        #: Connections holding partial-message bytes, and how many.
+        self._holders: Dict[K, int] = {}
+        self._buffered = 0
+        #: One (deadline, sequence, key) per live connection, plus stale ones skipped when they come up.
+        self._heap: List[Tuple[float, int, K]] = []
+        self._seq = 0
+        self._latest = float("-inf")  # the latest ``now`` seen: a clock that steps back is caught up with
 
     # -- reading --------------------------------------------------------------------------------------------
 
@@ -195,6 +198,7 @@ class ConnectionTable(Generic[K]):
         """
         if key in self._entries:
             raise ValueError(f"{key!r} is already in the table")
+        self._follow(now)
         close: List[Closure[K]] = []
         if self._bySource.get(source, 0) >= self.limits.maxConnectionsPerSource:
             victim = self._oldestIncomplete(self._incompleteBySource.get(source))
@@ -231,12 +235,14 @@ class ConnectionTable(Generic[K]):
 
     def active(self, key: K, now: float) -> None:
         """``key`` received a keepalive (or anything else whole that is not a message): it is not idle."""
+        self._follow(now)
         entry = self._entries.get(key)
         if entry is not None and now > entry.lastActive:
             entry.lastActive = now
 
     def completed(self, key: K, now: float) -> None:
         """``key`` completed a message: it is active, and from now on it is never evicted to make room."""
+        self._follow(now)
         entry = self._entries.get(key)
         if entry is None:
             return
@@ -304,6 +310,26 @@ class ConnectionTable(Generic[K]):
 
     # -- time -------------------------------------------------------------------------------------------------
 
+    def _follow(self, now: float) -> None:
+        """
+        A ``now`` earlier than one already seen is a clock stepped back (a wall clock set back): every
+        connection's times move back by the step, so the timeouts stay what they were, instead of waiting for
+        the clock to catch up.  (A step forward cannot be told from time passing: idle connections then close
+        early, and their clients connect again.)
+        """
+        if now >= self._latest:
+            self._latest = now
+            return
+        step = self._latest - now
+        self._latest = now
+        for entry in self._entries.values():
+            entry.admitted -= step
+            entry.lastActive -= step
+            entry.due = self._deadline(entry)
+        self._heap = [(e.due, i, k) for i, (k, e) in enumerate(self._entries.items())]
+        heapq.heapify(self._heap)
+        self._seq = len(self._heap)
+
     def _deadline(self, entry: _Entry) -> float:
         idle = entry.lastActive + self.limits.idleTimeout
         if entry.completed:
@@ -333,6 +359,7 @@ class ConnectionTable(Generic[K]):
 
     def expire(self, now: float) -> List[Closure[K]]:
         """The connections to close at ``now``: silent for ``idleTimeout``, or no first message in time."""
+        self._follow(now)
         closures: List[Closure[K]] = []
         heap = self._heap
         while heap and heap[0][0] <= now:
