@@ -63,6 +63,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--stun-kb", type=int, default=60)
     parser.add_argument("--requests", type=int, default=3, help="legitimate requests during each flood")
     parser.add_argument("--after", type=float, default=10.0, help="seconds until the flood is counted again")
+    parser.add_argument("--role-option", action="append", default=[], metavar="OPTION",
+                        help="an option for the roles, e.g. --role-option=--max-buffered-bytes=4194304")
     args = parser.parse_args(argv)
     floodkit.raiseOwnFileLimit(8192)
     hard = args.hard or None
@@ -70,7 +72,7 @@ def main(argv: Optional[List[str]] = None) -> None:
 
     def edgeRun(name: str, payload: bytes, count: int) -> None:
         port = floodkit.freeTCPPort()
-        role = floodkit.edge(port, soft=1024, hard=hard, checkout=args.checkout)
+        role = floodkit.edge(port, soft=1024, hard=hard, extra=args.role_option, checkout=args.checkout)
         role.port = port  # type: ignore[attr-defined]
         scenario(name, role, lambda: floodkit.waitForEdge(port, role), payload, count,
                  lambda i: floodkit.registerAnswered(port, i), args.requests, args.after)
@@ -79,7 +81,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     edgeRun(f"(b) edge: {args.slowloris} x {args.header_kb} KB partial header",
             floodkit.slowlorisHeader(args.header_kb * 1024), args.slowloris)
     port = floodkit.freeTCPPort()
-    role = floodkit.stun(port, soft=1024, hard=hard, checkout=args.checkout)
+    role = floodkit.stun(port, soft=1024, hard=hard, extra=args.role_option, checkout=args.checkout)
     role.port = port  # type: ignore[attr-defined]
     size = args.stun_kb * 1024
     partial = floodkit.bindingRequest(length=min(65532, size))[:20] + b"\x00" * (size - 20 - 100)

@@ -441,6 +441,10 @@ class SharedStreamProtocol(ProtocolWrapper):
         """
         self._closing = True
         self.stats[f"closed.{reason}"] += 1
+        # The splitter's copy of a partial header block goes now, not when the garbage collector finds the
+        # cycle this protocol and the wrapped one form: a flood of them would pile up until then.
+        self.splitter = IncomingSplitter(role="server" if self.pongResponder else "client",
+                                         maxMessageSize=self.factory.maxMessageSize)
         transport: Any = self.transport
         if transport is not None:
             transport.abortConnection()
