@@ -183,10 +183,15 @@ def test_no_sequence_of_events_takes_the_table_over_a_bound(
         kind = event[0]
         if kind == "admit":
             source = f"10.0.0.{event[1]}"
+            sourceFull = sum(1 for s in live.values() if s == source) >= perSource
             answer = t.admit(nextKey, source, now)
-            for closure in answer.close:
+            for n, closure in enumerate(answer.close):
                 assert closure.reason == "evicted"
                 assert closure.key not in completed, "a connection that completed a message was evicted"
+                # the oldest incomplete one (keys grow with admission): of the full source first, then of all
+                bySource = n == 0 and sourceFull
+                pool = [k for k, s in live.items() if k not in completed and (s == source or not bySource)]
+                assert closure.key == min(pool), "not the oldest incomplete connection"
                 del live[closure.key]
             if answer.admitted:
                 live[nextKey] = source

@@ -307,3 +307,11 @@ print(resource.getrlimit(resource.RLIMIT_NOFILE)[0] == hard, len(lines), lines[0
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True)
     raised, count, soft, hard = out.stdout.split()
     assert raised == "True" and count == "1" and soft == hard
+
+
+def test_the_metric_label_follows_the_endpoint() -> None:
+    from twisted_sipnat.service.edge import _transportOf
+
+    assert _transportOf("tcp:5060") == "tcp"
+    assert _transportOf("ssl:5061:privateKey=k.pem") == "tls"
+    assert _transportOf("TLS:5061") == "tls"
