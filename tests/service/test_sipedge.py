@@ -1,0 +1,127 @@
+"""twisted_sipnat.service.sipedge: the edge's SIP side over UDP and TCP on a Clock, with fake transports."""
+
+from __future__ import annotations
+
+from twisted.internet.task import Clock
+
+from tests.sipedgekit import asRequest, asResponse, register, request
+from twisted_sipnat.core.sip import Via
+
+from .sipedgesupport import EdgeHarness, edgeLogs, named, taken
+
+BOB = ("198.51.100.7", 40001)
+ALICE = ("192.0.2.50", 5070)
+OUTBOUND = '<sip:bob@10.0.0.1:5060;ob>;+sip.instance="<urn:uuid:1>";reg-id=1'
+
+
+def test_oneTimerWhateverTheNumberOfBindings(clock: Clock) -> None:
+    harness = EdgeHarness(clock)
+    for i in range(50):
+        harness.datagram(register(user=f"u{i}", contacts=[f"<sip:u{i}@10.0.0.1>"], expires=str(100 + i)),
+                         (f"198.51.100.{i}", 5060))
+    assert len(harness.edge.registry) == 50
+    assert len(clock.getDelayedCalls()) == 1
+    assert clock.getDelayedCalls()[0].getTime() == 100
+    with edgeLogs() as events:
+        clock.advance(125)
+    assert len(harness.edge.registry) == 24
+    assert len(named(events, "sipnat.edge.expired")) == 26
+    assert len(clock.getDelayedCalls()) == 1
+    clock.advance(1000)
+    assert len(harness.edge.registry) == 0
+    assert clock.getDelayedCalls() == [], "no bindings, no timer"
+    harness.stop()
+
+
+def test_stopCancelsTheTimerAndForgets(clock: Clock) -> None:
+    harness = EdgeHarness(clock)
+    harness.datagram(register(), BOB)
+    assert len(clock.getDelayedCalls()) == 1
+    harness.stop()
+    assert len(harness.edge.registry) == 0
+
+
+def test_udpRegistrationThenProxiedMessageArrivesOverTheFlow(clock: Clock) -> None:
+    harness = EdgeHarness(clock)
+    assert asResponse(harness.datagram(register(), BOB)[0]).code == 200
+    assert harness.datagram(request("MESSAGE", body=b"hello"), ALICE) == []
+    forwarded = asRequest(harness.udp.to(BOB)[-1])
+    assert forwarded.method == "MESSAGE" and forwarded.uri == "sip:bob@10.0.0.1:5060"
+    vias = forwarded.headers.getAll("Via")
+    answer = (f"SIP/2.0 200 OK\r\nVia: {vias[0]}\r\nVia: {vias[1]}\r\nFrom: <sip:alice@example.com>;tag=a1\r\n"
+              "To: <sip:bob@example.com>;tag=b\r\nCall-ID: call1@test\r\nCSeq: 1 MESSAGE\r\nContent-Length: 0\r\n\r\n")
+    back = harness.datagram(answer.encode(), BOB)
+    assert back == []
+    relayed = asResponse(harness.udp.to(ALICE)[-1])
+    assert relayed.code == 200 and len(relayed.headers.getAll("Via")) == 1
+    harness.stop()
+
+
+def test_tcpRegistrationIsProxiedOverItsConnectionAndAClosedOneIs430(clock: Clock) -> None:
+    harness = EdgeHarness(clock)
+    proto, transport = harness.connect(BOB)
+    proto.dataReceived(register(transport="TCP", contacts=[OUTBOUND], extra=["Supported: outbound"]))
+    response = asResponse(taken(transport))
+    assert response.code == 200 and response.headers.getAll("Require") == ["outbound"]
+    assert harness.figures().get("sipnat_flows", transport="tcp") == 1
+    harness.datagram(request(), ALICE)
+    forwarded = asRequest(taken(transport))
+    assert forwarded.method == "INVITE"
+    assert Via.parse(forwarded.headers.getAll("Via")[0]).transport == "TCP"
+    harness.close(proto)
+    assert harness.figures().get("sipnat_flows", transport="tcp") == 0
+    answer = asResponse(harness.datagram(request(branch="z9hG4bKcall2"), ALICE)[0])
+    assert answer.code == 430, "RFC 5626 §5.3: the flow is gone"
+    harness.stop()
+
+
+def test_responseFromATCPCalleeGoesBackOverTheCallersConnection(clock: Clock) -> None:
+    harness = EdgeHarness(clock)
+    harness.datagram(register(), BOB)
+    caller, callerTransport = harness.connect(ALICE)
+    caller.dataReceived(request().replace(b"SIP/2.0/UDP", b"SIP/2.0/TCP"))
+    forwarded = asRequest(harness.udp.to(BOB)[-1])
+    vias = forwarded.headers.getAll("Via")
+    answer = (f"SIP/2.0 180 Ringing\r\nVia: {vias[0]}, {vias[1]}\r\nFrom: <sip:alice@example.com>;tag=a1\r\n"
+              "To: <sip:bob@example.com>;tag=b\r\nCall-ID: call1@test\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n")
+    harness.datagram(answer.encode(), BOB)
+    assert asResponse(taken(callerTransport)).code == 180
+    harness.stop()
+
+
+def test_rateLimitDropsAndSaysSoOncePerInterval(clock: Clock) -> None:
+    harness = EdgeHarness(clock, sipRate=1.0, sipBurst=5)
+    with edgeLogs() as events:
+        answers = [harness.datagram(request("OPTIONS", "sip:example.com"), ALICE) for _ in range(100)]
+        assert sum(1 for a in answers if a) == 5
+        clock.advance(10)
+    lines = named(events, "sipnat.edge.rate-limited")
+    assert len(lines) == 2, "the first drop at once, the rest in one line when the interval is over"
+    figures = harness.figures()
+    assert figures.get("sipnat_sip_requests_total", result="rate_limited") == 95
+    assert figures.get("sipnat_sip_requests_total", result="answered") == 5
+    harness.stop()
+    assert clock.getDelayedCalls() == []
+
+
+def test_figures(clock: Clock) -> None:
+    harness = EdgeHarness(clock)
+    harness.datagram(register(), BOB)
+    harness.datagram(register(user="carol", contacts=["<sip:carol@10.0.0.3>"]), ALICE)
+    harness.datagram(b"REGISTER sip:example.com SIP/2.0\r\nVia: SIP/2.0/UDP x;branch=z9hG4bK1\r\nbroken\r\n\r\n", BOB)
+    figures = harness.figures()
+    assert figures.get("sipnat_registrations") == 2
+    assert figures.get("sipnat_flows", transport="udp") == 2
+    assert figures.get("sipnat_sip_requests_total", result="answered") == 2
+    assert figures.get("sipnat_sip_requests_total", result="malformed") == 1
+    harness.stop()
+
+
+def test_sipRateZeroFromOptionsMeansNoLimit() -> None:
+    from twisted_sipnat.service.options import EdgeOptions, edgeArguments
+
+    sub = EdgeOptions()
+    sub.parseOptions(["--sip-rate", "0", "--max-registrations", "10", "--min-expires", "30"])
+    arguments = edgeArguments(sub, 1)
+    assert arguments["sipRate"] is None
+    assert arguments["maxRegistrations"] == 10 and arguments["minExpires"] == 30
