@@ -98,7 +98,8 @@ class SIPEdge:
         for send in outcome.sends:
             self.send(send.data, send.flow)
         if outcome.kind == "malformed":
-            self.malformedTally.drop(flow.host, now, f" (the last: {outcome.reason})")
+            closed = "; its connection closed" if outcome.close else ""
+            self.malformedTally.drop(flow.host, now, f" (the last: {outcome.reason}{closed})")
         for binding in outcome.registered:
             log.info("registered {aor} at {contact}", aor=binding.aor, contact=str(binding.uri),
                      expires=binding.remaining(now), transport=binding.flow.transport,
@@ -232,8 +233,9 @@ class SIPEdgeStreamProtocol(protocol.Protocol):
             return
         outcome = self.edge.handle(data, self.flow, stream=True)
         if outcome is not None and outcome.close and self.transport is not None:
-            log.warn("closing SIP connection with {host}:{port}: {reason}", host=self.flow.host,
-                     port=self.flow.port, reason=outcome.reason, sipnat_event="sipnat.edge.stream-closed")
+            # Said in the malformed tally's line (one per interval, whatever the number of connections).
+            log.debug("closing SIP connection with {host}:{port}: {reason}", host=self.flow.host,
+                      port=self.flow.port, reason=outcome.reason, sipnat_event="sipnat.edge.stream-closed")
             self.closing = True  # nothing more from it is read
             self.transport.loseConnection()
 
