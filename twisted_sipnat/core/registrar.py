@@ -11,7 +11,8 @@ RFC 3261 §10.3's, in its order:
 
 1. the Request-URI's host must be a domain this edge serves, else 404 (the edge does not forward REGISTER);
 2. ``Require`` may name only ``outbound`` (RFC 5626), else 420 with ``Unsupported`` (§8.2.2.3);
-3. and 4. (authentication, authorisation) are not done: an edge in front of a real registrar is the use case;
+3. authentication is not done: anyone may register, which is why every table is bounded;
+4. nor is authorisation (which AORs an authenticated user may register);
 5. the address-of-record is the To URI in canonical form (:func:`aorOf`: scheme, unescaped user, lower-case
    host, no port, no parameters); a To that is not a SIP URI with a user in a served domain gets 404;
 6. ``Contact: *`` is allowed only alone and with ``Expires: 0`` (else 400) and removes every binding of the AOR;

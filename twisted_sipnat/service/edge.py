@@ -70,6 +70,7 @@ class EdgeRole(FigureSources, service.MultiService):
         self.registry = Registrar([domain], maxRegistrations=maxRegistrations, minExpires=minExpires,
                                   maxExpires=maxExpires, defaultExpires=defaultExpires, flowTimer=flowTimer)
         self.proxy = EdgeProxy(self.registry, host=host or udp[1] or "127.0.0.1", ports={"udp": udp[0]})
+        self._guessedHost = host is None and not udp[1]
         rateLimit = None
         if sipRate is not None:
             try:
@@ -96,6 +97,10 @@ class EdgeRole(FigureSources, service.MultiService):
             self.proxy.ports["udp"] = port
         log.info("edge registrar for {domain} on UDP {host}:{port}", domain=self.domain, host=host, port=port,
                  sipnat_event="sipnat.edge.started")
+        if self._guessedHost:
+            # The Via of every proxied request names this host, and user agents answer to it.
+            log.warn("no --host given and UDP on every interface: proxied requests name {via} in their Via",
+                     via=self.proxy.host, sipnat_event="sipnat.edge.host-guessed")
 
     def stopService(self) -> Any:
         self.sip.stop()
