@@ -51,3 +51,11 @@ def test_resolve_throughput_runs() -> None:
     assert "twisted_sipnat, 1 worker(s)" in out and "twisted_sipnat, 2 worker(s)" in out, out
     assert "(CPU by process:" in out, out  # two processes answered
     assert "resolutions/s" in out and "failures 0" in out, out
+
+
+@pytest.mark.timeout(150)
+def test_edge_registrar_runs() -> None:
+    out = run("edge_registrar.py", ["--count", "300", "--max-registrations", "200"])
+    for line in ("registry size after the flood: 200 bindings; 100 refused with 503", "pending reactor timers: 1",
+                 "memory per binding", "REGISTERs handled", "after 3600 s: 0 bindings, 0 pending timers"):
+        assert line in out, out

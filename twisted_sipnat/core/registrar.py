@@ -106,6 +106,25 @@ class Flow:
 BindingKey = Tuple[object, ...]
 
 
+class _ContactKey:
+    """
+    A Contact URI as a dictionary key: §19.1.4 equality, with the hash computed once (hashing a
+    :class:`SIPURI` normalises its host, and a binding's key is looked up several times per REGISTER).
+    """
+
+    __slots__ = ("uri", "_hash")
+
+    def __init__(self, uri: SIPURI) -> None:
+        self.uri = uri
+        self._hash = hash(uri)
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _ContactKey) and self._hash == other._hash and self.uri == other.uri
+
+
 @dataclass(eq=False)
 class Binding:
     """One registered Contact of an AOR: what :meth:`Registrar.lookup` returns and the proxy routes to."""
@@ -234,7 +253,7 @@ class Registrar:
         self.flowTimer = flowTimer
         self.refused = 0  # REGISTERs refused because the table was full
         self._byAOR: Dict[str, Dict[BindingKey, Binding]] = {}
-        self._byContact: Dict[SIPURI, Binding] = {}
+        self._byContact: Dict[_ContactKey, Binding] = {}
         self._byFlow: Dict[Flow, Set[BindingKey]] = {}
         self._bindings: Dict[BindingKey, Binding] = {}
         self._heap: List[Tuple[float, int, BindingKey]] = []
@@ -259,8 +278,8 @@ class Registrar:
 
     def byContact(self, uri: SIPURI, now: float) -> Optional[Binding]:
         """The live binding registered with exactly this Contact URI (§19.1.4), if any."""
-        binding = self._byContact.get(uri)
-        return binding if binding is not None and binding.expiresAt > now and binding.uri == uri else None
+        binding = self._byContact.get(_ContactKey(uri))
+        return binding if binding is not None and binding.expiresAt > now else None
 
     def flowCounts(self) -> Dict[str, int]:
         """Distinct live flows holding bindings, by transport."""
@@ -419,7 +438,7 @@ class Registrar:
         granted = 0 if asked == 0 else min(max(asked, self.minExpires), self.maxExpires)
         instance, regId = contact.instance, contact.regId
         isOutbound = outboundRequest and instance is not None and regId is not None
-        key: BindingKey = ("ob", aor, instance, regId) if isOutbound else ("uri", aor, uri)
+        key: BindingKey = ("ob", aor, instance, regId) if isOutbound else ("uri", aor, _ContactKey(uri))
         old = current.get(key)
         again = False
         if old is not None and old.callId == callId:
@@ -454,7 +473,7 @@ class Registrar:
         key = binding.key
         self._bindings[key] = binding
         self._byAOR.setdefault(binding.aor, {})[key] = binding
-        self._byContact[binding.uri] = binding
+        self._byContact[_ContactKey(binding.uri)] = binding
         self._byFlow.setdefault(binding.flow, set()).add(key)
         heapq.heappush(self._heap, (binding.expiresAt, binding.order, key))
         if len(self._heap) > 2 * len(self._bindings) + 64:  # stale entries of refreshed bindings
@@ -467,8 +486,9 @@ class Registrar:
         del perAOR[key]
         if not perAOR:
             del self._byAOR[binding.aor]
-        if self._byContact.get(binding.uri) is binding:
-            del self._byContact[binding.uri]
+        contact = _ContactKey(binding.uri)
+        if self._byContact.get(contact) is binding:
+            del self._byContact[contact]
         keys = self._byFlow[binding.flow]
         keys.discard(key)
         if not keys:
