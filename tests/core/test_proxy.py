@@ -76,6 +76,26 @@ def test_noBytesRaise(data: bytes) -> None:
         assert outcome.kind in ("malformed", "answered", "dropped", "response")
 
 
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from([register(), request(), request("ACK"), register(contacts=[OUTBOUND], extra=["Supported: outbound"])]),
+       st.lists(st.tuples(st.integers(0, 400), st.binary(min_size=0, max_size=3)), min_size=1, max_size=4))
+def test_mutatedMessagesNeverRaise(message: bytes, edits: list) -> None:  # type: ignore[type-arg]
+    """Valid messages with bytes replaced, inserted or cut: an outcome every time, and a 400 only for requests."""
+    data = bytearray(message)
+    for at, replacement in edits:
+        at %= len(data) or 1
+        data[at : at + 1] = replacement
+    proxy = _proxy()
+    _registered(proxy)
+    for stream in (False, True):
+        outcome = proxy.receive(bytes(data), TCP_FLOW if stream else UDP_FLOW, 1.0, stream=stream)
+        assert outcome.kind in ("malformed", "answered", "dropped", "response")
+        if outcome.kind == "malformed":
+            assert outcome.close == stream
+        for send in outcome.sends:
+            assert send.data.startswith((b"SIP/2.0 ", b"INVITE ", b"ACK ", b"REGISTER ")) or b" SIP/2.0\r\n" in send.data
+
+
 # -- requests for the edge itself -----------------------------------------------------------------------------
 
 

@@ -39,6 +39,8 @@ def test_stopCancelsTheTimerAndForgets(clock: Clock) -> None:
     assert len(clock.getDelayedCalls()) == 1
     harness.stop()
     assert len(harness.edge.registry) == 0
+    assert harness.datagram(register(cseq=2), BOB) == [], "a datagram the closing port still delivers is ignored"
+    assert clock.getDelayedCalls() == []
 
 
 def test_udpRegistrationThenProxiedMessageArrivesOverTheFlow(clock: Clock) -> None:

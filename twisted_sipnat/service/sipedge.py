@@ -82,11 +82,14 @@ class SIPEdge:
         self.connections: Dict[int, SIPEdgeStreamProtocol] = {}
         self._serial = 0
         self._timer: Any = None
+        self.stopped = False
 
     # -- the messages -----------------------------------------------------------------------------------------
 
     def handle(self, data: bytes, flow: Flow, *, stream: bool) -> Optional[Outcome]:
         """One message from ``flow``: rate limit, the core, the sends; the outcome (``None`` when rate-limited)."""
+        if self.stopped:  # a datagram the closing port still delivered: no state, no timer after stop()
+            return None
         now = self.reactor.seconds()
         if self.rateLimit is not None and not self.rateLimit.allow(flow.host, now):
             self.counts["rate_limited"] += 1
@@ -167,7 +170,8 @@ class SIPEdge:
         self._reschedule(now)
 
     def stop(self) -> None:
-        """Cancel the timer, say what is pending, forget every binding."""
+        """Cancel the timer, say what is pending, forget every binding; later messages are ignored."""
+        self.stopped = True
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
