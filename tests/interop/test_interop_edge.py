@@ -33,9 +33,10 @@ _TWISTD = (
 
 @pytest.fixture
 def edge(tmp_path: Path) -> Iterator[peerkit.HostPort]:
-    """The edge role as an operator runs it, on a free loopback port; always stopped."""
+    """The edge role as an operator runs it, UDP and TCP on one free loopback port; always stopped."""
     port = peerkit.freePort(LOOPBACK)
-    argv = [sys.executable, "-c", _TWISTD, "edge", "--udp", f"udp:{port}:interface={LOOPBACK}", "--tcp", "none",
+    argv = [sys.executable, "-c", _TWISTD, "edge", "--udp", f"udp:{port}:interface={LOOPBACK}",
+            "--tcp", f"tcp:{port}:interface={LOOPBACK}",
             "--domain", DOMAIN, "--host", LOOPBACK, "--flow-timer", "30"]
     process = PeerProcess("twistd sipnat edge", argv, tmp_path / "edge.log")
     try:
@@ -45,9 +46,10 @@ def edge(tmp_path: Path) -> Iterator[peerkit.HostPort]:
         process.stop()
 
 
-def _sipp(scenario: str, localPort: int, user: str, *extra: str, target: Optional[peerkit.HostPort] = None) -> List[str]:
+def _sipp(scenario: str, localPort: int, user: str, *extra: str, target: Optional[peerkit.HostPort] = None,
+          transport: str = "u1") -> List[str]:
     sipp = peerkit.requireTool("sipp", "sip-tester")
-    argv = [sipp, "-sf", str(dataPath(f"sipp/{scenario}")), "-m", "1", "-t", "u1", "-i", LOOPBACK,
+    argv = [sipp, "-sf", str(dataPath(f"sipp/{scenario}")), "-m", "1", "-t", transport, "-i", LOOPBACK,
             "-p", str(localPort), "-s", user, "-key", "domain", DOMAIN, *extra, "-nostdin",
             "-timeout", "15s", "-timeout_error"]
     if target is not None:
@@ -83,3 +85,10 @@ def test_sippRegistersReceivesAProxiedMessageAndDeregisters(edge: peerkit.HostPo
     _run(_sipp("edge-unregister.xml", uaPort, "alice", target=edge), tmp_path)
     # ...and removed the binding: a MESSAGE to the AOR now gets 404 from the edge.
     _run(_sipp("edge-message-404.xml", senderPort, "alice", target=edge), tmp_path)
+
+
+def test_sippRegistersAndDeregistersOverTCP(edge: peerkit.HostPort, tmp_path: Path) -> None:
+    """The same REGISTER (granted 120 s) and de-REGISTER over TCP: each answered 200 on the connection."""
+    uaPort = peerkit.freePort(LOOPBACK)
+    _run(_sipp("edge-register.xml", uaPort, "carol", "-key", "expires", "120", target=edge, transport="t1"), tmp_path)
+    _run(_sipp("edge-unregister.xml", uaPort, "carol", target=edge, transport="t1"), tmp_path)
