@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from typing import List
+
+import pytest
 from twisted.internet.task import Clock
 
 from tests.sipedgekit import asRequest, asResponse, register, request
 from twisted_sipnat.core.sip import Via
+from twisted_sipnat.errors import InvalidSettingsError
+from twisted_sipnat.service.edge import EdgeRole
 
 from .sipedgesupport import EdgeHarness, edgeLogs, named, taken
 
@@ -127,3 +132,29 @@ def test_sipRateZeroFromOptionsMeansNoLimit() -> None:
     arguments = edgeArguments(sub, 1)
     assert arguments["sipRate"] is None
     assert arguments["maxRegistrations"] == 10 and arguments["minExpires"] == 30
+
+
+@pytest.mark.parametrize(
+    ("argv", "key"),
+    [
+        (["--min-expires", "0"], "min-expires"),
+        (["--max-registrations", "many"], "max-registrations"),
+        (["--min-expires", "600", "--default-expires", "300"], "default-expires"),
+        (["--sip-rate", "-1"], "sip-rate"),
+        (["--sip-burst", "0"], "sip-burst"),
+    ],
+)
+def test_badRegistrarOptionsAreOneLineNamingTheOption(argv: List[str], key: str) -> None:
+    from twisted_sipnat.service.options import EdgeOptions, edgeArguments
+
+    sub = EdgeOptions()
+    sub.parseOptions(argv)
+    with pytest.raises(InvalidSettingsError) as info:
+        edgeArguments(sub, 1)
+    assert info.value.key == key
+
+
+def test_edgeRoleRefusesABadRate() -> None:
+    with pytest.raises(InvalidSettingsError) as info:
+        EdgeRole(Clock(), udp=(0, "127.0.0.1"), sipRate=-1.0)
+    assert info.value.key == "sip-rate"
