@@ -13,6 +13,8 @@ Issue 13, the edge's SIP side: each failure found against the old edge (``twiste
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from twisted.internet.task import Clock
 
@@ -32,17 +34,32 @@ def _bindings(harness: EdgeHarness) -> int:
 # -- Edge, SIP over TCP, goes deaf ----------------------------------------------------------------------------
 
 
+def _write(proto: Any, data: bytes, chunk: int) -> None:
+    """``data`` as TCP may deliver it: whole, or cut into ``chunk``-byte reads."""
+    for at in range(0, len(data), chunk or len(data)):
+        proto.dataReceived(data[at : at + (chunk or len(data))])
+
+
+@pytest.mark.parametrize("chunk", [0, 1, 13], ids=["whole", "byte-by-byte", "13-byte-reads"])
 @pytest.mark.parametrize("length", [b"l: 0", b"Content-Length : 0", b"Content-Length\t: 0", b"content-length:0"])
-def test_tcpAnswersEveryLegalContentLengthFormAndStaysInStep(clock: Clock, length: bytes) -> None:
+def test_tcpAnswersEveryLegalContentLengthFormAndStaysInStep(clock: Clock, length: bytes, chunk: int) -> None:
     harness = EdgeHarness(clock)
     proto, transport = harness.connect(BOB)
-    proto.dataReceived(register(transport="TCP").replace(b"Content-Length: 0", length))
+    _write(proto, register(transport="TCP").replace(b"Content-Length: 0", length), chunk)
     assert asResponse(taken(transport)).code == 200
-    proto.dataReceived(b"\r\n\r\n")
+    _write(proto, b"\r\n\r\n", chunk)
     assert taken(transport) == b"\r\n", "pings still answered"
-    proto.dataReceived(register(transport="TCP", cseq=2, branch="z9hG4bKr2"))
+    _write(proto, register(transport="TCP", cseq=2, branch="z9hG4bKr2"), chunk)
     assert asResponse(taken(transport)).code == 200, "the next REGISTER on the connection is answered too"
     assert not transport.disconnecting
+    harness.stop()
+
+
+def test_tcpTwoMessagesInOneReadAreBothAnswered(clock: Clock) -> None:
+    harness = EdgeHarness(clock)
+    proto, transport = harness.connect(BOB)
+    proto.dataReceived(register(transport="TCP") + register(transport="TCP", cseq=2, branch="z9hG4bKr2"))
+    assert taken(transport).count(b"SIP/2.0 200 OK\r\n") == 2
     harness.stop()
 
 
@@ -56,14 +73,17 @@ def test_tcpAnswersEveryLegalContentLengthFormAndStaysInStep(clock: Clock, lengt
     ],
     ids=["no-content-length", "20kb-header-line", "no-colon", "bad-start-line"],
 )
-def test_tcpJunkGets400ThenTheConnectionIsClosedAndLogged(clock: Clock, junk: bytes, answered: bool) -> None:
+@pytest.mark.parametrize("chunk", [0, 1], ids=["whole", "byte-by-byte"])
+def test_tcpJunkGets400ThenTheConnectionIsClosedAndLogged(clock: Clock, junk: bytes, answered: bool,
+                                                          chunk: int) -> None:
     harness = EdgeHarness(clock)
     proto, transport = harness.connect(BOB)
     with edgeLogs() as events:
-        proto.dataReceived(junk)
+        _write(proto, junk + register(transport="TCP", cseq=2), chunk)
     data = taken(transport)
     if answered:
         assert asResponse(data).code == 400
+        assert data.count(b"SIP/2.0 ") == 1, "nothing after the bad message is read"
     else:
         assert data == b"", "no readable start line: no response can be formed"
     assert transport.disconnecting, "never left open and deaf"

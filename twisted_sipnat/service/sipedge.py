@@ -9,8 +9,10 @@ The edge's SIP side in Twisted: a UDP protocol and a stream protocol driving one
   12,000 bindings has one pending call, not 12,000.
 - :class:`SIPEdgeDatagramProtocol` is the ``sipProtocol`` behind ``SharedDatagramProtocol(stunResponder=True)``
   (STUN keepalives on the SIP port are answered there, RFC 5626 §8.2).
-- :class:`SIPEdgeStreamFactory` is wrapped by ``SharedStreamFactory(pongResponder=True)``, which frames the
-  stream (one whole message per ``dataReceived``) and answers CRLFCRLF pings (RFC 5626 §4.4.1).  A malformed
+- :class:`SIPEdgeStreamFactory` is wrapped by ``SharedStreamFactory(pongResponder=True)``, which takes the
+  CRLFCRLF pings out of the stream and answers them (RFC 5626 §4.4.1) and hands the SIP bytes on as they come
+  (part of a message, or several); :class:`~twisted_sipnat.core.messagebuffer.MessageBuffer` cuts them back
+  into whole messages by the same framing rules.  A malformed
   message gets its 400 and the connection is closed: a connection left open but deaf would keep answering
   pings while every SIP request is lost.  A closed connection marks its bindings' flow gone.
 
@@ -26,9 +28,11 @@ from twisted.internet import protocol
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from ..core.messagebuffer import MessageBuffer
 from ..core.proxy import EdgeProxy, Outcome
 from ..core.ratelimit import DropTally, RateLimit
 from ..core.registrar import Binding, Flow
+from ..errors import SIPFramingError
 from ..protocols import sendDatagram
 from .figures import Figures, IFigureSource
 
@@ -223,6 +227,7 @@ class SIPEdgeStreamProtocol(protocol.Protocol):
         self.serial = 0
         self.flow: Optional[Flow] = None
         self.closing = False
+        self.buffer = MessageBuffer(edge.proxy.maxMessageSize)
 
     def connectionMade(self) -> None:
         self.serial = self.edge.connectionOpened(self)
@@ -233,14 +238,26 @@ class SIPEdgeStreamProtocol(protocol.Protocol):
             self.edge.proxy.ports.setdefault("tcp", local)
 
     def dataReceived(self, data: bytes) -> None:
+        """SIP bytes as the splitter hands them on (any part of the stream): each whole message in turn."""
         if self.flow is None or self.closing:
             return
-        outcome = self.edge.handle(data, self.flow, stream=True)
-        if outcome is not None and outcome.close and self.transport is not None:
-            # Said in the malformed tally's line (one per interval, whatever the number of connections).
-            log.debug("closing SIP connection with {host}:{port}: {reason}", host=self.flow.host,
-                      port=self.flow.port, reason=outcome.reason, sipnat_event="sipnat.edge.stream-closed")
-            self.closing = True  # nothing more from it is read
+        try:
+            messages = self.buffer.feed(data)
+        except SIPFramingError as e:  # the splitter in front closes first; this is the belt to its braces
+            self._close(f"framing: {e.reason}")
+            return
+        for message in messages:
+            outcome = self.edge.handle(message, self.flow, stream=True)
+            if outcome is not None and outcome.close:
+                self._close(outcome.reason or "malformed")
+                return
+
+    def _close(self, reason: str) -> None:
+        # Said in the malformed tally's line (one per interval, whatever the number of connections).
+        log.debug("closing SIP connection with {host}:{port}: {reason}", host=getattr(self.flow, "host", None),
+                  port=getattr(self.flow, "port", None), reason=reason, sipnat_event="sipnat.edge.stream-closed")
+        self.closing = True  # nothing more from it is read
+        if self.transport is not None:
             self.transport.loseConnection()
 
     def connectionLost(self, reason: Any = None) -> None:
