@@ -350,3 +350,15 @@ def test_tableMatchesAModel(steps: List[tuple]) -> None:  # type: ignore[type-ar
         assert live == model
         wake = registrar.nextWakeup()
         assert wake == (min(model.values()) if model else None)
+
+
+def test_contactsPerAORAreBoundedWith503() -> None:
+    registrar = _registrar(maxContacts=3)
+    contacts = [f"<sip:bob@10.0.0.{i}>" for i in range(3)]
+    assert _send(registrar, register(contacts=contacts, expires="600")).code == 200
+    refused = _send(registrar, register(contacts=["<sip:bob@10.0.0.9>"], cseq=2, branch="z9hG4bK2"), 100)
+    assert refused.code == 503 and refused.headers.get("Retry-After") == "500"
+    assert _send(registrar, register(contacts=[contacts[0]], expires="600", cseq=3, branch="z9hG4bK3")).code == 200
+    swap = [f"{contacts[1]};expires=0", "<sip:bob@10.0.0.9>"]
+    assert _send(registrar, register(contacts=swap, cseq=4, branch="z9hG4bK4")).code == 200, "a removal makes room"
+    assert len(registrar.lookup(AOR, 0)) == 3

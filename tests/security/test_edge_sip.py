@@ -222,3 +222,16 @@ def test_proxiedRequestHasABranchTheContactAsRequestURIAndMaxForwards69(clock: C
     assert forwarded.uri == "sip:bob@10.0.0.1:5060"
     assert forwarded.headers.get("Max-Forwards") == "69"
     harness.stop()
+
+
+def test_theAnswerToASpoofedQueryIsBounded(clock: Clock) -> None:
+    """Every 200 lists all of an AOR's bindings: --max-contacts keeps a small query's answer small."""
+    harness = EdgeHarness(clock)
+    for i in range(50):
+        harness.datagram(register(contacts=[f"<sip:bob@10.0.{i}.1:5060;transport=udp>"], callId=f"c{i}"), BOB)
+    assert _bindings(harness) == 10
+    query = register(contacts=[], callId="spoofed")
+    answer = harness.datagram(query, ("192.0.2.99", 9))[0]
+    assert len(answer.split(b"\r\nContact: ")) - 1 == 10
+    assert len(answer) < 4 * len(query)
+    harness.stop()

@@ -33,9 +33,10 @@ RFC 5626 §6: a Contact with ``+sip.instance`` and ``reg-id`` in a REGISTER with
 the 200 then carries ``Require: outbound``.  Every binding remembers its flow (the NAT's public side, which is
 all an edge can reach), and :meth:`Registrar.flowClosed` marks the flow of a closed connection gone.
 
-Bounds: at most ``maxRegistrations`` bindings in total.  A REGISTER that would add beyond it is refused with 503
-and ``Retry-After`` (the time until the next binding expires); refreshes and removals still work; nothing is
-evicted.  Expiry is a heap of ``(time, serial, key)`` with lazy deletion, compacted when stale entries outnumber
+Bounds: at most ``maxRegistrations`` bindings in total, and ``maxContacts`` per AOR (each 200 lists all of an
+AOR's bindings, so this bounds the answer to a spoofable query).  A REGISTER that would add beyond either is
+refused with 503 and ``Retry-After`` (the time until the next binding expires); refreshes and removals still
+work; nothing is evicted.  Expiry is a heap of ``(time, serial, key)`` with lazy deletion, compacted when stale entries outnumber
 live ones, so the caller keeps one timer (:meth:`nextWakeup`, :meth:`expire`) instead of one per binding.
 """
 
@@ -65,6 +66,7 @@ from .sip import (
 __all__ = [
     "Binding",
     "DEFAULT_DEFAULT_EXPIRES",
+    "DEFAULT_MAX_CONTACTS",
     "DEFAULT_MAX_EXPIRES",
     "DEFAULT_MAX_REGISTRATIONS",
     "DEFAULT_MIN_EXPIRES",
@@ -77,6 +79,8 @@ __all__ = [
 
 #: Bindings held in total (about 1 KB each, so some 50 MB when full).
 DEFAULT_MAX_REGISTRATIONS = 50000
+#: Bindings of one AOR: every 200 lists them all, so this bounds the size of the answer to a (spoofable) query.
+DEFAULT_MAX_CONTACTS = 10
 #: The expiry granted when a REGISTER asks for none (RFC 3261 §10.2.1.1 suggests one hour).
 DEFAULT_DEFAULT_EXPIRES = 3600
 #: Shorter non-zero expiries get 423 (RFC 3261 §10.3 step 7); 60 s is what RFC 3261 §10.2.8 and Kamailio use.
@@ -229,12 +233,14 @@ class Registrar:
         domains: Sequence[str],
         *,
         maxRegistrations: int = DEFAULT_MAX_REGISTRATIONS,
+        maxContacts: int = DEFAULT_MAX_CONTACTS,
         minExpires: int = DEFAULT_MIN_EXPIRES,
         maxExpires: int = DEFAULT_MAX_EXPIRES,
         defaultExpires: int = DEFAULT_DEFAULT_EXPIRES,
         flowTimer: Optional[int] = None,
     ) -> None:
-        for name, value in (("max-registrations", maxRegistrations), ("min-expires", minExpires),
+        for name, value in (("max-registrations", maxRegistrations), ("max-contacts", maxContacts),
+                            ("min-expires", minExpires),
                             ("max-expires", maxExpires), ("default-expires", defaultExpires)):
             if not isinstance(value, int) or value < 1:
                 raise InvalidSettingsError(name, value, "must be a whole number >= 1")
@@ -247,6 +253,7 @@ class Registrar:
             raise InvalidSettingsError("flow-timer", flowTimer, "must be a positive number of seconds")
         self.domains = frozenset(d.lower().strip("[]") for d in domains)
         self.maxRegistrations = maxRegistrations
+        self.maxContacts = maxContacts
         self.minExpires = minExpires
         self.maxExpires = maxExpires
         self.defaultExpires = defaultExpires
@@ -395,9 +402,14 @@ class Registrar:
                 changes.append(change)
         if not retransmission:
             added = sum(1 for kind, key, _ in changes if kind == "put" and key not in self._bindings)
+            dropped = sum(1 for kind, key, _ in changes if kind == "drop" and key in current)
             if added and len(self._bindings) + added > self.maxRegistrations:
                 self.refused += 1
                 raise _Refused(503, "Service Unavailable (registrar full)", Retry_After=str(self._retryAfter(now)))
+            if added and len(current) + added - dropped > self.maxContacts:
+                self.refused += 1
+                raise _Refused(503, f"Service Unavailable (more than {self.maxContacts} contacts for the AOR)",
+                               Retry_After=str(self._retryAfter(now, aor)))
         result = RegisterResult(responseTo(request, 200))
         if not retransmission:
             for kind, key, new in changes:  # commit: every check passed (step 7)
@@ -465,8 +477,11 @@ class Registrar:
             response.headers.add("Flow-Timer", str(self.flowTimer))
             answerKeepVia(response, self.flowTimer)
 
-    def _retryAfter(self, now: float) -> int:
-        wake = self.nextWakeup()
+    def _retryAfter(self, now: float, aor: Optional[str] = None) -> int:
+        if aor is not None:
+            wake: Optional[float] = min((b.expiresAt for b in self._byAOR.get(aor, {}).values()), default=None)
+        else:
+            wake = self.nextWakeup()
         return 60 if wake is None else int(min(3600, max(1, math.ceil(wake - now))))
 
     def _put(self, binding: Binding) -> None:

@@ -15,6 +15,7 @@ from ..core.proxy import DEFAULT_SIP_BURST, DEFAULT_SIP_RATE, EdgeProxy
 from ..core.ratelimit import RateLimit
 from ..core.registrar import (
     DEFAULT_DEFAULT_EXPIRES,
+    DEFAULT_MAX_CONTACTS,
     DEFAULT_MAX_EXPIRES,
     DEFAULT_MAX_REGISTRATIONS,
     DEFAULT_MIN_EXPIRES,
@@ -40,7 +41,7 @@ class EdgeRole(FigureSources, service.MultiService):
     ``SharedStreamFactory(pongResponder=True)`` (so CRLFCRLF pings get a CRLF pong, RFC 5626 §4.4.1).
     ``flowTimer`` adds ``Flow-Timer: N`` to REGISTER 200s (RFC 5626 §5.4).  ``host`` is what the proxy writes in
     its Via (default: the UDP interface, else 127.0.0.1).  ``reusePort`` binds the UDP socket with
-    ``SO_REUSEPORT`` (``--workers``).  ``maxRegistrations``, ``minExpires``, ``maxExpires`` and
+    ``SO_REUSEPORT`` (``--workers``).  ``maxRegistrations``, ``maxContacts``, ``minExpires``, ``maxExpires`` and
     ``defaultExpires`` bound the registrar (``docs/roles/edge.rst``); ``sipRate`` / ``sipBurst`` are the
     per-source token bucket on SIP messages (``sipRate=None`` switches it off).
     """
@@ -56,6 +57,7 @@ class EdgeRole(FigureSources, service.MultiService):
         reusePort: bool = False,
         *,
         maxRegistrations: int = DEFAULT_MAX_REGISTRATIONS,
+        maxContacts: int = DEFAULT_MAX_CONTACTS,
         minExpires: int = DEFAULT_MIN_EXPIRES,
         maxExpires: int = DEFAULT_MAX_EXPIRES,
         defaultExpires: int = DEFAULT_DEFAULT_EXPIRES,
@@ -67,7 +69,8 @@ class EdgeRole(FigureSources, service.MultiService):
             raise InvalidSettingsError("flow-timer", flowTimer, "must be a positive number of seconds")
         self.reactor = reactor
         self.domain = domain
-        self.registry = Registrar([domain], maxRegistrations=maxRegistrations, minExpires=minExpires,
+        self.registry = Registrar([domain], maxRegistrations=maxRegistrations, maxContacts=maxContacts,
+                                  minExpires=minExpires,
                                   maxExpires=maxExpires, defaultExpires=defaultExpires, flowTimer=flowTimer)
         self.proxy = EdgeProxy(self.registry, host=host or udp[1] or "127.0.0.1", ports={"udp": udp[0]})
         self._guessedHost = host is None and not udp[1]

@@ -22,6 +22,7 @@ from ..core.addresses import isIPLiteral, parseHostPort
 from ..core.proxy import DEFAULT_SIP_BURST, DEFAULT_SIP_RATE
 from ..core.registrar import (
     DEFAULT_DEFAULT_EXPIRES,
+    DEFAULT_MAX_CONTACTS,
     DEFAULT_MAX_EXPIRES,
     DEFAULT_MAX_REGISTRATIONS,
     DEFAULT_MIN_EXPIRES,
@@ -144,6 +145,7 @@ class EdgeOptions(usage.Options):
         # The registrar's bounds and the SIP rate limit (edgeSIPArguments).
         ["max-registrations", None, f"{DEFAULT_MAX_REGISTRATIONS:d}",
          "Bindings the registrar holds in total; beyond it a new one gets 503 with Retry-After."],
+        ["max-contacts", None, f"{DEFAULT_MAX_CONTACTS:d}", "Bindings of one address-of-record (beyond: 503)."],
         ["min-expires", None, f"{DEFAULT_MIN_EXPIRES:d}", "Shortest registration granted (shorter: 423 Min-Expires)."],
         ["max-expires", None, f"{DEFAULT_MAX_EXPIRES:d}", "Longest registration granted (longer asks are cut to it)."],
         ["default-expires", None, f"{DEFAULT_DEFAULT_EXPIRES:d}", "Registration granted when none is asked for."],
@@ -262,7 +264,8 @@ def edgeArguments(sub: EdgeOptions, workers: int) -> Dict[str, Any]:
 def edgeSIPArguments(sub: EdgeOptions) -> Dict[str, Any]:
     """The registrar's bounds and the SIP rate limit: whole numbers >= 1, ``--sip-rate 0`` for no limit."""
     values: Dict[str, Any] = {}
-    for key, name in (("max-registrations", "maxRegistrations"), ("min-expires", "minExpires"),
+    for key, name in (("max-registrations", "maxRegistrations"), ("max-contacts", "maxContacts"),
+                      ("min-expires", "minExpires"),
                       ("max-expires", "maxExpires"), ("default-expires", "defaultExpires"),
                       ("sip-burst", "sipBurst")):
         value = parseNumber(key, sub[key], integer=True)
