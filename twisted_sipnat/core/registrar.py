@@ -93,7 +93,7 @@ _ONE_HOUR = 3600
 SUPPORTED = ("outbound",)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Flow:
     """
     Where a message came from and how to reach that source again (RFC 5626 §3.2 "flow"): ``transport``
@@ -129,7 +129,7 @@ class _ContactKey:
         return isinstance(other, _ContactKey) and self._hash == other._hash and self.uri == other.uri
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Binding:
     """One registered Contact of an AOR: what :meth:`Registrar.lookup` returns and the proxy routes to."""
 
