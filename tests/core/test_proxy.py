@@ -246,3 +246,20 @@ def test_forgedResponsesAreDropped() -> None:
     assert proxy.receive(forged, UDP_FLOW, 0.0).sends == []
     alone = forged.replace(b"Via: SIP/2.0/UDP 192.0.2.99:9;branch=z9hG4bKv\r\n", b"")
     assert proxy.receive(alone, UDP_FLOW, 0.0).sends == []
+
+
+def test_ipv6FlowsAndVias() -> None:
+    proxy = EdgeProxy(Registrar(["example.com"]), host="2001:db8::20", ports={"udp": 5060}, secret=b"k" * 32)
+    flow = Flow("udp", "2001:db8::7", 40001)
+    data = register(via="SIP/2.0/UDP [2001:db8::7]:5060;branch=z9hG4bKv6;rport")
+    via = Via.parse(asResponse(_only(proxy.receive(data, flow, 0.0), flow)).headers.get("Via") or "")
+    assert (via.received, via.rport) == ("2001:db8::7", 40001)
+    caller = Flow("udp", "2001:db8::50", 5070)
+    invite = request().replace(b"192.0.2.50:5070", b"[2001:db8::50]:5070")
+    forwarded = asRequest(_only(proxy.receive(invite, caller, 1.0), flow))
+    top = Via.parse(forwarded.headers.getAll("Via")[0])
+    assert top.host == "2001:db8::20" and str(top).startswith("SIP/2.0/UDP [2001:db8::20]:5060;")
+    vias = "".join(f"Via: {v}\r\n" for v in forwarded.headers.getAll("Via"))
+    answer = (f"SIP/2.0 180 Ringing\r\n{vias}To: <sip:bob@example.com>;tag=b\r\nFrom: <sip:alice@example.com>;tag=a1"
+              "\r\nCall-ID: call1@test\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n").encode()
+    assert _only(proxy.receive(answer, flow, 2.0), caller)

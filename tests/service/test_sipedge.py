@@ -158,3 +158,57 @@ def test_edgeRoleRefusesABadRate() -> None:
     with pytest.raises(InvalidSettingsError) as info:
         EdgeRole(Clock(), udp=(0, "127.0.0.1"), sipRate=-1.0)
     assert info.value.key == "sip-rate"
+
+
+# -- what the tests of the removed service.registrar and service.sipstream asked, on the new classes ----------
+
+
+def test_bareRportIsFilledBehindAPortPreservingNat(clock: Clock) -> None:
+    """RFC 3581 §4: the source port equals the Via port (a port-preserving NAT): rport is still filled."""
+    harness = EdgeHarness(clock)
+    data = register(via="SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bK1;rport")
+    via = Via.parse(asResponse(harness.datagram(data, ("203.0.113.1", 5060))[0]).headers.get("Via") or "")
+    assert (via.received, via.rport) == ("203.0.113.1", 5060)
+    harness.stop()
+
+
+def test_anExpiredRegistrationIsForgottenAndTakenAgain(clock: Clock) -> None:
+    harness = EdgeHarness(clock)
+    harness.datagram(register(expires="60"), BOB)
+    clock.advance(61)
+    assert harness.edge.registry.lookup("sip:bob@example.com", clock.seconds()) == []
+    assert len(harness.edge.registry) == 0
+    assert asResponse(harness.datagram(register(expires="60", cseq=2, branch="z9hG4bKr2"), BOB)[0]).code == 200
+    assert len(harness.edge.registry) == 1
+    harness.stop()
+    assert clock.getDelayedCalls() == []
+
+
+def test_aUTF8CharacterSplitBetweenReadsWaitsForItsRest(clock: Clock) -> None:
+    harness = EdgeHarness(clock)
+    proto, transport = harness.connect(BOB)
+    data = register(transport="TCP").replace(b"To: <sip:bob@example.com>", 'To: "Zoë" <sip:bob@example.com>'.encode())
+    cut = data.index("ë".encode()) + 1
+    proto.dataReceived(data[:cut])
+    proto.dataReceived(data[cut:])
+    assert asResponse(taken(transport)).code == 200
+    assert not transport.disconnecting
+    harness.stop()
+
+
+def test_bytesThatAreNotUTF8GetA400NotATraceback(clock: Clock) -> None:
+    harness = EdgeHarness(clock)
+    proto, transport = harness.connect(BOB)
+    proto.dataReceived(register(transport="TCP").replace(b"REGISTER sip:example.com", b"REGISTER sip:\xff\xfe"))
+    assert asResponse(taken(transport)).code == 400
+    harness.stop()
+
+
+def test_expiresZeroOverTCPUnregisters(clock: Clock) -> None:
+    harness = EdgeHarness(clock)
+    proto, transport = harness.connect(BOB)
+    proto.dataReceived(register(transport="TCP"))
+    proto.dataReceived(register(transport="TCP", expires="0", cseq=2, branch="z9hG4bKr2"))
+    assert taken(transport).count(b"SIP/2.0 200 OK") == 2
+    assert len(harness.edge.registry) == 0
+    harness.stop()
