@@ -66,3 +66,11 @@ def test_edge_floods_runs() -> None:
     for line in ("(a) edge: 40 idle", "(b) edge: 10 x 8 KB partial header", "(c) stun --tcp: 10 x 8 KB partial",
                  "legit answered 1/1", "RSS"):
         assert line in out, out
+
+
+@pytest.mark.timeout(150)
+def test_edge_registrar_runs() -> None:
+    out = run("edge_registrar.py", ["--count", "300", "--max-registrations", "200"])
+    for line in ("registry size after the flood: 200 bindings; 100 refused with 503", "pending reactor timers: 1",
+                 "memory per binding", "REGISTERs handled", "after 3600 s: 0 bindings, 0 pending timers"):
+        assert line in out, out
