@@ -55,6 +55,7 @@ def buildService(options: Options, reactor: Any, worker: int = 0) -> Any:
     sub: Any = getattr(options, "subOptions", None)
     checkConfigUse(options)
     checkFiguresUse(options)
+    _raiseOpenFileLimit()
     if options.subCommand == "client":
         from .service.client import ClientRole
 
@@ -114,11 +115,38 @@ def withFigures(reactor: Any, top: Any, role: Any, options: Any, worker: int = 0
     return top
 
 
+def _raiseOpenFileLimit() -> None:
+    """Every role: the soft open-file limit up to the hard one, logged once (:mod:`.service.limits` says why)."""
+    from .service.limits import raiseOpenFileLimit
+
+    raiseOpenFileLimit()
+
+
 def makeService(options: Options) -> Any:
     """``IServiceMaker.makeService``: :func:`buildService` on the global reactor, bad values as one line."""
     from twisted.internet import reactor
 
+    untag = _tagWorkerZero(options)
     try:
         return buildService(options, reactor)
     except InvalidSettingsError as e:
+        untag()
         raise SystemExit(f"twistd sipnat: {e}") from None
+
+
+def _tagWorkerZero(options: Options) -> Any:
+    """
+    With ``--workers N`` (N > 1), tag this process's log lines ``[worker 0]`` from now on, before building the
+    role logs its first line (the open-file limit); returns the call that stops it.  Only twistd's path: a
+    test that builds a service in-process keeps its log as it is.
+    """
+    sub: Any = getattr(options, "subOptions", None)
+    try:
+        workers = parseWorkers(sub) if options.subCommand in ("edge", "stun") else 1
+    except InvalidSettingsError:
+        workers = 1  # buildService says what is wrong with it
+    if workers <= 1:
+        return lambda: None
+    from .service.workers import tagLogEvents
+
+    return tagLogEvents(0)

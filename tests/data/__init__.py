@@ -7,6 +7,9 @@ The tests' own data, kept in the repository so a plain clone runs the whole suit
 - ``kamailio/edge.cfg``: Kamailio as an RFC 5626-style edge (registrar, CRLF pongs, STUN on the SIP port); a
   template whose ``@HOST@``, ``@PORT@`` and ``@MODULES@`` the interop helpers fill in.
 - ``sipp/register.xml``: a SIPp scenario sending one REGISTER and expecting 200.
+- ``sipp/edge-*.xml``: SIPp user agents for the edge role's interop test: REGISTER (checking the granted
+  expiry), de-REGISTER with ``Expires: 0``, a MESSAGE expecting 200 or 404, and the registered UA receiving the
+  proxied MESSAGE (checking its Request-URI, Max-Forwards and branch) and answering 200.
 
 Every reader finds a file through :func:`dataPath`, so the data has one place and no test names a path outside
 the repository.  Plain Python (no pytest, no Twisted): the fuzz script and the interop helpers import it too.

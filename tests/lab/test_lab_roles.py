@@ -33,11 +33,12 @@ FLOW_TIMER = 1
 BACKOFF_BASE = 2
 BACKOFF = (BACKOFF_BASE, 2 * BACKOFF_BASE)  # the first failure: 50-100 % of base × 2^1
 
-# Found by this module (fixed in service.registrar.EdgeRegisterProxy._fixupNAT): twisted.protocols.sip's
+# Found by this module (fixed then in the edge's Twisted-based registrar; today core.sip.Via.receivedFrom, which
+# the edge's own proxy stamps every request's top Via with): twisted.protocols.sip's
 # Base._fixupNAT leaves a bare ``rport`` (RFC 3581) unfilled when the source port equals the Via port but the host
 # differs — exactly what a port-preserving NAT produces — so deliverResponse sent the 200 OK to port ``True``, i.e. 1.
 RPORT_BUG = (
-    "edge role (twisted.protocols.sip Base._fixupNAT via service.registrar.EdgeRegisterProxy): behind a "
+    "edge role (its top-Via stamping, core.sip.Via.receivedFrom): behind a "
     "port-preserving NAT "
     "the Via keeps a bare ';rport' (received= is set, rport= is not, because the port did not change), and "
     "deliverResponse sends the REGISTER 200 OK to port True == 1, so the client never registers"

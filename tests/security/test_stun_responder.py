@@ -362,7 +362,9 @@ def test_rfc3489_and_response_port_answers_stay_within_the_bound(body: bytes, ti
             assert reply.data[4:20] == tid and 0x8028 not in classicAttributes(reply.data)
 
 
-def test_a_shared_socket_and_a_stun_stream_factory_report_their_responder() -> None:
+def test_a_shared_socket_reports_its_responder_and_stream_requests_count_in_the_responder() -> None:
+    """A shared socket reports its responder; STUN/TCP requests are counted by the (shared) responder, which
+    the stun role reports once (its stream factory reports the connection table)."""
     from twisted_sipnat.service.figures import Figures
 
     shared, transport, _ = serverSocket(stunResponder=True)
@@ -372,11 +374,12 @@ def test_a_shared_socket_and_a_stun_stream_factory_report_their_responder() -> N
     shared.reportFigures(figures)
     assert figures.get("sipnat_stun_requests_total", result="answered") == 1
     assert figures.get("sipnat_stun_requests_total", result="malformed") == 1
-    factory = STUNStreamFactory(BindingResponder(), Clock())
+    responder = BindingResponder()
+    factory = STUNStreamFactory(responder, Clock())
     proto = factory.buildProtocol(IPv4Address("TCP", *CLIENT))
     proto.makeConnection(StringTransport(hostAddress=IPv4Address("TCP", *PRIMARY),
                                          peerAddress=IPv4Address("TCP", *CLIENT)))
     proto.dataReceived(stun.Message(stun.BINDING, stun.REQUEST, None, [stun.RawAttribute(0x0042, b"")]).encode())
     figures = Figures()
-    factory.reportFigures(figures)
+    responder.reportFigures(figures)
     assert figures.get("sipnat_stun_requests_total", result="rejected") == 1

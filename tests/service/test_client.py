@@ -109,8 +109,9 @@ def test_clientRegistersWithEdgeAndUsesFlowTimer() -> None:
     client.startService()
     net.run(1)
     assert client.flowTimer == 20
-    assert "alice" in edge.registry.users
-    contact = edge.registry.users["alice"][1]
+    bindings = edge.registry.lookup("sip:alice@example.com", net.seconds())
+    assert len(bindings) == 1
+    contact = bindings[0].uri
     assert (contact.host, contact.port) == ("127.0.0.1", client.listener.address()[1])
     sentAt = len(net.sent)
     net.run(41)

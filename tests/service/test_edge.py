@@ -39,7 +39,7 @@ async def test_registerProxyAnswersRegisterAndStunOnTheSamePort() -> None:
         assert data.startswith(b"SIP/2.0 200 OK\r\n")
         assert b"Flow-Timer: 30\r\n" in data
         assert b";keep=30" in data, "RFC 6223 offer answered"
-        assert "bob" in edge.registry.users
+        assert edge.registry.lookup("sip:bob@example.com", reactor.seconds())
         request = stun.Message(stun.BINDING, stun.REQUEST)
         port.write(request.encode(), server)
         data, source = await nextItem(collector.received, reactor)
@@ -79,13 +79,17 @@ async def test_edgeTcpAnswersPingsAndRegisters() -> None:
         assert data.startswith(b"SIP/2.0 200 OK\r\n")
         assert b"Flow-Timer: 45\r\n" in data
         assert b";keep=45" in data
-        assert "bob" in edge.registry.users
-        client.transport.write(b"OPTIONS sip:example.com SIP/2.0\r\nCall-ID: o\r\nCSeq: 2 OPTIONS\r\nContent-Length: 0\r\n\r\n")
+        assert edge.registry.lookup("sip:bob@example.com", reactor.seconds())
+        dialog = (b"Via: SIP/2.0/TCP 127.0.0.1:5999;branch=z9hG4bKo\r\nFrom: <sip:bob@example.com>;tag=2\r\n"
+                  b"To: <sip:example.com>\r\n")
+        client.transport.write(b"OPTIONS sip:example.com SIP/2.0\r\n" + dialog
+                               + b"Call-ID: o\r\nCSeq: 2 OPTIONS\r\nContent-Length: 0\r\n\r\n")
         data = await nextItem(client.received, reactor)
         assert data.startswith(b"SIP/2.0 200 OK\r\n")
-        client.transport.write(b"INVITE sip:x@example.com SIP/2.0\r\nCall-ID: i\r\nCSeq: 3 INVITE\r\nContent-Length: 0\r\n\r\n")
+        client.transport.write(b"INVITE sip:x@example.com SIP/2.0\r\n" + dialog
+                               + b"Call-ID: i\r\nCSeq: 3 INVITE\r\nContent-Length: 0\r\n\r\n")
         data = await nextItem(client.received, reactor)
-        assert data.startswith(b"SIP/2.0 501 ")
+        assert data.startswith(b"SIP/2.0 404 "), "x@example.com is not registered"
     finally:
         if client is not None and client.transport is not None:
             client.transport.loseConnection()

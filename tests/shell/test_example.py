@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, List
 
 import pytest_twisted
 from twisted.internet import task
@@ -43,9 +43,15 @@ async def test_exampleRegistersAndKeepsAliveAgainstTheEdge() -> None:
 
     edge = EdgeRole(reactor, udp=(0, "127.0.0.1"), domain="example.com", flowTimer=1)
     edge.startService()
-    registered = []
-    original = edge.registry.registerAddress
-    edge.registry.registerAddress = lambda *a: (registered.append(a[1].username), original(*a))[1]
+    registered: List[str] = []
+    original = edge.registry.register
+
+    def register(*a: Any) -> Any:
+        result = original(*a)
+        registered.extend(b.aor for b in result.registered)
+        return result
+
+    edge.registry.register = register  # type: ignore[method-assign]
     try:
         host, port = edge.udp.address()
         env = dict(os.environ, PYTHONPATH=str(ROOT))
@@ -58,8 +64,8 @@ async def test_exampleRegistersAndKeepsAliveAgainstTheEdge() -> None:
     assert code == 0, err.decode()
     assert "keepalive 2 answered" in text
     assert "Flow-Timer 1" in text, "the Flow-Timer from the 200 OK was used"
-    assert registered == ["alice"]
-    assert "alice" not in edge.registry.users, "unregistered on the way out"
+    assert registered == ["sip:alice@example.com"]
+    assert edge.registry.lookup("sip:alice@example.com", reactor.seconds()) == [], "unregistered on the way out"
     assert b"Traceback" not in err
 
 
@@ -84,11 +90,11 @@ async def test_exampleReRegistersAfterFlowFailure() -> None:
         agent.flowFailure(Failure(STUNTimeout((edge.udp.address(),), 39.5)))
         await _waitFor(lambda: agent.registrations == 2, reactor)
         assert agent.failures == 1
-        assert "bob" in edge.registry.users
+        assert edge.registry.lookup("sip:bob@example.com", reactor.seconds())
     finally:
         await agent.stop()
         await port.stopListening()
         await edge.stopService()
-    assert "bob" not in edge.registry.users
+    assert len(edge.registry) == 0
     leftover = [c for c in reactor.getDelayedCalls() if c not in before and c.active()]
     assert leftover == [], leftover

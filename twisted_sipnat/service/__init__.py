@@ -8,10 +8,11 @@ and :mod:`twisted_sipnat.protocols`), never below it: nothing in the core or the
 - :mod:`.listeners`: the services that own ports (UDP, including ``SO_REUSEPORT`` binding, and stream endpoints).
 - :mod:`.sipmessages`: SIP messages read off the wire through ``twisted.protocols.sip``, guarded.
 - :mod:`.sipclient`: the RFC 3261 REGISTER client of the client role.
-- :mod:`.registrar`: the edge registrar, and what it adds to and fixes in Twisted's.
-- :mod:`.sipstream`: SIP over TCP at the edge.
+- :mod:`.sipedge`: the edge's SIP side (UDP and stream protocols driving the sans-IO registrar and proxy of
+  :mod:`twisted_sipnat.core.registrar` and :mod:`twisted_sipnat.core.proxy`).
 - :mod:`.stunstream`: STUN over TCP (RFC 8489 §6.2.2), framed by :class:`twisted_sipnat.core.stun.StreamFramer`.
 - :mod:`.client`, :mod:`.edge`, :mod:`.stunserver`, :mod:`.embedded`: one role each.
+- :mod:`.limits`: the open-file limit raised at start-up, and the connection cap that fits under it.
 - :mod:`.workers`: several processes on one port (the parent's supervision, and a worker's own life cycle).
 - :mod:`.figures`: the operator's figures, gathered from a role's parts on demand; :mod:`.flowfigures`: a
   controller's; :mod:`.metrics`: served to Prometheus (``--metrics``); :mod:`.statslog`: logged

@@ -18,6 +18,16 @@ from twisted.python import usage
 from ..config import DEFAULT_SECTION, loadConfig, splitServerList
 from ..core.addresses import isIPLiteral, parseHostPort
 
+# The edge registrar's bounds and SIP rate limit defaults, defined where the registrar and the proxy are.
+from ..core.proxy import DEFAULT_SIP_BURST, DEFAULT_SIP_RATE
+from ..core.registrar import (
+    DEFAULT_DEFAULT_EXPIRES,
+    DEFAULT_MAX_CONTACTS,
+    DEFAULT_MAX_EXPIRES,
+    DEFAULT_MAX_REGISTRATIONS,
+    DEFAULT_MIN_EXPIRES,
+)
+
 # The STUN responder's per-source rate limit defaults, defined once, where the responder an edge gets by default
 # is built.
 from ..core.responder import DEFAULT_RESPONDER_BURST, DEFAULT_RESPONDER_RATE
@@ -32,7 +42,9 @@ __all__ = [
     "checkConfigUse",
     "checkFiguresUse",
     "clientArguments",
+    "connectionLimitArguments",
     "edgeArguments",
+    "edgeSIPArguments",
     "embeddedSettings",
     "parseMetrics",
     "parseNumber",
@@ -88,6 +100,43 @@ def parseWorkers(sub: Mapping[str, Any]) -> int:
     return int(workers)
 
 
+#: The stream connection table's options (edge and stun roles; see ``docs/roles/edge.rst``, "Connection
+#: limits"): the option, the ``ConnectionLimits`` field it sets, whether it is a whole number, its help.
+CONNECTION_LIMIT_OPTIONS = (
+    ("max-connections", "maxConnections", True,
+     "Stream (TCP/TLS) connections at most; when full, a new one evicts the oldest that has not completed a "
+     "message yet. Default: the open-file limit minus a reserve (max(128, limit/8))."),
+    ("max-connections-per-source", "maxConnectionsPerSource", True,
+     "Stream connections at most from one source IP (generous: clients behind a NAT share one). Default: 1024."),
+    ("max-buffered-bytes", "maxBufferedBytes", True,
+     "Bytes of partial messages all stream connections may hold together; over it, the connection holding "
+     "the most is closed. Default: 8388608 (8 MiB)."),
+    ("idle-timeout", "idleTimeout", False,
+     "Seconds a stream connection may go without a whole message or keepalive before it is closed. "
+     "Default (edge): 2 x --flow-timer + 10, else 250; (stun): 250."),
+    ("handshake-timeout", "handshakeTimeout", False,
+     "Seconds a new stream connection has to complete its first message (TLS handshake included). Default: 10."),
+)
+
+_CONNECTION_LIMIT_PARAMETERS = [[option, None, None, help] for option, _, _, help in CONNECTION_LIMIT_OPTIONS]
+
+
+def connectionLimitArguments(sub: Mapping[str, Any]) -> Dict[str, Any]:
+    """
+    The connection-limit options given on the command line, by ``ConnectionLimits`` field name (the role
+    fills in the defaults, :func:`twisted_sipnat.service.limits.connectionLimits`); a bad value is one line.
+    """
+    given: Dict[str, Any] = {}
+    for option, name, whole, _ in CONNECTION_LIMIT_OPTIONS:
+        value = parseNumber(option, sub.get(option), integer=whole)
+        if value is None:
+            continue
+        if value <= 0:
+            raise InvalidSettingsError(option, sub[option], "must be > 0")
+        given[name] = int(value) if whole else value
+    return given
+
+
 class ClientOptions(usage.Options):
     synopsis = "--next-hop HOST:PORT [--stun HOST[:PORT]]... [options]"
     longdesc = (
@@ -125,8 +174,9 @@ class ClientOptions(usage.Options):
 class EdgeOptions(usage.Options):
     synopsis = "[--udp udp:5060] [--tcp tcp:5060] [--domain DOMAIN] [--flow-timer N]"
     longdesc = (
-        "An RFC 5626 edge: twisted.protocols.sip.RegisterProxy with an in-memory registry on UDP, answering STUN "
-        "keepalives on the SIP port, and SIP over TCP answering CRLFCRLF pings with CRLF pongs."
+        "An RFC 5626 edge: a bounded in-memory registrar (RFC 3261 section 10.3, RFC 5626 outbound) and a "
+        "stateless proxy to its registered user agents over UDP and TCP, answering STUN keepalives on the SIP "
+        "port and CRLFCRLF pings with CRLF pongs."
     )
     optParameters = [
         ["udp", "u", "udp:5060", "UDP SIP socket: udp:PORT[:interface=ADDR]."],
@@ -139,7 +189,16 @@ class EdgeOptions(usage.Options):
         ["metrics", None, None, "Serve Prometheus metrics at http://ADDR:PORT/metrics: tcp:PORT[:interface=ADDR]"
                                 "; with --workers N, worker i (0 .. N-1) serves its own on PORT+i."],
         ["stats-interval", None, None, "Log one info line with the same figures every S seconds."],
-    ]
+        # The registrar's bounds and the SIP rate limit (edgeSIPArguments).
+        ["max-registrations", None, f"{DEFAULT_MAX_REGISTRATIONS:d}",
+         "Bindings the registrar holds in total; beyond it a new one gets 503 with Retry-After."],
+        ["max-contacts", None, f"{DEFAULT_MAX_CONTACTS:d}", "Bindings of one address-of-record (beyond: 503)."],
+        ["min-expires", None, f"{DEFAULT_MIN_EXPIRES:d}", "Shortest registration granted (shorter: 423 Min-Expires)."],
+        ["max-expires", None, f"{DEFAULT_MAX_EXPIRES:d}", "Longest registration granted (longer asks are cut to it)."],
+        ["default-expires", None, f"{DEFAULT_DEFAULT_EXPIRES:d}", "Registration granted when none is asked for."],
+        ["sip-rate", None, f"{DEFAULT_SIP_RATE:g}", "SIP messages per second per source address (0: no limit)."],
+        ["sip-burst", None, f"{DEFAULT_SIP_BURST:d}", "SIP rate limit: burst size per source address."],
+    ] + _CONNECTION_LIMIT_PARAMETERS
     optFlags = [["reuse-port", None, "Bind the UDP socket with SO_REUSEPORT (what every worker does)."]]
 
 
@@ -159,7 +218,7 @@ class STUNOptions(usage.Options):
         ["metrics", None, None, "Serve Prometheus metrics at http://ADDR:PORT/metrics: tcp:PORT[:interface=ADDR]"
                                 "; with --workers N, worker i (0 .. N-1) serves its own on PORT+i."],
         ["stats-interval", None, None, "Log one info line with the same figures every S seconds."],
-    ]
+    ] + _CONNECTION_LIMIT_PARAMETERS
     optFlags = [["no-rate-limit", None, "Answer every request (not for a public address: STUN reflects floods)."],
                 ["reuse-port", None, "Bind the UDP sockets with SO_REUSEPORT (what every worker does)."]]
 
@@ -296,7 +355,28 @@ def edgeArguments(sub: EdgeOptions, workers: int) -> Dict[str, Any]:
         "host": sub["host"],
         "flowTimer": int(flowTimer) if flowTimer is not None else None,
         "reusePort": workers > 1 or bool(sub["reuse-port"]),
+        "connectionLimits": connectionLimitArguments(sub),
+        **edgeSIPArguments(sub),
     }
+
+
+def edgeSIPArguments(sub: EdgeOptions) -> Dict[str, Any]:
+    """The registrar's bounds and the SIP rate limit: whole numbers >= 1, ``--sip-rate 0`` for no limit."""
+    values: Dict[str, Any] = {}
+    for key, name in (("max-registrations", "maxRegistrations"), ("max-contacts", "maxContacts"),
+                      ("min-expires", "minExpires"),
+                      ("max-expires", "maxExpires"), ("default-expires", "defaultExpires"),
+                      ("sip-burst", "sipBurst")):
+        value = parseNumber(key, sub[key], integer=True)
+        if value is None or value < 1:
+            raise InvalidSettingsError(key, sub[key], "must be a whole number >= 1")
+        values[name] = int(value)
+    if not values["minExpires"] <= values["defaultExpires"] <= values["maxExpires"]:
+        raise InvalidSettingsError("default-expires", sub["default-expires"],
+                                   "must be within --min-expires and --max-expires")
+    rate = parseNumber("sip-rate", sub["sip-rate"])
+    values["sipRate"] = rate if rate else None
+    return values
 
 
 def stunArguments(sub: STUNOptions, workers: int) -> Dict[str, Any]:
@@ -316,4 +396,5 @@ def stunArguments(sub: STUNOptions, workers: int) -> Dict[str, Any]:
         "rateLimit": rateLimit,
         "software": sub["software"],
         "reusePort": workers > 1 or bool(sub["reuse-port"]),
+        "connectionLimits": connectionLimitArguments(sub),
     }

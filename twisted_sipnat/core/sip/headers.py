@@ -242,6 +242,24 @@ class Headers:
                 return index
         return -1
 
+    def popFirst(self, name: str) -> Optional[str]:
+        """
+        Remove and return the first value of header ``name``: for a :data:`LIST_HEADERS` field holding several
+        comma-separated values only the first of them (a proxy removing its Via or its Route, RFC 3261 §16.7,
+        §16.4); ``None`` when there is no such header.
+        """
+        key = canonicalName(name)
+        for index, (n, v) in enumerate(self._items):
+            if canonicalName(n) != key:
+                continue
+            values = splitTopLevel(v) if key in LIST_HEADERS else [v]
+            if len(values) > 1:
+                self._items[index] = (n, ", ".join(values[1:]))
+            else:
+                del self._items[index]
+            return values[0] if values else ""
+        return None
+
     def remove(self, name: str) -> int:
         """Remove every header ``name``; return how many were removed."""
         key = canonicalName(name)
