@@ -4,9 +4,6 @@ The client role: what a SIP user agent behind a NAT does, as a service.
 Bind the SIP socket (a :class:`~twisted_sipnat.protocols.SharedDatagramProtocol`), learn the public address with
 STUN, optionally REGISTER with the next hop (:mod:`.sipclient`), keep the binding alive toward it, and on a flow
 failure start again after the RFC 5626 §4.5 backoff.
-
-``twisted.protocols.sip`` imports the global reactor when it loads, and this module needs it (through
-:mod:`.sipclient`): import it once the reactor is chosen.
 """
 
 from __future__ import annotations
@@ -22,13 +19,12 @@ from zope.interface import implementer
 
 from ..controller import NATTraversalController
 from ..core.backoff import Backoff
-from ..core.sipheaders import keepaliveInterval
 from ..errors import InvalidSettingsError
 from ..interfaces import IBindingObserver
 from ..protocols import SharedDatagramProtocol
 from ..settings import NATSettings
 from .listeners import UDPListener
-from .sipclient import RegisterClient, grantedExpires
+from .sipclient import RegisterClient, registrarKeepalive
 
 __all__ = ["ClientRole"]
 
@@ -149,10 +145,10 @@ class ClientRole(service.MultiService):
         return d
 
     def _granted(self, response: Any) -> int:
-        return grantedExpires(response, self.registerClient.expires if self.registerClient else 3600)
+        return self.registerClient.grantedExpires(response) if self.registerClient is not None else 3600
 
     def _registered(self, response: Any, hop: HostPort) -> None:
-        interval = keepaliveInterval(response)
+        interval = registrarKeepalive(response)
         self.flowTimer = interval
         granted = self._granted(response)
         log.info("registered {aor} for {expires} s; registrar keepalive interval {flowTimer}", aor=self.aor,
@@ -176,7 +172,7 @@ class ClientRole(service.MultiService):
 
     def _refreshed(self, response: Any, hop: HostPort) -> None:
         self._pending = None
-        interval = keepaliveInterval(response)
+        interval = registrarKeepalive(response)
         if interval != self.flowTimer:
             self.flowTimer = interval
             self.controller.refreshNATBinding(self.shared, self.observer, nextHop=hop, flowTimer=interval)
