@@ -123,6 +123,8 @@ class ClientRole(service.MultiService):
 
     def _attempt(self) -> None:
         self._retry = None
+        if not self._mayRetry():
+            return
         hop = self.nextHop
         d = self.controller.resolvePublicAddress(self.domain, self.shared, hop, observer=self.observer)
         self._pending = d
@@ -163,7 +165,7 @@ class ClientRole(service.MultiService):
 
     def _refreshRegistration(self, hop: HostPort) -> None:
         self._refresh = None
-        if self.registerClient is None or self.publicAddress is None:
+        if self.registerClient is None or self.publicAddress is None or not self._mayRetry():
             return
         d = self.registerClient.register((self.publicAddress.host, self.publicAddress.port))
         self._pending = d
@@ -180,7 +182,7 @@ class ClientRole(service.MultiService):
 
     def _refreshFailed(self, reason: Failure) -> None:
         self._pending = None
-        if reason.check(defer.CancelledError) or not self.running:
+        if reason.check(defer.CancelledError) or not self._mayRetry():
             return
         self.controller.freeResources(self.observer)
         self._flowFailed(reason)
@@ -197,7 +199,7 @@ class ClientRole(service.MultiService):
 
     def _failed(self, reason: Failure) -> None:
         self._pending = None
-        if reason.check(defer.CancelledError) or not self.running:
+        if reason.check(defer.CancelledError) or not self._mayRetry():
             return
         log.warn("NAT traversal attempt failed: {why}", why=reason.getErrorMessage(), sipnat_event="sipnat.client.failed")
         self._scheduleRetry()
@@ -213,11 +215,18 @@ class ClientRole(service.MultiService):
         self.failures += 1
         why = reason.getErrorMessage() if isinstance(reason, Failure) else str(reason)
         log.warn("flow failure: {why}", why=why, sipnat_event="sipnat.client.flowFailure")
-        if self.running:
+        if self._mayRetry():
             self._scheduleRetry()
 
+    def _mayRetry(self) -> bool:
+        """
+        Whether a failure may be followed by a new attempt: not once the service stopped, nor once the controller
+        did (the reactor is shutting down: a REGISTER then would be sent as the process exits).
+        """
+        return bool(self.running) and not getattr(self.controller, "stopped", False)
+
     def _scheduleRetry(self) -> None:
-        if self._retry is not None and self._retry.active():
+        if not self._mayRetry() or (self._retry is not None and self._retry.active()):
             return
         delay = self.backoff.nextDelay(allFlowsFailed=True)
         log.info("trying again in {delay:.1f} s (RFC 5626 §4.5 backoff)", delay=delay, sipnat_event="sipnat.client.retry")
