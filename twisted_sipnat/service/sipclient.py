@@ -193,6 +193,9 @@ class RegisterClient(protocol.DatagramProtocol):
             log.warn(line, sipnat_event="sipnat.client.dropped")
 
     def datagramReceived(self, data: bytes, addr: Any) -> None:
+        if data and not data.strip(b"\r\n"):
+            self.stats["keepalives.received"] += 1  # CRLFs only: a keepalive, not a message (RFC 3261 §7.5)
+            return
         try:
             message = readMessage(data)
         except SIPParseError as e:
