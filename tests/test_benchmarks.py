@@ -51,3 +51,9 @@ def test_resolve_throughput_runs() -> None:
     assert "twisted_sipnat, 1 worker(s)" in out and "twisted_sipnat, 2 worker(s)" in out, out
     assert "(CPU by process:" in out, out  # two processes answered
     assert "resolutions/s" in out and "failures 0" in out, out
+
+
+@pytest.mark.timeout(150)
+def test_scrape_cost_runs() -> None:
+    out = run("scrape_cost.py", ["--flows", "50", "--scrapes", "2"])
+    assert "flows=50 scrape=" in out, out

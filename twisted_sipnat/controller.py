@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import random
 import weakref
-from typing import Any, Callable, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from twisted.internet import defer
 from twisted.internet.address import IPv4Address, IPv6Address
@@ -20,6 +20,7 @@ from twisted.python.failure import Failure
 from .core import stun
 from .core.addresses import isIPLiteral
 from .core.engine import Engine, checkNextHop
+from .core.histogram import Histogram
 from .core.keepalive import PONG_BYTES
 from .core.timers import TimerHeap
 from .core.transaction import DEFAULT_RC
@@ -363,6 +364,23 @@ class NATTraversalController(EngineDriver):
     @property
     def flowCount(self) -> int:
         return len(self._engine.flows)
+
+    def flowCountByTransport(self) -> Dict[str, int]:
+        """
+        The keepalive contexts by transport, ``{"udp": n, "tcp": m}`` (``tcp``: every stream flow, TLS
+        included, kept alive with CRLF pings): the operator's ``sipnat_flows`` gauge.
+        """
+        streams = self._engine.flows.streamCount()
+        return {"udp": len(self._engine.flows) - streams, "tcp": streams}
+
+    @property
+    def keepaliveRTT(self) -> Histogram:
+        """
+        Round-trip times of every answered STUN keepalive so far, first send to answer (a live
+        :class:`~twisted_sipnat.core.histogram.Histogram`: read it, do not change it).  Pongs are not timed: one
+        pong answers every ping outstanding on its connection (RFC 5626 §4.4.1).
+        """
+        return self._engine.flows.rtt
 
     @property
     def pendingTransactionCount(self) -> int:

@@ -9,6 +9,7 @@
     twistd -n sipnat stun --udp udp:3478:interface=192.0.2.7 --alternate 192.0.2.8:3479
     twistd -n sipnat stun --udp udp:3478 --workers 4     # four processes on one port (SO_REUSEPORT)
     twistd -n sipnat --config sipnat.ini client --domain example.com --next-hop 192.0.2.1:5060
+    twistd -n sipnat edge --metrics tcp:9460:interface=127.0.0.1 --stats-interval 60   # operator figures
 
 The options and the checking of their values are :mod:`twisted_sipnat.service.options`; the roles are the other
 modules of :mod:`twisted_sipnat.service`.  Parsing never touches the network and never imports the reactor: the
@@ -23,48 +24,92 @@ from __future__ import annotations
 
 from typing import Any
 
+from zope.interface import implementer
+
 from .errors import InvalidSettingsError
+from .service.figures import IFigureSource
 from .service.options import (
     Options,
     checkConfigUse,
+    checkFiguresUse,
     clientArguments,
     edgeArguments,
     embeddedSettings,
+    parseMetrics,
+    parseStatsInterval,
     parseWorkers,
     stunArguments,
 )
 
-__all__ = ["Options", "buildService", "makeService"]
+__all__ = ["Options", "buildService", "makeService", "withFigures"]
 
 
-def buildService(options: Options, reactor: Any) -> Any:
+def buildService(options: Options, reactor: Any, worker: int = 0) -> Any:
     """
     The service for parsed ``options`` on ``reactor``.  Raises :class:`InvalidSettingsError` naming the option
-    or ``[section] key`` of the first bad value; nothing is bound until the service starts.
+    or ``[section] key`` of the first bad value; nothing is bound until the service starts.  ``worker`` is the
+    index of this process among ``--workers N`` (its ``--metrics`` port is ``PORT + worker``).
     """
     sub: Any = getattr(options, "subOptions", None)
     checkConfigUse(options)
+    checkFiguresUse(options)
     if options.subCommand == "client":
         from .service.client import ClientRole
 
-        return ClientRole(reactor, **clientArguments(options, sub))
+        client = ClientRole(reactor, **clientArguments(options, sub))
+        return withFigures(reactor, client, client, sub, worker)
     if options.subCommand == "edge":
         from .service.edge import EdgeRole
         from .service.workers import withWorkers
 
         workers = parseWorkers(sub)
         edge = EdgeRole(reactor, **edgeArguments(sub, workers))
-        return withWorkers(reactor, edge, edge.udp, "edge", sub, workers, {"tcp": "none"})
+        top = withWorkers(reactor, edge, edge.udp, "edge", sub, workers, {"tcp": "none"})
+        return withFigures(reactor, top, edge, sub, worker, workers)
     if options.subCommand == "stun":
         from .service.stunserver import STUNRole
         from .service.workers import withWorkers
 
         workers = parseWorkers(sub)
         stun = STUNRole(reactor, **stunArguments(sub, workers))
-        return withWorkers(reactor, stun, stun.listener, "stun", sub, workers, {"tcp": None})
+        top = withWorkers(reactor, stun, stun.listener, "stun", sub, workers, {"tcp": None})
+        return withFigures(reactor, top, stun, sub, worker, workers)
     from .service.embedded import EmbeddedDefault
 
-    return EmbeddedDefault(reactor, embeddedSettings(options))
+    embedded = EmbeddedDefault(reactor, embeddedSettings(options))
+    return withFigures(reactor, embedded, embedded, options, worker)
+
+
+@implementer(IFigureSource)
+class _NoFigures:
+    """What a role that reports no figures of its own reports: nothing (every metric reads 0)."""
+
+    def reportFigures(self, figures: Any) -> None:
+        pass
+
+
+def withFigures(reactor: Any, top: Any, role: Any, options: Any, worker: int = 0, workers: int = 1) -> Any:
+    """
+    ``top`` with the operator's views of ``role``'s figures added as its children: ``--metrics`` (a
+    :class:`~twisted_sipnat.service.metrics.MetricsServer`) and ``--stats-interval`` (a
+    :class:`~twisted_sipnat.service.statslog.StatsLog`); ``top`` unchanged when neither option is given.
+    ``worker`` is this process's index among ``workers``; the last worker's port is checked here, up front.
+    """
+    parseMetrics(options["metrics"], workers - 1)
+    description = parseMetrics(options["metrics"], worker)
+    interval = parseStatsInterval(options["stats-interval"])
+    if description is None and interval is None:
+        return top
+    source: IFigureSource = role if hasattr(role, "reportFigures") else _NoFigures()
+    if description is not None:
+        from .service.metrics import MetricsServer
+
+        MetricsServer(reactor, description, source).setServiceParent(top)
+    if interval is not None:
+        from .service.statslog import StatsLog
+
+        StatsLog(reactor, interval, source).setServiceParent(top)
+    return top
 
 
 def makeService(options: Options) -> Any:

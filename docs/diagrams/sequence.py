@@ -8,9 +8,12 @@ docs: the SVG is committed, and this file is its source.
 
 from __future__ import annotations
 
-from html import escape
+import sys
 from pathlib import Path
 from typing import List, Tuple
+
+sys.path.insert(0, str(Path(__file__).parent))
+from drawing import render, write  # noqa: E402  (a script: its folder holds the shared drawing)
 
 PARTICIPANTS = [
     ("ua", "SIP stack (UA)"),
@@ -45,44 +48,6 @@ STEPS: List[Tuple[str, str, str, str]] = [
     ("msg", "ua", "ctl", "refreshNATBinding(...)  — keepalives resume"),
 ]
 
-WIDTH = 980
-COLUMN = {key: 110 + i * 250 for i, (key, _) in enumerate(PARTICIPANTS)}
-ROW = 34
-TOP = 80
-
-
-def render() -> str:
-    height = TOP + ROW * (len(STEPS) + 1) + 20
-    out: List[str] = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" '
-        f'viewBox="0 0 {WIDTH} {height}" font-family="sans-serif" font-size="12">',
-        "<title>twisted_sipnat: resolve, REGISTER, keepalives, flow failure, re-register</title>",
-        '<defs><marker id="a" markerWidth="10" markerHeight="8" refX="9" refY="4" orient="auto">'
-        '<path d="M0,0 L10,4 L0,8 z" fill="#222"/></marker></defs>',
-        f'<rect width="{WIDTH}" height="{height}" fill="white"/>',
-    ]
-    for key, label in PARTICIPANTS:
-        x = COLUMN[key]
-        out.append(f'<rect x="{x - 95}" y="10" width="190" height="44" rx="4" fill="#eef3fb" stroke="#335"/>')
-        for i, line in enumerate(label.split("\n")):
-            out.append(f'<text x="{x}" y="{30 + i * 15}" text-anchor="middle" font-weight="bold">{escape(line)}</text>')
-        out.append(f'<line x1="{x}" y1="54" x2="{x}" y2="{height - 10}" stroke="#889" stroke-dasharray="4,4"/>')
-    y = TOP
-    for kind, a, b, label in STEPS:
-        y += ROW
-        x1, x2 = COLUMN[a], COLUMN[b]
-        if kind == "note":
-            left, right = min(x1, x2) - 90, max(x1, x2) + 90
-            out.append(f'<rect x="{left}" y="{y - 20}" width="{right - left}" height="24" fill="#fff8dc" stroke="#b8a"/>')
-            out.append(f'<text x="{(left + right) // 2}" y="{y - 3}" text-anchor="middle" font-style="italic">'
-                       f"{escape(label)}</text>")
-            continue
-        dash = ' stroke-dasharray="6,3"' if kind == "ret" else ""
-        out.append(f'<line x1="{x1}" y1="{y}" x2="{x2}" y2="{y}" stroke="#222"{dash} marker-end="url(#a)"/>')
-        out.append(f'<text x="{(x1 + x2) // 2}" y="{y - 6}" text-anchor="middle">{escape(label)}</text>')
-    out.append("</svg>")
-    return "\n".join(out) + "\n"
-
 
 if __name__ == "__main__":
-    Path(__file__).with_name("sequence.svg").write_text(render(), encoding="utf-8")
+    write(__file__, render("twisted_sipnat: resolve, REGISTER, keepalives, flow failure, re-register", PARTICIPANTS, STEPS, spacing=250, halfBox=95, margin=110, width=980, textTop=30, boldLines=2))

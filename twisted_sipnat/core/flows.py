@@ -25,14 +25,19 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any, Deque, Dict, List, Optional, Tuple
 
-from ..errors import FlowFailure, PongTimeout, ResourceLimitError, STUNTimeout
+from ..errors import FlowConnectionLost, FlowFailure, PongTimeout, ResourceLimitError, STUNTimeout
 from . import keepalive as ka
 from . import stun
 from .events import FlowFailed, LookupNeeded, MappingChanged, Note
+from .histogram import Histogram
 from .timers import TimerHeap
 from .transactions import TransactionTable, Transmit, Txn
 
 HostPort = Tuple[str, int]
+
+#: The reason a failure counts under in ``stats["flow.failures.REASON"]`` (the operator metric's label); a
+#: failure of another type counts under its class name.
+FAILURE_REASONS = {STUNTimeout: "stun_timeout", PongTimeout: "pong_timeout", FlowConnectionLost: "connection_lost"}
 
 
 class ObserverMemory:
@@ -74,7 +79,7 @@ class FlowTable:
     """Every keepalive context of one engine, keyed by the shell's observer."""
 
     __slots__ = ("flows", "memory", "table", "timers", "outbox", "withdrawals", "events", "stats", "rng",
-                 "maxFlows", "keepaliveEvents")
+                 "maxFlows", "keepaliveEvents", "rtt")
 
     def __init__(self, table: TransactionTable, timers: TimerHeap, outbox: List[Transmit],
                  withdrawals: List[Tuple[Any, Any]], events: Deque[Any], stats: Counter[str], rng: Any,
@@ -90,6 +95,8 @@ class FlowTable:
         self.rng = rng
         self.maxFlows = maxFlows
         self.keepaliveEvents = keepaliveEvents
+        #: Round-trip times of the answered STUN keepalives (first send to answer), for the operator.
+        self.rtt = Histogram()
 
     def remembered(self, observer: Any) -> Optional[ObserverMemory]:
         """What the table remembers of ``observer`` (the domain it resolved with, its next hop), if anything."""
@@ -104,6 +111,10 @@ class FlowTable:
         return flow.baseline if flow is not None else None
     def __len__(self) -> int:
         return len(self.flows)
+
+    def streamCount(self) -> int:
+        """How many of the contexts keep a stream (TCP/TLS) flow alive with CRLF pings; the rest are UDP."""
+        return sum(1 for flow in self.flows.values() if flow.kind == ka.PING)
 
     def remember(self, observer: Any) -> ObserverMemory:
         memory = self.memory.get(observer)
@@ -163,6 +174,9 @@ class FlowTable:
             return
         self.stop(flow.observer, now)
         self.stats["flow.failures"] += 1
+        reason = "mapped_address_changed" if change is not None else FAILURE_REASONS.get(type(error),
+                                                                                          type(error).__name__)
+        self.stats["flow.failures." + reason] += 1
         if change is not None:
             self.events.append(MappingChanged(flow.observer, change[0], change[1]))
         else:
@@ -277,16 +291,17 @@ class FlowTable:
         if memo is None or txn.integrityKey is not None or not memo.matches(data, flow.baseline):
             return False
         self.table.answered(txn, now)
-        if self._confirmed(flow, txn) and self.keepaliveEvents:
+        if self._confirmed(flow, txn, now) and self.keepaliveEvents:
             self._noteAnswered(flow, txn, flow.baseline, now)
         return True
 
-    def _confirmed(self, flow: ka.FlowKeeper, txn: Txn) -> bool:
+    def _confirmed(self, flow: ka.FlowKeeper, txn: Txn, now: float) -> bool:
         """The next hop answered the flow's keepalive; ``False`` if the flow has been stopped meanwhile."""
         flow.keepaliveEnded(txn)
         if flow.done:
             return False
         self.stats["keepalive.answered"] += 1
+        self.rtt.observe(now - (txn.startedAt if txn.startedAt is not None else now))
         return True
 
     def _noteAnswered(self, flow: ka.FlowKeeper, txn: Txn, address: HostPort, now: float) -> None:
@@ -297,9 +312,10 @@ class FlowTable:
     def answered(self, txn: Txn, message: Any, source: Any, data: bytes, now: float) -> None:
         flow: ka.FlowKeeper = txn.owner
         self.table.answered(txn, now)
-        if not self._confirmed(flow, txn):
+        if not self._confirmed(flow, txn, now):
             return
         if message.messageClass != stun.SUCCESS:
+            self.stats["keepalive.error"] += 1
             code, reason = message.errorCode or (0, "")
             # Contract: an error response still proves the path is alive; log it, do not fail the flow.
             self.events.append(Note("warn", "keepalive answered with STUN error {code} {reason} by {server}", {

@@ -28,7 +28,6 @@ from __future__ import annotations
 import re
 from typing import (
     Dict,
-    Iterator,
     List,
     Mapping,
     MutableMapping,
@@ -40,6 +39,7 @@ from typing import (
     Union,
 )
 
+from twisted_sipnat.core.sip.headers import splitTopLevel
 from twisted_sipnat.errors import InvalidHeaderError, MissingViaError
 
 __all__ = [
@@ -274,43 +274,9 @@ def _headerBlock(text: str) -> str:
     return text[: min(ends)] if ends else text
 
 
-def _topLevelCommas(value: str) -> Iterator[int]:
-    """The positions of the commas that separate list items: not in quotes (with escapes) nor IPv6 brackets."""
-    depth = 0
-    quoted = False
-    i = 0
-    while i < len(value):
-        ch = value[i]
-        if quoted:
-            if ch == "\\":
-                i += 1
-            elif ch == '"':
-                quoted = False
-        elif ch == '"':
-            quoted = True
-        elif ch == "[":
-            depth += 1
-        elif ch == "]":
-            depth = max(0, depth - 1)
-        elif ch == "," and depth == 0:
-            yield i
-        i += 1
-
-
-def _splitList(value: str) -> List[str]:
-    """Split a comma-separated header value, ignoring commas in quotes or IPv6 brackets."""
-    parts: List[str] = []
-    start = 0
-    for comma in _topLevelCommas(value):
-        parts.append(value[start:comma].strip())
-        start = comma + 1
-    parts.append(value[start:].strip())
-    return [p for p in parts if p]
-
-
 def _topVia(message: Union[MessageLike, bytes, str]) -> Optional[str]:
     for value in _headerValues(message, "via"):
-        vias = _splitList(value)
+        vias = splitTopLevel(value)
         if vias:
             return vias[0]
     return None
@@ -350,7 +316,7 @@ def _hasKeep(via: str) -> bool:
 
 def _addKeepToValue(value: str) -> str:
     """Add ``;keep`` to the first Via in a (possibly comma-separated) Via header value."""
-    vias = _splitList(value)
+    vias = splitTopLevel(value)
     if not vias:
         raise MissingViaError()
     if _hasKeep(vias[0]):
@@ -360,8 +326,13 @@ def _addKeepToValue(value: str) -> str:
 
 
 def _firstViaEnd(value: str) -> int:
-    """Index just after the first Via of a comma-separated value (the comma's position, or the end)."""
-    return next(_topLevelCommas(value), len(value.rstrip()))
+    """Index just after the first Via of a comma-separated value: the separating comma's, or the end."""
+    first = splitTopLevel(value)
+    if not first:
+        return len(value.rstrip())
+    end = value.index(first[0]) + len(first[0])
+    gap = len(value) - end - len(value[end:].lstrip(" \t"))
+    return end + gap if value[end + gap : end + gap + 1] == "," else end
 
 
 _LINE = re.compile(r"[^\r\n]*(?:\r\n|\n|$)")
@@ -397,7 +368,7 @@ def _rawTopViaSpan(text: str) -> Optional[Tuple[int, int]]:
             last += 1
         start = offsets[index] + len(name) + 1
         stop = offsets[last] + len(lines[last].rstrip("\r\n"))
-        if not _splitList(text[start:stop]):
+        if not splitTopLevel(text[start:stop]):
             continue
         return start, stop
     return None

@@ -13,6 +13,9 @@ and :mod:`twisted_sipnat.protocols`), never below it: nothing in the core or the
 - :mod:`.stunstream`: STUN over TCP (RFC 8489 §6.2.2), framed by :class:`twisted_sipnat.core.stun.StreamFramer`.
 - :mod:`.client`, :mod:`.edge`, :mod:`.stunserver`, :mod:`.embedded`: one role each.
 - :mod:`.workers`: several processes on one port (the parent's supervision, and a worker's own life cycle).
+- :mod:`.figures`: the operator's figures, gathered from a role's parts on demand; :mod:`.flowfigures`: a
+  controller's; :mod:`.metrics`: served to Prometheus (``--metrics``); :mod:`.statslog`: logged
+  (``--stats-interval``).
 - :mod:`.worker`: the worker entry point, ``python -m twisted_sipnat.service.worker ROLE [OPTIONS]``; nothing
   imports it.
 

@@ -23,6 +23,8 @@ from ..errors import InvalidSettingsError
 from ..interfaces import IBindingObserver
 from ..protocols import SharedDatagramProtocol
 from ..settings import NATSettings
+from .figures import FigureSources, IFigureSource
+from .flowfigures import ControllerFigures
 from .listeners import UDPListener
 from .sipclient import RegisterClient, registrarKeepalive
 
@@ -48,7 +50,8 @@ class _RoleObserver:
         self.role._flowFailed(reason)
 
 
-class ClientRole(service.MultiService):
+@implementer(IFigureSource)
+class ClientRole(service.MultiService, FigureSources):
     """
     A SIP UA's NAT traversal as a service: bind, resolve, (register), keep alive, recover.
 
@@ -82,6 +85,7 @@ class ClientRole(service.MultiService):
         self.domain = domain
         self._nextHop = nextHop
         self.controller = controller if controller is not None else NATTraversalController(dict(settings), reactor=reactor)
+        self.addFigureSource(ControllerFigures(self.controller))
         self.aor = register
         self.registerClient = RegisterClient(reactor, register, nextHop) if register is not None else None
         self.shared = SharedDatagramProtocol(sipProtocol=self.registerClient, controller=self.controller, clock=reactor)

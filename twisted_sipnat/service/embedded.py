@@ -6,13 +6,14 @@ It needs no network and shows the whole cycle (resolve, keepalives, answers) in 
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, Optional, cast
 
 from twisted.application import service
 
 from ..config import DEFAULT_SECTION
 from ..settings import NATSettings
 from .client import ClientRole
+from .figures import FigureSources, IFigureSource
 from .stunserver import STUNRole
 
 __all__ = ["EMBEDDED_INTERVAL", "EmbeddedDefault"]
@@ -22,7 +23,7 @@ __all__ = ["EMBEDDED_INTERVAL", "EmbeddedDefault"]
 EMBEDDED_INTERVAL = 5.0
 
 
-class EmbeddedDefault(service.MultiService):
+class EmbeddedDefault(service.MultiService, FigureSources):
     """
     STUN on 127.0.0.1 (any free port) as ``stun``, and a client of it on loopback as ``client``.  ``settings``
     (``{domain: NATSettings}``, its ``default`` section applies) replaces the :data:`EMBEDDED_INTERVAL` one.
@@ -36,3 +37,8 @@ class EmbeddedDefault(service.MultiService):
             settings = {DEFAULT_SECTION: NATSettings(udpKeepaliveInterval=EMBEDDED_INTERVAL)}
         self.client = ClientRole(reactor, self.stun.address, settings, DEFAULT_SECTION, listen=(0, "127.0.0.1"))
         self.client.setServiceParent(self)  # started after the STUN role, so stun.address() is known by then
+        # The operator's figures: the client's flows and keepalives, and the STUN role's requests (once it
+        # reports them; a role without figures of its own adds nothing).
+        self.addFigureSource(self.client)
+        if hasattr(self.stun, "reportFigures"):
+            self.addFigureSource(cast(IFigureSource, self.stun))

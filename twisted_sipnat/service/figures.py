@@ -18,7 +18,7 @@ from typing import Dict, List, Mapping, Tuple
 
 from zope.interface import Interface
 
-__all__ = ["FigureSources", "Figures", "HistogramFigure", "IFigureSource", "METRICS", "MetricSpec"]
+__all__ = ["CONTRACT_LABELS", "FigureSources", "Figures", "HistogramFigure", "IFigureSource", "METRICS", "MetricSpec"]
 
 Labels = Tuple[Tuple[str, str], ...]
 
@@ -45,6 +45,16 @@ METRICS: Mapping[str, MetricSpec] = {
     "sipnat_connections_refused_total": MetricSpec(
         "counter", "Stream connections refused or closed by a bound, by reason.", ("reason",)
     ),
+}
+
+#: The label values the contract names, by metric (each of these has one label): :meth:`Figures.series` gives
+#: them as 0 until a part reports them, so a dashboard's query finds every series from the first scrape on.
+CONTRACT_LABELS: Mapping[str, Tuple[str, ...]] = {
+    "sipnat_flows": ("udp", "tcp"),
+    "sipnat_keepalives_total": ("answered", "timeout", "error"),
+    "sipnat_flow_failures_total": ("stun_timeout", "mapped_address_changed", "pong_timeout", "connection_lost"),
+    "sipnat_stun_requests_total": ("answered", "rate_limited", "malformed"),
+    "sipnat_sip_requests_total": ("answered", "rate_limited", "malformed"),
 }
 
 
@@ -84,6 +94,22 @@ class Figures:
     def get(self, name: str, **labels: str) -> float:
         """The value reported for ``name`` with exactly ``labels`` (0 when none was)."""
         return self.values.get((name, tuple(sorted(labels.items()))), 0.0)
+
+    def series(self, name: str) -> Dict[Labels, float]:
+        """
+        Every value reported for ``name``, by its labels (sorted ``(label, value)`` pairs), with the
+        :data:`CONTRACT_LABELS` that no part reported as 0, and an unlabelled metric nobody reported as 0.
+        """
+        spec = METRICS[name]
+        found: Dict[Labels, float] = {}
+        if not spec.labels:
+            found[()] = 0.0
+        for labelValue in CONTRACT_LABELS.get(name, ()):
+            found[((spec.labels[0], labelValue),)] = 0.0
+        for (metric, labels), value in self.values.items():
+            if metric == name:
+                found[labels] = value
+        return found
 
     def _add(self, name: str, kind: str, value: float, labels: Mapping[str, str]) -> None:
         spec = METRICS[name]

@@ -30,10 +30,13 @@ __all__ = [
     "Options",
     "STUNOptions",
     "checkConfigUse",
+    "checkFiguresUse",
     "clientArguments",
     "edgeArguments",
     "embeddedSettings",
+    "parseMetrics",
     "parseNumber",
+    "parseStatsInterval",
     "parseUDPDescription",
     "parseWorkers",
     "stunArguments",
@@ -103,6 +106,9 @@ class ClientOptions(usage.Options):
         ["method", "m", None, "UDP keepalive method: stun (Binding request) or crlf (CRLFCRLF datagram). Default: stun."],
         ["backoff-base", None, None, "Base time in seconds of the RFC 5626 section 4.5 re-registration backoff "
                                      "(retries after 50-100% of base * 2^failures, failures >= 1). Default: 30."],
+        ["metrics", None, None, "Serve Prometheus metrics at http://ADDR:PORT/metrics: tcp:PORT[:interface=ADDR]"
+                                "."],
+        ["stats-interval", None, None, "Log one info line with the same figures every S seconds."],
     ]
 
     def __init__(self) -> None:
@@ -130,6 +136,9 @@ class EdgeOptions(usage.Options):
         ["flow-timer", "f", None, "Send Flow-Timer: N (seconds) in REGISTER 200 OK responses (RFC 5626)."],
         ["workers", None, "1", "Processes sharing the UDP port (SO_REUSEPORT: the kernel keeps each flow on one "
                                "worker); TCP stays with the first.  Each worker has its own registrar."],
+        ["metrics", None, None, "Serve Prometheus metrics at http://ADDR:PORT/metrics: tcp:PORT[:interface=ADDR]"
+                                "; with --workers N, worker i (0 .. N-1) serves its own on PORT+i."],
+        ["stats-interval", None, None, "Log one info line with the same figures every S seconds."],
     ]
     optFlags = [["reuse-port", None, "Bind the UDP socket with SO_REUSEPORT (what every worker does)."]]
 
@@ -147,6 +156,9 @@ class STUNOptions(usage.Options):
         ["software", None, None, "SOFTWARE attribute for responses (default: none)."],
         ["workers", None, "1", "Processes sharing the UDP port(s) (SO_REUSEPORT: the kernel keeps each flow on one "
                                "worker); TCP stays with the first."],
+        ["metrics", None, None, "Serve Prometheus metrics at http://ADDR:PORT/metrics: tcp:PORT[:interface=ADDR]"
+                                "; with --workers N, worker i (0 .. N-1) serves its own on PORT+i."],
+        ["stats-interval", None, None, "Log one info line with the same figures every S seconds."],
     ]
     optFlags = [["no-rate-limit", None, "Answer every request (not for a public address: STUN reflects floods)."],
                 ["reuse-port", None, "Bind the UDP sockets with SO_REUSEPORT (what every worker does)."]]
@@ -162,6 +174,10 @@ class Options(usage.Options):
     optParameters = [
         ["config", "c", None, "Client and embedded default only: INI (or, on Python 3.11+, .toml) file with one section of NATSettings per SIP "
                               "domain; section 'default' for any other domain."],
+        ["metrics", None, None, "Embedded default only (each subcommand has its own): serve Prometheus metrics at "
+                                "http://ADDR:PORT/metrics: tcp:PORT[:interface=ADDR]."],
+        ["stats-interval", None, None, "Embedded default only (each subcommand has its own): log one info line "
+                                       "with the same figures every S seconds."],
     ]
     subCommands = [
         ["client", None, ClientOptions, "Resolve the public address and keep the NAT binding alive."],
@@ -175,6 +191,50 @@ def checkConfigUse(options: Options) -> None:
     if options["config"] is not None and options.subCommand in ("edge", "stun"):
         raise InvalidSettingsError("config", options["config"],
                                    f"holds NAT settings for the client; the {options.subCommand} role does not read it")
+
+
+_TCP = re.compile(r"tcp:(?:port=)?(?P<port>[0-9]+)(?::interface=(?P<interface>.+))?", re.IGNORECASE)
+
+
+def parseMetrics(text: Optional[str], worker: int = 0, key: str = "metrics") -> Optional[str]:
+    """
+    ``--metrics tcp:PORT[:interface=ADDR]`` -> the Twisted endpoint description to listen on (``None`` stays
+    ``None``).  Worker ``worker`` of ``--workers N`` listens on ``PORT + worker`` (``tcp:0``: each its own free
+    port), so that every worker is a scrape target of its own.
+    """
+    if text is None:
+        return None
+    match = _TCP.fullmatch(text.strip())
+    if match is None:
+        raise InvalidSettingsError(key, text, "expected tcp:PORT[:interface=ADDR]")
+    port = int(match.group("port"))
+    if port and worker:
+        port += worker
+    if port > 65535:
+        raise InvalidSettingsError(key, text, "the port must be 0-65535" + (f" (worker {worker}: {port})" if worker else ""))
+    interface = (match.group("interface") or "").strip("[]")
+    if interface and not isIPLiteral(interface):
+        raise InvalidSettingsError(key, text, "the interface must be an IP address")
+    escaped = interface.replace(":", "\\:")
+    return f"tcp:{port}:interface={escaped}" if interface else f"tcp:{port}"
+
+
+def parseStatsInterval(text: Optional[str]) -> Optional[float]:
+    """``--stats-interval S``: seconds > 0 (``None`` stays ``None``)."""
+    interval = parseNumber("stats-interval", text)
+    if interval is not None and interval == 0:
+        raise InvalidSettingsError("stats-interval", text, "must be > 0 seconds")
+    return interval
+
+
+def checkFiguresUse(options: Options) -> None:
+    """``--metrics`` and ``--stats-interval`` before a subcommand would be silently ignored: refuse them."""
+    if options.subCommand is None:
+        return
+    for key in ("metrics", "stats-interval"):
+        if options[key] is not None:
+            raise InvalidSettingsError(key, options[key],
+                                       f"goes after the subcommand: twistd sipnat {options.subCommand} --{key} ...")
 
 
 def _settingsFor(options: Options, domain: str) -> Dict[str, NATSettings]:

@@ -20,7 +20,7 @@ from twisted.application import service
 from twisted.logger import FileLogObserver, formatEvent, globalLogBeginner
 
 from ..tap import Options, buildService
-from .workers import stopOnce, watchParent
+from .workers import WORKER_ENV, stopOnce, watchParent
 
 
 def _format(event: Any) -> str:
@@ -47,16 +47,26 @@ def main(argv: Optional[Sequence[str]] = None, reactor: Any = None) -> int:
 
         reactor = globalReactor
     globalLogBeginner.beginLoggingTo([FileLogObserver(sys.stdout, _format)], redirectStandardIO=False)
-    top = service.IService(buildService(options, reactor))
+    top = service.IService(buildService(options, reactor, worker=int(os.environ.get(WORKER_ENV, "0") or 0)))
     parent = os.getppid()
     stop = stopOnce(reactor)
-    reactor.callWhenRunning(top.startService)
+    status = [0]
+
+    def start() -> None:
+        try:
+            top.startService()
+        except SystemExit as e:  # a port that cannot be bound: its one line, and exit status 1
+            print(e, file=sys.stderr)
+            status[0] = 1
+            stop()
+
+    reactor.callWhenRunning(start)
     reactor.callWhenRunning(watchParent, reactor, parent, stop)
     reactor.addSystemEventTrigger("before", "shutdown", top.stopService)
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: reactor.callFromThread(stop))
     reactor.run(installSignalHandlers=False)
-    return 0
+    return status[0]
 
 
 if __name__ == "__main__":

@@ -224,23 +224,23 @@ class Headers:
     def set(self, name: str, value: str) -> None:
         """Replace every header ``name`` with one, at the place (and in the spelling) of the first; else add it."""
         key = canonicalName(name)
-        for index, (n, _) in enumerate(self._items):
-            if canonicalName(n) == key:
-                self._items[index] = (n, _checked(n, value))
-                self._items[index + 1 :] = [
-                    (m, v) for m, v in self._items[index + 1 :] if canonicalName(m) != key
-                ]
-                return
-        self._items.append((name, _checked(name, value)))
+        index = self._replaceFirst(key, value)
+        if index < 0:
+            self._items.append((name, _checked(name, value)))
+        else:
+            self._items[index + 1 :] = [(m, v) for m, v in self._items[index + 1 :] if canonicalName(m) != key]
 
     def replaceFirst(self, name: str, value: str) -> bool:
         """Replace the value of the first header ``name`` only, keeping its place and spelling."""
-        key = canonicalName(name)
+        return self._replaceFirst(canonicalName(name), value) >= 0
+
+    def _replaceFirst(self, key: str, value: str) -> int:
+        """Give the first header whose canonical name is ``key`` the value ``value``; its index, or -1."""
         for index, (n, _) in enumerate(self._items):
             if canonicalName(n) == key:
                 self._items[index] = (n, _checked(n, value))
-                return True
-        return False
+                return index
+        return -1
 
     def remove(self, name: str) -> int:
         """Remove every header ``name``; return how many were removed."""
