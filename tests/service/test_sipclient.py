@@ -12,9 +12,10 @@ from twisted.internet.task import Clock
 from twisted.logger import globalLogPublisher
 from twisted.python.failure import Failure
 
-from twisted_sipnat.core.sip import SIPURI, Request, Response, parse, responseTo
+from twisted_sipnat.core.sip import SIPURI, Request, Response, cseqOf, parse, responseTo
 from twisted_sipnat.errors import InvalidSettingsError, RegistrationError
 from twisted_sipnat.service.edge import EdgeRole
+from twisted_sipnat.service.figures import Figures
 from twisted_sipnat.service.sipclient import RegisterClient
 
 from .support import NetReactor
@@ -260,3 +261,33 @@ def test_theClientRoleDoesNotLoadTwistedsSIPStack() -> None:
     )
     result = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
+
+
+def test_theREGISTERTransactionsAreReportedByResult() -> None:
+    answers = {1: 200, 2: 403, 3: 200}  # by CSeq; the fourth REGISTER goes unanswered
+
+    def answer(request: Request) -> Optional[Response]:
+        code = answers.get(cseqOf(request)[0])
+        return responseTo(request, code) if code is not None else None
+
+    net, registrar, ua, port = setUp(answer)
+    for _ in range(4):
+        ua.register(("198.51.100.7", 40000)).addErrback(lambda failure: None)
+        net.run(0.2)
+    net.run(33, step=0.5)
+    figures = Figures()
+    ua.reportFigures(figures)
+    assert figures.get("sipnat_register_transactions_total", result="registered") == 2
+    assert figures.get("sipnat_register_transactions_total", result="refused") == 1
+    assert figures.get("sipnat_register_transactions_total", result="timeout") == 1
+    port.stopListening()
+
+
+def test_theClientRoleReportsItsREGISTERClient() -> None:
+    from .support import clientFor
+
+    net = NetReactor()
+    role = clientFor(net, REGISTRAR, register="alice@example.com")
+    figures = Figures()
+    role.reportFigures(figures)
+    assert ("sipnat_register_transactions_total", (("result", "registered"),)) in figures.values

@@ -88,6 +88,8 @@ class ClientRole(service.MultiService, FigureSources):
         self.addFigureSource(ControllerFigures(self.controller))
         self.aor = register
         self.registerClient = RegisterClient(reactor, register, nextHop) if register is not None else None
+        if self.registerClient is not None:
+            self.addFigureSource(self.registerClient)
         self.shared = SharedDatagramProtocol(sipProtocol=self.registerClient, controller=self.controller, clock=reactor)
         self.listener = UDPListener(reactor, listen[0], self.shared, listen[1])
         self.listener.setServiceParent(self)

@@ -20,6 +20,7 @@ from typing import Any, Callable, Optional, Tuple, Union
 from twisted.internet import defer, protocol
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from ..core.ratelimit import DropTally
 from ..core.sip.clienttransaction import T1, T2, TIMER_F, NonInviteClientTransaction, Retransmit, TimedOut
@@ -37,8 +38,13 @@ from ..core.sip.register import (
 from ..core.sip.uri import SIPURI
 from ..errors import RegistrationError
 from ..protocols import sendDatagram
+from .figures import Figures, IFigureSource
 
-__all__ = ["RegisterClient", "grantedExpires", "registrarKeepalive"]
+__all__ = ["REGISTER_RESULTS", "RegisterClient", "grantedExpires", "registrarKeepalive"]
+
+#: The ``result`` label of ``sipnat_register_transactions_total``: a 2xx, a final error response (a 423 that is
+#: retried is not counted: its retry is), no final response by Timer F.
+REGISTER_RESULTS = ("registered", "refused", "timeout")
 
 HostPort = Tuple[str, int]
 NextHop = Union[HostPort, Callable[[], HostPort]]
@@ -46,6 +52,7 @@ NextHop = Union[HostPort, Callable[[], HostPort]]
 log = Logger(namespace="twisted_sipnat.client")
 
 
+@implementer(IFigureSource)
 class RegisterClient(protocol.DatagramProtocol):
     """
     The smallest useful UDP registering UA: sends REGISTER to the next hop and reports the final response.
@@ -61,7 +68,7 @@ class RegisterClient(protocol.DatagramProtocol):
     What arrives that is not this transaction's response is dropped: requests (this UA takes none), others'
     responses, and datagrams that are malformed or not UTF-8, which are counted in :attr:`stats` and said in one
     rate-limited log line per ``dropInterval`` (:class:`~twisted_sipnat.core.ratelimit.DropTally`), never a
-    traceback.
+    traceback.  :meth:`reportFigures` gives the operator ``sipnat_register_transactions_total``.
     """
 
     noisy = False
@@ -154,6 +161,7 @@ class RegisterClient(protocol.DatagramProtocol):
         if isinstance(outcome, Retransmit):
             self._write(outcome.data)
         elif isinstance(outcome, TimedOut):
+            self.stats["register.timeout"] += 1
             self._fail(RegistrationError(None, f"no response within {outcome.after:g} s (RFC 3261 Timer F)"))
             return
         self._arm()
@@ -237,7 +245,14 @@ class RegisterClient(protocol.DatagramProtocol):
             if d is not None:
                 d.callback(final)
         else:
+            self.stats["register.refused"] += 1
             self._fail(RegistrationError(final.code, final.reason))
+
+    def reportFigures(self, figures: Figures) -> None:
+        stats = self.stats
+        for result, key in zip(REGISTER_RESULTS, ("register.succeeded", "register.refused", "register.timeout"),
+                               strict=True):
+            figures.count("sipnat_register_transactions_total", stats[key], result=result)
 
     def grantedExpires(self, response: Response) -> int:
         """The lifetime ``response`` granted to this client's binding (RFC 3261 §10.2.4)."""
