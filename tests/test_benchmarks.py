@@ -57,3 +57,12 @@ def test_resolve_throughput_runs() -> None:
 def test_scrape_cost_runs() -> None:
     out = run("scrape_cost.py", ["--flows", "50", "--scrapes", "2"])
     assert "flows=50 scrape=" in out, out
+
+
+@pytest.mark.timeout(150)
+def test_edge_floods_runs() -> None:
+    out = run("edge_floods.py", ["--idle", "40", "--slowloris", "10", "--header-kb", "8", "--stun", "10",
+                                 "--stun-kb", "8", "--requests", "1", "--after", "0.5"])
+    for line in ("(a) edge: 40 idle", "(b) edge: 10 x 8 KB partial header", "(c) stun --tcp: 10 x 8 KB partial",
+                 "legit answered 1/1", "RSS"):
+        assert line in out, out

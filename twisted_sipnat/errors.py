@@ -159,6 +159,10 @@ class STUNDecodeError(NATTraversalError, ValueError):
         self.data = data
 
 
+class STUNMessageTooLarge(STUNDecodeError):
+    """A STUN stream announced a message longer than the connection's bound (``StreamFramer.maxMessageSize``)."""
+
+
 class STUNEncodeError(NATTraversalError, ValueError):
     """A message cannot be encoded: an attribute value is out of range (a port, an address, a length)."""
 

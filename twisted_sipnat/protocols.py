@@ -30,12 +30,14 @@ from zope.interface import implementer
 
 from .core import stun
 from .core.arbitration import Arbiter, Keepalive
+from .core.connections import ConnectionLimits
 from .core.keepalive import PING_BYTES, PONG_BYTES
 from .core.responder import DEFAULT_RESPONDER_BURST, DEFAULT_RESPONDER_RATE
 from .core.sipframing import DEFAULT_MAX_MESSAGE_SIZE, IncomingSplitter, Ping, Pong, SIPData, SIPFramingError
 from .errors import NATTraversalError
 from .interfaces import ISharedSocket
 from .settings import DEFAULT_SOFTWARE
+from .streamlimits import RefusedConnection, StreamLimiter, limiterFor
 
 HostPort = Tuple[str, int]
 
@@ -320,6 +322,11 @@ class SharedStreamProtocol(ProtocolWrapper):
     through the :class:`~twisted_sipnat.core.arbitration.Arbiter`, which lets a ping (or pong) out only between two
     whole SIP messages, writing held ones inside the write that completes a message.  A message over
     ``maxMessageSize`` or a malformed Content-Length closes the connection with a logged reason.
+
+    With the factory's ``limits``, each read tells the factory's connection table what it completed (whole
+    SIP messages, keepalives) and how many bytes of a partial message are held (the splitter's copy of the
+    header block and what the wrapped protocol has of it: ``IncomingSplitter.partial``); the table may close
+    the connection (:meth:`closeForLimit`).
     """
 
     isStream = True
@@ -406,6 +413,18 @@ class SharedStreamProtocol(ProtocolWrapper):
     def dataReceived(self, data: bytes) -> None:
         if self._closing:
             return
+        limiter = self.factory.limiter
+        if limiter is None:
+            self._receive(data)
+            return
+        messages = self.splitter.messages
+        keepalives = self.stats["pings.received"] + self.stats["pongs.received"]
+        self._receive(data)
+        if not self._closing:
+            keepalive = self.stats["pings.received"] + self.stats["pongs.received"] != keepalives
+            limiter.observe(self, self.splitter.messages - messages, keepalive, self.splitter.partial)
+
+    def _receive(self, data: bytes) -> None:
         try:
             events = self.splitter.feed(data)
         except SIPFramingError as e:
@@ -413,6 +432,22 @@ class SharedStreamProtocol(ProtocolWrapper):
             self._framingError("incoming", e)
             return
         self._deliver(events)
+
+    def closeForLimit(self, reason: str) -> None:
+        """
+        The connection table closes this connection (``reason``: idle, evicted, ...): abort it, because a
+        client that stalled on purpose does not read, and a polite close would wait on it with the descriptor
+        held.  Nothing more reaches the wrapped protocol.
+        """
+        self._closing = True
+        self.stats[f"closed.{reason}"] += 1
+        # The splitter's copy of a partial header block goes now, not when the garbage collector finds the
+        # cycle this protocol and the wrapped one form: a flood of them would pile up until then.
+        self.splitter = IncomingSplitter(role="server" if self.pongResponder else "client",
+                                         maxMessageSize=self.factory.maxMessageSize)
+        transport: Any = self.transport
+        if transport is not None:
+            transport.abortConnection()
 
     def _framingError(self, direction: str, error: SIPFramingError) -> None:
         _log.warn("closing SIP connection with {peer}: {direction} {reason}", peer=self.peerAddress(),
@@ -447,6 +482,8 @@ class SharedStreamProtocol(ProtocolWrapper):
 
     def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
         self._closing = True
+        if self.factory.limiter is not None:
+            self.factory.limiter.lost(self)
         super().connectionLost(reason)
         if self.controller is not None:
             self.controller.socketClosed(self, reason)
@@ -458,6 +495,12 @@ class SharedStreamFactory(WrappingFactory):
     ``listenTCP``/``listenSSL`` (server role: ``pongResponder=True`` answers pings) and for
     ``connectTCP``/``connectSSL`` (client role: give it the ``controller`` that keeps the flow alive).  The wrapped
     protocol's ``transport`` is the :class:`SharedStreamProtocol`, i.e. the ``socket`` for the controller.
+
+    ``limits`` (a :class:`~twisted_sipnat.core.connections.ConnectionLimits`) bounds a listening factory's
+    connections: how many in total and per source IP, the partial header blocks they buffer, how long they may
+    stay silent or take for their first message (:mod:`twisted_sipnat.core.connections` says why and how).
+    ``None``, the default, keeps no table: what a client's ``connectTCP`` and library users get.  ``clock``
+    (default: the reactor) runs the table's one timer; ``transport`` is its metric label (``tcp``, ``tls``).
     """
 
     protocol = SharedStreamProtocol  # type: ignore[assignment]
@@ -469,6 +512,9 @@ class SharedStreamFactory(WrappingFactory):
         pongResponder: bool = False,
         *,
         maxMessageSize: int = DEFAULT_MAX_MESSAGE_SIZE,
+        limits: Optional[ConnectionLimits] = None,
+        clock: Any = None,
+        transport: str = "tcp",
     ) -> None:
         super().__init__(sipFactory)
         self.controller = controller
@@ -476,6 +522,24 @@ class SharedStreamFactory(WrappingFactory):
         if maxMessageSize < 64:
             raise ValueError("maxMessageSize must be at least 64 bytes")
         self.maxMessageSize = maxMessageSize
+        self.limiter: Optional[StreamLimiter] = limiterFor(limits, clock, transport)
+
+    def buildProtocol(self, addr: Any) -> Any:
+        """A connection the table refuses gets a ``RefusedConnection``: aborted at once, nothing read."""
+        protocol = super().buildProtocol(addr)
+        if self.limiter is not None and not self.limiter.admit(protocol, addr):
+            return RefusedConnection()
+        return protocol
+
+    def doStop(self) -> None:
+        super().doStop()
+        if self.limiter is not None:
+            self.limiter.stop()
+
+    def reportFigures(self, figures: Any) -> None:
+        """The connection table's figures (nothing without ``limits``)."""
+        if self.limiter is not None:
+            self.limiter.reportFigures(figures)
 
 
 __all__ = [

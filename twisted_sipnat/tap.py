@@ -53,6 +53,7 @@ def buildService(options: Options, reactor: Any, worker: int = 0) -> Any:
     sub: Any = getattr(options, "subOptions", None)
     checkConfigUse(options)
     checkFiguresUse(options)
+    _raiseOpenFileLimit()
     if options.subCommand == "client":
         from .service.client import ClientRole
 
@@ -110,6 +111,13 @@ def withFigures(reactor: Any, top: Any, role: Any, options: Any, worker: int = 0
 
         StatsLog(reactor, interval, source).setServiceParent(top)
     return top
+
+
+def _raiseOpenFileLimit() -> None:
+    """Every role: the soft open-file limit up to the hard one, logged once (:mod:`.service.limits` says why)."""
+    from .service.limits import raiseOpenFileLimit
+
+    raiseOpenFileLimit()
 
 
 def makeService(options: Options) -> Any:

@@ -283,7 +283,7 @@ class IncomingSplitter(_Framer):
     buffers).  See the module docstring for the whole machine.
     """
 
-    __slots__ = ("_server", "_pendingCR", "_pendingCRLF")
+    __slots__ = ("_server", "_pendingCR", "_pendingCRLF", "_messages", "_partial")
 
     def __init__(self, role: Literal["client", "server"], maxMessageSize: int = DEFAULT_MAX_MESSAGE_SIZE) -> None:
         if role not in ("client", "server"):
@@ -294,6 +294,21 @@ class IncomingSplitter(_Framer):
         # a CRLF that is either the first half of a ping or noise before a start line.
         self._pendingCR = False
         self._pendingCRLF = False
+        self._messages = 0
+        self._partial = 0
+
+    @property
+    def messages(self) -> int:
+        """How many whole messages (header block and body) have been received: what a connection table counts."""
+        return self._messages
+
+    @property
+    def partial(self) -> int:
+        """
+        How many bytes of the message being received have arrived (header block and body so far; 0 between
+        messages): what the receiver holds for it, counting the SIP protocol's copy of what was handed on.
+        """
+        return self._partial
 
     @property
     def pendingCR(self) -> bool:
@@ -328,7 +343,13 @@ class IncomingSplitter(_Framer):
         try:
             while i < n:
                 if self._state != _BETWEEN:
+                    start = i
                     i = self._consumeMessage(data, i)
+                    if self._state == _BETWEEN:
+                        self._messages += 1
+                        self._partial = 0
+                    else:
+                        self._partial += i - start
                     continue
                 # Between messages: keepalive CRLFs, or the first byte of a message.
                 if data[i] == _CR:

@@ -12,6 +12,7 @@ and :mod:`twisted_sipnat.protocols`), never below it: nothing in the core or the
 - :mod:`.sipstream`: SIP over TCP at the edge.
 - :mod:`.stunstream`: STUN over TCP (RFC 8489 §6.2.2), framed by :class:`twisted_sipnat.core.stun.StreamFramer`.
 - :mod:`.client`, :mod:`.edge`, :mod:`.stunserver`, :mod:`.embedded`: one role each.
+- :mod:`.limits`: the open-file limit raised at start-up, and the connection cap that fits under it.
 - :mod:`.workers`: several processes on one port (the parent's supervision, and a worker's own life cycle).
 - :mod:`.figures`: the operator's figures, gathered from a role's parts on demand; :mod:`.flowfigures`: a
   controller's; :mod:`.metrics`: served to Prometheus (``--metrics``); :mod:`.statslog`: logged

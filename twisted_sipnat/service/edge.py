@@ -7,13 +7,15 @@ The edge role: the server side of RFC 5626, a SIP registrar that answers its cli
 
 from __future__ import annotations
 
-from typing import Any, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple, cast
 
 from twisted.application import service
 from twisted.logger import Logger
 
 from ..errors import InvalidSettingsError
 from ..protocols import SharedDatagramProtocol, SharedStreamFactory
+from .figures import FigureSources, IFigureSource
+from .limits import connectionLimits as buildConnectionLimits
 from .listeners import StreamListener, UDPListener
 from .registrar import ClockedRegistry, EdgeRegisterProxy
 from .sipstream import SIPStreamFactory
@@ -23,7 +25,7 @@ __all__ = ["EdgeRole"]
 log = Logger(namespace="twisted_sipnat.edge")
 
 
-class EdgeRole(service.MultiService):
+class EdgeRole(FigureSources, service.MultiService):
     """
     An RFC 5626 edge registrar: :class:`~.registrar.EdgeRegisterProxy` + :class:`~.registrar.ClockedRegistry`, on
     UDP behind ``SharedDatagramProtocol(stunResponder=True)`` (so STUN keepalives on the SIP port are answered,
@@ -31,7 +33,9 @@ class EdgeRole(service.MultiService):
     ``SharedStreamFactory(pongResponder=True)`` (so CRLFCRLF pings get a CRLF pong, RFC 5626 §4.4.1).
     ``flowTimer`` adds ``Flow-Timer: N`` to REGISTER 200s (RFC 5626 §5.4).  ``host`` is what the proxy writes in
     its Via (default: the UDP interface, else 127.0.0.1).  ``reusePort`` binds the UDP socket with
-    ``SO_REUSEPORT`` (``--workers``).
+    ``SO_REUSEPORT`` (``--workers``).  ``connectionLimits`` overrides the SIP-over-TCP connection table's
+    bounds (``ConnectionLimits`` field names; defaults: :func:`~.limits.connectionLimits`, with the idle timeout
+    from ``flowTimer``): see ``docs/roles/edge.rst``, "Connection limits".
     """
 
     def __init__(
@@ -43,6 +47,7 @@ class EdgeRole(service.MultiService):
         host: Optional[str] = None,
         flowTimer: Optional[int] = None,
         reusePort: bool = False,
+        connectionLimits: Optional[Dict[str, Any]] = None,
     ) -> None:
         service.MultiService.__init__(self)
         if flowTimer is not None and flowTimer <= 0:
@@ -58,7 +63,11 @@ class EdgeRole(service.MultiService):
         self.udp.setServiceParent(self)
         self.tcp: Optional[StreamListener] = None
         if tcp:
-            factory = SharedStreamFactory(SIPStreamFactory(self.registry, flowTimer), pongResponder=True)
+            self.connectionLimits = buildConnectionLimits(connectionLimits, flowTimer)
+            factory = SharedStreamFactory(SIPStreamFactory(self.registry, flowTimer), pongResponder=True,
+                                          limits=self.connectionLimits, clock=reactor, transport=_transportOf(tcp))
+            # The library's factory reports figures without depending on the service layer's interface.
+            self.addFigureSource(cast(IFigureSource, factory))
             self.tcp = StreamListener(reactor, tcp, factory)
             self.tcp.setServiceParent(self)
 
@@ -72,3 +81,8 @@ class EdgeRole(service.MultiService):
     def stopService(self) -> Any:
         self.registry.clear()
         return service.MultiService.stopService(self)
+
+
+def _transportOf(description: str) -> str:
+    """The metric label of a stream endpoint description: ``tls`` for ``ssl:``/``tls:``, else ``tcp``."""
+    return "tls" if description.split(":", 1)[0].lower() in ("ssl", "tls") else "tcp"

@@ -32,6 +32,7 @@ __all__ = [
     "checkConfigUse",
     "checkFiguresUse",
     "clientArguments",
+    "connectionLimitArguments",
     "edgeArguments",
     "embeddedSettings",
     "parseMetrics",
@@ -88,6 +89,43 @@ def parseWorkers(sub: Mapping[str, Any]) -> int:
     return int(workers)
 
 
+#: The stream connection table's options (edge and stun roles; see ``docs/roles/edge.rst``, "Connection
+#: limits"): the option, the ``ConnectionLimits`` field it sets, whether it is a whole number, its help.
+CONNECTION_LIMIT_OPTIONS = (
+    ("max-connections", "maxConnections", True,
+     "Stream (TCP/TLS) connections at most; when full, a new one evicts the oldest that has not completed a "
+     "message yet. Default: the open-file limit minus a reserve (max(128, limit/8))."),
+    ("max-connections-per-source", "maxConnectionsPerSource", True,
+     "Stream connections at most from one source IP (generous: clients behind a NAT share one). Default: 1024."),
+    ("max-buffered-bytes", "maxBufferedBytes", True,
+     "Bytes of partial messages all stream connections may hold together; over it, the connection holding "
+     "the most is closed. Default: 8388608 (8 MiB)."),
+    ("idle-timeout", "idleTimeout", False,
+     "Seconds a stream connection may go without a whole message or keepalive before it is closed. "
+     "Default (edge): 2 x --flow-timer + 10, else 250; (stun): 250."),
+    ("handshake-timeout", "handshakeTimeout", False,
+     "Seconds a new stream connection has to complete its first message (TLS handshake included). Default: 10."),
+)
+
+_CONNECTION_LIMIT_PARAMETERS = [[option, None, None, help] for option, _, _, help in CONNECTION_LIMIT_OPTIONS]
+
+
+def connectionLimitArguments(sub: Mapping[str, Any]) -> Dict[str, Any]:
+    """
+    The connection-limit options given on the command line, by ``ConnectionLimits`` field name (the role
+    fills in the defaults, :func:`twisted_sipnat.service.limits.connectionLimits`); a bad value is one line.
+    """
+    given: Dict[str, Any] = {}
+    for option, name, whole, _ in CONNECTION_LIMIT_OPTIONS:
+        value = parseNumber(option, sub.get(option), integer=whole)
+        if value is None:
+            continue
+        if value <= 0:
+            raise InvalidSettingsError(option, sub[option], "must be > 0")
+        given[name] = int(value) if whole else value
+    return given
+
+
 class ClientOptions(usage.Options):
     synopsis = "--next-hop HOST:PORT [--stun HOST[:PORT]]... [options]"
     longdesc = (
@@ -139,7 +177,7 @@ class EdgeOptions(usage.Options):
         ["metrics", None, None, "Serve Prometheus metrics at http://ADDR:PORT/metrics: tcp:PORT[:interface=ADDR]"
                                 "; with --workers N, worker i (0 .. N-1) serves its own on PORT+i."],
         ["stats-interval", None, None, "Log one info line with the same figures every S seconds."],
-    ]
+    ] + _CONNECTION_LIMIT_PARAMETERS
     optFlags = [["reuse-port", None, "Bind the UDP socket with SO_REUSEPORT (what every worker does)."]]
 
 
@@ -159,7 +197,7 @@ class STUNOptions(usage.Options):
         ["metrics", None, None, "Serve Prometheus metrics at http://ADDR:PORT/metrics: tcp:PORT[:interface=ADDR]"
                                 "; with --workers N, worker i (0 .. N-1) serves its own on PORT+i."],
         ["stats-interval", None, None, "Log one info line with the same figures every S seconds."],
-    ]
+    ] + _CONNECTION_LIMIT_PARAMETERS
     optFlags = [["no-rate-limit", None, "Answer every request (not for a public address: STUN reflects floods)."],
                 ["reuse-port", None, "Bind the UDP sockets with SO_REUSEPORT (what every worker does)."]]
 
@@ -296,6 +334,7 @@ def edgeArguments(sub: EdgeOptions, workers: int) -> Dict[str, Any]:
         "host": sub["host"],
         "flowTimer": int(flowTimer) if flowTimer is not None else None,
         "reusePort": workers > 1 or bool(sub["reuse-port"]),
+        "connectionLimits": connectionLimitArguments(sub),
     }
 
 
@@ -316,4 +355,5 @@ def stunArguments(sub: STUNOptions, workers: int) -> Dict[str, Any]:
         "rateLimit": rateLimit,
         "software": sub["software"],
         "reusePort": workers > 1 or bool(sub["reuse-port"]),
+        "connectionLimits": connectionLimitArguments(sub),
     }

@@ -4,7 +4,7 @@ The stun role: a standalone STUN Binding server (RFC 8489 §6.3), with RFC 5780 
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Mapping, Optional, Tuple
 
 from twisted.application import service
 from twisted.logger import Logger
@@ -12,6 +12,8 @@ from twisted.logger import Logger
 from ..core.responder import DEFAULT_RESPONDER_BURST, DEFAULT_RESPONDER_RATE, BindingResponder, RateLimit
 from ..errors import InvalidSettingsError
 from ..protocols import SharedDatagramProtocol
+from .figures import FigureSources
+from .limits import connectionLimits as buildConnectionLimits
 from .listeners import StreamListener, UDPListener
 from .stunstream import STUNStreamFactory
 
@@ -22,7 +24,7 @@ HostPort = Tuple[str, int]
 log = Logger(namespace="twisted_sipnat.stun")
 
 
-class STUNRole(service.MultiService):
+class STUNRole(FigureSources, service.MultiService):
     """
     A standalone STUN Binding server (RFC 8489 §6.3): UDP on ``udp``, optionally TCP on the endpoint ``tcp``.
 
@@ -32,7 +34,9 @@ class STUNRole(service.MultiService):
     this machine, and the primary interface must be given (a wildcard cannot be an OTHER-ADDRESS).
     ``rateLimit`` is ``(perSourceRate, burst)`` or ``None`` to switch it off (on by default, with the
     responder's defaults), so the server cannot be used to amplify floods.  ``reusePort`` binds every UDP socket
-    with ``SO_REUSEPORT`` (``--workers``).
+    with ``SO_REUSEPORT`` (``--workers``).  ``connectionLimits`` overrides the STUN-over-TCP connection table's
+    bounds (``ConnectionLimits`` field names; defaults: :func:`~.limits.connectionLimits`): see
+    ``docs/roles/stun.rst``, "Connection limits".
     """
 
     def __init__(
@@ -44,6 +48,7 @@ class STUNRole(service.MultiService):
         rateLimit: Optional[Tuple[float, int]] = (DEFAULT_RESPONDER_RATE, DEFAULT_RESPONDER_BURST),
         software: Optional[str] = None,
         reusePort: bool = False,
+        connectionLimits: Optional[Mapping[str, Any]] = None,
     ) -> None:
         service.MultiService.__init__(self)
         if alternate is not None and not udp[1]:
@@ -63,7 +68,10 @@ class STUNRole(service.MultiService):
                 self._listen(port, host)
         self.tcp: Optional[StreamListener] = None
         if tcp:
-            self.tcp = StreamListener(reactor, tcp, STUNStreamFactory(self.responder, reactor))
+            streams = STUNStreamFactory(self.responder, reactor, buildConnectionLimits(connectionLimits),
+                                        transport="tls" if tcp.split(":", 1)[0].lower() in ("ssl", "tls") else "tcp")
+            self.addFigureSource(streams)
+            self.tcp = StreamListener(reactor, tcp, streams)
             self.tcp.setServiceParent(self)
 
     def _listen(self, port: int, interface: str) -> UDPListener:

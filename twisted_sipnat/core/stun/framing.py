@@ -6,10 +6,14 @@ import struct
 from typing import List
 
 from twisted_sipnat.core.stun.header import HEADER_LENGTH, MAGIC_COOKIE, STUNDecodeError
+from twisted_sipnat.errors import STUNMessageTooLarge
 
-__all__ = ["StreamFramer"]
+__all__ = ["MAX_STREAM_MESSAGE", "StreamFramer"]
 
 _LENGTH_COOKIE = struct.Struct("!2xHI")
+
+#: The largest message a STUN header can announce (a 16-bit length of whole 4-byte words).
+MAX_STREAM_MESSAGE = HEADER_LENGTH + 65532
 
 
 class StreamFramer:
@@ -18,13 +22,18 @@ class StreamFramer:
 
     :meth:`feed` raises :class:`STUNDecodeError` as soon as the bytes at a message boundary cannot start a
     STUN header (leading bits, cookie, length); the stream is then out of sync and the connection should be
-    closed.  The buffer is bounded by one maximal message (20 + 65532 bytes).
+    closed.  The buffer is bounded by one maximal message (20 + 65532 bytes), or by ``maxMessageSize``: a
+    header announcing a longer message is refused as soon as its length field arrives, so a server whose
+    clients only send small requests never buffers more than that per connection.
     """
 
-    __slots__ = ("_buffer",)
+    __slots__ = ("_buffer", "maxMessageSize")
 
-    def __init__(self) -> None:
+    def __init__(self, maxMessageSize: int = MAX_STREAM_MESSAGE) -> None:
+        if maxMessageSize < HEADER_LENGTH:
+            raise ValueError(f"maxMessageSize must be at least {HEADER_LENGTH}, not {maxMessageSize}")
         self._buffer = bytearray()
+        self.maxMessageSize = maxMessageSize
 
     @property
     def buffered(self) -> int:
@@ -32,8 +41,17 @@ class StreamFramer:
         return len(self._buffer)
 
     def feed(self, data: bytes) -> List[bytes]:
-        buf = self._buffer
-        buf += data
+        """The whole messages ``data`` completes; raises :class:`STUNDecodeError` (and drops the buffer: the
+        stream is out of sync for good) when the stream stops looking like STUN."""
+        self._buffer += data
+        try:
+            return self._split(self._buffer, self.maxMessageSize)
+        except STUNDecodeError:
+            self._buffer = bytearray()
+            raise
+
+    @staticmethod
+    def _split(buf: bytearray, maxMessageSize: int = MAX_STREAM_MESSAGE) -> List[bytes]:
         out: List[bytes] = []
         while buf:
             if buf[0] & 0xC0:
@@ -46,6 +64,9 @@ class StreamFramer:
             if length & 3:
                 raise STUNDecodeError(f"stream is not STUN: length {length} not a multiple of 4", bytes(buf[:20]))
             total = HEADER_LENGTH + length
+            if total > maxMessageSize:
+                raise STUNMessageTooLarge(f"message of {total} bytes is over this stream's {maxMessageSize}",
+                                          bytes(buf[:20]))
             if len(buf) < total:
                 break
             out.append(bytes(buf[:total]))
