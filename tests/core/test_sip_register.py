@@ -262,3 +262,35 @@ def test_minExpiresIsReadFromA423Only() -> None:
     assert minExpires(Response(423, "Interval Too Brief", Headers([("Min-Expires", "600")]))) == 600
     assert minExpires(Response(400, "Bad", Headers([("Min-Expires", "600")]))) is None
     assert minExpires(Response(423, "Interval Too Brief")) is None
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.floats(min_value=0.0, max_value=3.0),
+                          st.sampled_from(["timer", "100", "200", "486", "stray"])), max_size=40))
+def test_anyInterleavingOfTimersAndResponsesKeepsTheRules(steps: List[Tuple[float, str]]) -> None:
+    # Whatever arrives when: at most one final response is ever returned, nothing is sent once it is over
+    # or at Timer F, and there are never more than the 11 sends of RFC 3261 Timer E within Timer F.
+    request = register()
+    txn = NonInviteClientTransaction(request, 0.0)
+    now, finals, sends = 0.0, 0, 1
+    stray = responseTo(request, 200)
+    stray.headers.set("CSeq", "9 REGISTER")
+    for delay, what in steps:
+        now += delay
+        if what == "timer":
+            before = txn.done
+            outcome = txn.timerDue(now)
+            if isinstance(outcome, Retransmit):
+                assert not before and now < TIMER_F
+                sends += 1
+            elif isinstance(outcome, TimedOut):
+                assert not before and now >= TIMER_F and finals == 0
+        else:
+            response = stray if what == "stray" else responseTo(request, int(what))
+            got = txn.responseReceived(response)
+            if got is not None:
+                finals += 1
+                assert got.code >= 200 and what != "stray"
+        wake = txn.nextWake()
+        assert (wake is None) == txn.done
+    assert finals <= 1 and sends <= 11 and txn.sends == sends
