@@ -7,7 +7,7 @@ and :mod:`twisted_sipnat.protocols`), never below it: nothing in the core or the
 - :mod:`.options`: the ``twistd sipnat`` command line (``usage.Options``) and the checking of its values.
 - :mod:`.listeners`: the services that own ports (UDP, including ``SO_REUSEPORT`` binding, and stream endpoints).
 - :mod:`.sipmessages`: SIP messages read off the wire through ``twisted.protocols.sip``, guarded.
-- :mod:`.sipclient`: the RFC 3261 REGISTER client of the client role.
+- :mod:`.sipclient`: the RFC 3261 REGISTER client of the client role, on :mod:`twisted_sipnat.core.sip`.
 - :mod:`.registrar`: the edge registrar, and what it adds to and fixes in Twisted's.
 - :mod:`.sipstream`: SIP over TCP at the edge.
 - :mod:`.stunstream`: STUN over TCP (RFC 8489 §6.2.2), framed by :class:`twisted_sipnat.core.stun.StreamFramer`.
@@ -21,6 +21,7 @@ and :mod:`twisted_sipnat.protocols`), never below it: nothing in the core or the
   imports it.
 
 This ``__init__`` imports nothing, so that the twistd plugin's option parsing loads only :mod:`.options`.
-``twisted.protocols.sip`` imports the global reactor when it loads; the modules that need it (the SIP ones and the
-client and edge roles) are therefore imported by :mod:`twisted_sipnat.tap` only once twistd has chosen the reactor.
+``twisted.protocols.sip`` imports the global reactor when it loads; the modules that need it (the edge's SIP
+modules and the edge role; the client role does not) are therefore imported by :mod:`twisted_sipnat.tap` only once
+twistd has chosen the reactor.
 """
