@@ -5,12 +5,14 @@ Learns the public address of a fresh UDP socket from a STUN server (RFC 8489), p
 and the round-trip time, then keeps that NAT binding alive toward the server as the next hop (RFC 5626
 keepalives, every 80-100 % of ``--interval``), printing each keepalive and its answer, until interrupted or
 until ``--count`` keepalives were answered.  With no server it starts an embedded STUN responder on 127.0.0.1
-and works with no network at all.  Failure exits non-zero with one line on stderr.
+and works with no network at all.  Failure exits non-zero with one line on stderr; Ctrl-C (SIGINT) exits 130
+(128 + SIGINT, the shell's convention) with one line, never a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from typing import Any, List, Optional, Sequence, TextIO, cast
 
@@ -154,29 +156,68 @@ async def resolveCommand(reactor: Any, args: argparse.Namespace, out: TextIO) ->
             await embedded.stopService()
 
 
+#: The exit status after Ctrl-C: 128 + SIGINT, as a shell reports a process a signal ended.
+INTERRUPTED = 128 + signal.SIGINT
+
+
+def _watchInterrupt(interrupted: List[bool]) -> None:
+    """
+    Note a SIGINT in ``interrupted`` and pass it on to the handler the reactor installed (which stops the
+    reactor).  A SIGINT that is ignored, or left to Python's default, is left alone.
+    """
+    previous = signal.getsignal(signal.SIGINT)
+    if not callable(previous) or previous is signal.default_int_handler:
+        return
+
+    def onInterrupt(signum: int, frame: Any) -> None:
+        interrupted.append(True)
+        previous(signum, frame)  # type: ignore[operator]
+
+    signal.signal(signal.SIGINT, onInterrupt)
+
+
 def main(argv: Optional[Sequence[str]] = None, reactor: Any = None, out: TextIO = sys.stdout,
          err: TextIO = sys.stderr) -> None:
     """Entry point: parse ``argv`` and run under ``task.react`` (which exits the process)."""
     from twisted.internet import task
 
     args = parseArguments(sys.argv[1:] if argv is None else argv)
+    interrupted: List[bool] = []
 
     async def run(reactor: Any) -> None:
         try:
             code = await resolveCommand(reactor, args, out)
-        except (NATTraversalError, InvalidSettingsError, OSError) as e:
-            print(f"python -m twisted_sipnat resolve: {e}", file=err, flush=True)
-            raise SystemExit(1) from None
         except Exception as e:  # noqa: BLE001 - one line, not a traceback, for the command line
-            print(f"python -m twisted_sipnat resolve: {type(e).__name__}: {e}", file=err, flush=True)
+            if interrupted:  # what Ctrl-C cancelled: the one line is said below
+                raise SystemExit(INTERRUPTED) from None
+            detail = str(e) if isinstance(e, (NATTraversalError, InvalidSettingsError, OSError)) else (
+                f"{type(e).__name__}: {e}")
+            print(f"python -m twisted_sipnat resolve: {detail}", file=err, flush=True)
             raise SystemExit(1) from None
         if code:
             raise SystemExit(code)
 
     def start(reactor: Any) -> defer.Deferred[None]:
-        return defer.ensureDeferred(run(reactor))
+        # react calls this before the reactor runs, and the reactor installs its SIGINT handler as it starts:
+        # begin once it runs, so that a Ctrl-C at any moment of the work is seen.
+        finished: defer.Deferred[None] = defer.Deferred()
 
-    task.react(start, (), _reactor=reactor)
+        def begin() -> None:
+            _watchInterrupt(interrupted)
+            defer.ensureDeferred(run(reactor)).chainDeferred(finished)
+
+        reactor.callWhenRunning(begin)
+        return finished
+
+    try:
+        task.react(start, (), _reactor=reactor)
+    except (SystemExit, KeyboardInterrupt) as e:
+        # Ctrl-C stops the reactor (react then exits 0, or 1 if it cancelled a step), or, before the reactor
+        # runs, raises KeyboardInterrupt: either way, one line and 130.
+        if interrupted or isinstance(e, KeyboardInterrupt):
+            print("python -m twisted_sipnat resolve: interrupted", file=err, flush=True)
+            raise SystemExit(INTERRUPTED) from None
+        raise
 
 
 if __name__ == "__main__":

@@ -8,7 +8,8 @@ re-arms the one timer, then delivers the engine's events, so callbacks always se
 from __future__ import annotations
 
 import random
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+import weakref
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from twisted.internet import defer
 from twisted.internet.address import IPv4Address, IPv6Address
@@ -49,6 +50,10 @@ class NATTraversalController(EngineDriver):
 
     ``keepaliveEvents=False`` drops the per-keepalive debug events (a third of a keepalive's CPU at scale; the
     :attr:`stats` stay).  ``timers``: the engine's :class:`~twisted_sipnat.core.timers.TimerHeap` (for tests).
+
+    Shutting down is not a failure: when the reactor (if it has ``addSystemEventTrigger``) fires its "before
+    shutdown" event, the controller stops (:meth:`stop`), so the sockets that close during shutdown end their flows
+    without a ``flowFailure`` (a UA that re-registers on failure would try to as the process exits).
     """
 
     def __init__(
@@ -74,6 +79,13 @@ class NATTraversalController(EngineDriver):
         engine = Engine(rng=self.rng, maxFlows=maxFlows, maxTransactions=maxTransactions,
                         maxOutstandingPerServer=maxOutstandingPerServer, keepaliveEvents=keepaliveEvents, timers=timers)
         super().__init__(reactor, engine, dnsResolver)
+        #: ``True`` once :meth:`stop` ran (or the reactor began to shut down).
+        self.stopped = False
+        self._shutdownTrigger: Any = None
+        addTrigger: Optional[Callable[..., Any]] = getattr(reactor, "addSystemEventTrigger", None)
+        if addTrigger is not None:
+            # A weak reference: the reactor's trigger list must not keep every controller ever made alive.
+            self._shutdownTrigger = addTrigger("before", "shutdown", _stopOnShutdown, weakref.ref(self))
 
     @property
     def maxFlows(self) -> int:
@@ -279,15 +291,37 @@ class NATTraversalController(EngineDriver):
     def socketClosed(self, socket: Any, reason: Optional[Failure] = None) -> None:
         """
         ``socket`` was closed or its connection lost: every flow on it fails with
-        :class:`~twisted_sipnat.errors.FlowConnectionLost` and pending resolutions on it fail too.
+        :class:`~twisted_sipnat.errors.FlowConnectionLost` and pending resolutions on it fail too.  Once the
+        controller is :attr:`stopped` (the reactor is shutting down) the flows stop without a ``flowFailure``
+        and the resolutions errback ``CancelledError``, as after :meth:`freeResources`.
         """
         socket = canonicalSocket(socket)
         state = self._sockets.pop(id(socket), None)
         if state is None or state.socket is not socket:
             return
+        if self.stopped:
+            handles = self._engine.socketStopped(state.record, self._now())
+            self._cancelDeferreds(handles)
+            return
         why = reason.getErrorMessage() if reason is not None else "connection lost"
         self._engine.socketClosed(state.record, why, self._now())
         self._flush()
+
+    def stop(self) -> None:
+        """
+        Stop for good: every flow stops and every resolution is cancelled (:meth:`freeResources`), and a socket
+        that closes from now on ends what rides on it the same way, never with a ``flowFailure``.  The reactor's
+        "before shutdown" event calls this; call it yourself when you stop the controller with the reactor
+        still running.  A controller used again after it keeps these quiet rules for its sockets' closing.
+        """
+        self.stopped = True
+        trigger, self._shutdownTrigger = self._shutdownTrigger, None
+        if trigger is not None:
+            try:
+                self.reactor.removeSystemEventTrigger(trigger)
+            except (ValueError, KeyError, TypeError):
+                pass  # the trigger is the one running now, or already fired
+        self.freeResources()
 
     # -- cleanup and introspection ----------------------------------------------------------------------------
 
@@ -308,6 +342,10 @@ class NATTraversalController(EngineDriver):
             flow = engine.freeObserver(observer, now)
             if flow is not None:
                 self._forgetIfUnused(flow.sock.key)
+        self._cancelDeferreds(handles)
+
+    def _cancelDeferreds(self, handles: Sequence[Any]) -> None:
+        """Cancel the look-ups of stopped resolutions, flush, then errback their Deferreds ``CancelledError``."""
         for handle in handles:
             lookup = self._lookups.pop(handle, None)
             if lookup is not None:
@@ -352,3 +390,11 @@ class NATTraversalController(EngineDriver):
         """The public address the observer's flow judges keepalive answers against (``None``: not yet)."""
         baseline = self._engine.flows.baselineOf(observer)
         return publicAddress(baseline) if baseline is not None else None
+
+
+def _stopOnShutdown(ref: weakref.ReferenceType[NATTraversalController]) -> None:
+    """The reactor's "before shutdown" trigger: stop the controller, if it still exists."""
+    controller = ref()
+    if controller is not None and not controller.stopped:
+        controller._shutdownTrigger = None  # this trigger is firing: nothing to remove
+        controller.stop()

@@ -20,6 +20,9 @@ class IBindingObserver(Interface):
         :class:`~twisted_sipnat.errors.FlowFailure`: ``STUNTimeout``, ``MappedAddressChanged``, ``PongTimeout``
         or ``FlowConnectionLost``.  RFC 5626 §4.4: the stack re-registers (after the §4.5 backoff) and calls
         ``refreshNATBinding`` again.
+
+        A stop is not a failure: once the controller stopped (the reactor's "before shutdown" event, or
+        ``NATTraversalController.stop()``), the sockets that close end their flows without this call.
         """
 
 

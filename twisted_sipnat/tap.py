@@ -13,10 +13,9 @@
 
 The options and the checking of their values are :mod:`twisted_sipnat.service.options`; the roles are the other
 modules of :mod:`twisted_sipnat.service`.  Parsing never touches the network and never imports the reactor: the
-plugin file names this module as a string, and the role modules (some need ``twisted.protocols.sip``, which
-imports the reactor when it loads, and the worker pool needs ``twisted.runner.procmon``, which does too) load
-inside :func:`buildService`, once twistd has installed the reactor.  Every value is checked before anything is
-bound; a bad one ends the program with one line naming the option or configuration key (``SystemExit``), not a
+plugin file names this module as a string, and the role modules (the worker pool needs
+``twisted.runner.procmon``, which imports the reactor when it loads) load inside :func:`buildService`, once
+twistd has installed the reactor.  Every value is checked before anything is bound; a bad one ends the program with one line naming the option or configuration key (``SystemExit``), not a
 traceback.  A port that cannot be bound fails later, when twistd starts the service, and is one line too: each
 listener calls :func:`twisted_sipnat.service.listeners.listenFailed`, which logs it naming the option and raises
 :class:`twisted_sipnat.errors.ListenError` (a ``SystemExit`` with status 1).

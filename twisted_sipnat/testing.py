@@ -7,14 +7,15 @@ Test doubles for SIP stacks that use twisted_sipnat (as ``treq.testing`` ships i
 - :func:`bindingResponse`: the answer a STUN server would give to a request the controller wrote, with the knobs
   a test needs (error codes, wrong transaction ID, bad FINGERPRINT, integrity);
 - :class:`RecordingObserver`: an :class:`~twisted_sipnat.interfaces.IBindingObserver` that keeps its flow
-  failures.
+  failures;
+- :class:`ShutdownClock`: a ``Clock`` with the reactor's system event triggers, to play a reactor shutdown.
 
 Everything runs with ``twisted.internet.task.Clock`` and no sockets.
 """
 
 from __future__ import annotations
 
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from twisted.internet import defer
 from twisted.internet.address import IPv4Address, IPv6Address
@@ -207,3 +208,45 @@ class SRVTable:
             for priority, weight, port, target in self.records[name]
         ]
         return defer.succeed((answers, [], []))
+
+
+class ShutdownClock(Clock):
+    """
+    A ``Clock`` with the system event triggers of ``IReactorCore`` (``addSystemEventTrigger``,
+    ``removeSystemEventTrigger``, ``fireSystemEvent``), so that a test plays a reactor shutdown:
+    ``fireSystemEvent("shutdown")`` runs the "before", then the "during", then the "after" triggers, in the
+    order they were added (a real reactor closes its sockets in "during").  Deferreds a trigger returns are
+    not waited for.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._triggers: Dict[Tuple[str, str], List[Tuple[Any, Callable[..., Any], Any, Any]]] = {}
+        self._handles = 0
+
+    def addSystemEventTrigger(self, phase: str, eventType: str, callable: Callable[..., Any], *args: Any,
+                              **kwargs: Any) -> Any:
+        if phase not in ("before", "during", "after"):
+            raise KeyError(f"no such phase {phase!r}")
+        self._handles += 1
+        handle = (phase, eventType, self._handles)
+        self._triggers.setdefault((phase, eventType), []).append((handle, callable, args, kwargs))
+        return handle
+
+    def removeSystemEventTrigger(self, triggerID: Any) -> None:
+        phase, eventType, _ = triggerID
+        entries = self._triggers.get((phase, eventType), [])
+        for index, entry in enumerate(entries):
+            if entry[0] == triggerID:
+                del entries[index]
+                return
+        raise ValueError("Tried to remove a trigger that doesn't exist.")
+
+    def fireSystemEvent(self, eventType: str) -> None:
+        for phase in ("before", "during", "after"):
+            for _, callable, args, kwargs in self._triggers.pop((phase, eventType), []):
+                callable(*args, **kwargs)
+
+    def triggerCount(self, eventType: str = "shutdown") -> int:
+        """How many triggers wait for ``eventType``, in every phase."""
+        return sum(len(v) for (_, event), v in self._triggers.items() if event == eventType)

@@ -470,6 +470,22 @@ class Engine:
             self.table.end(txn, now)
         self.forgetSocket(record)
 
+    def socketStopped(self, record: SocketRecord, now: float) -> List[Resolution]:
+        """
+        ``record`` closed because the shell is stopping (the reactor shuts down): its flows stop *without* an
+        event, its transactions end, and the resolutions on it are cancelled; returns their handles, whose
+        Deferreds the shell cancels.  A stop is not a failure: a UA told ``flowFailure`` would re-register.
+        """
+        handles = [r for r in self.resolutions if r.sock is record]
+        for resolution in handles:
+            self.cancel(resolution, now)
+        for flow in list(record.flows):
+            self.flows.stop(flow.observer, now)
+        for txn in [t for t in self.table.pending.values() if t.sock is record]:
+            self.table.end(txn, now)
+        self.forgetSocket(record)
+        return handles
+
     def freeObserver(self, observer: Any, now: float) -> Optional[FlowKeeper]:
         """Stop ``observer``'s keepalives and forget what it resolved; returns the stopped flow, if any."""
         flow = self.flows.stop(observer, now)

@@ -6,8 +6,7 @@ and :mod:`twisted_sipnat.protocols`), never below it: nothing in the core or the
 
 - :mod:`.options`: the ``twistd sipnat`` command line (``usage.Options``) and the checking of its values.
 - :mod:`.listeners`: the services that own ports (UDP, including ``SO_REUSEPORT`` binding, and stream endpoints).
-- :mod:`.sipmessages`: SIP messages read off the wire through ``twisted.protocols.sip``, guarded.
-- :mod:`.sipclient`: the RFC 3261 REGISTER client of the client role.
+- :mod:`.sipclient`: the RFC 3261 REGISTER client of the client role, on :mod:`twisted_sipnat.core.sip`.
 - :mod:`.sipedge`: the edge's SIP side (UDP and stream protocols driving the sans-IO registrar and proxy of
   :mod:`twisted_sipnat.core.registrar` and :mod:`twisted_sipnat.core.proxy`).
 - :mod:`.stunstream`: STUN over TCP (RFC 8489 §6.2.2), framed by :class:`twisted_sipnat.core.stun.StreamFramer`.
@@ -21,6 +20,6 @@ and :mod:`twisted_sipnat.protocols`), never below it: nothing in the core or the
   imports it.
 
 This ``__init__`` imports nothing, so that the twistd plugin's option parsing loads only :mod:`.options`.
-``twisted.protocols.sip`` imports the global reactor when it loads; the modules that need it (the SIP ones and the
-client and edge roles) are therefore imported by :mod:`twisted_sipnat.tap` only once twistd has chosen the reactor.
+No role uses ``twisted.protocols.sip`` (which imports the global reactor when it loads); the roles are still
+imported by :mod:`twisted_sipnat.tap` only once twistd has chosen the reactor, as the worker pool needs.
 """

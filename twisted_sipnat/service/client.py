@@ -4,9 +4,6 @@ The client role: what a SIP user agent behind a NAT does, as a service.
 Bind the SIP socket (a :class:`~twisted_sipnat.protocols.SharedDatagramProtocol`), learn the public address with
 STUN, optionally REGISTER with the next hop (:mod:`.sipclient`), keep the binding alive toward it, and on a flow
 failure start again after the RFC 5626 §4.5 backoff.
-
-``twisted.protocols.sip`` imports the global reactor when it loads, and this module needs it (through
-:mod:`.sipclient`): import it once the reactor is chosen.
 """
 
 from __future__ import annotations
@@ -22,7 +19,6 @@ from zope.interface import implementer
 
 from ..controller import NATTraversalController
 from ..core.backoff import Backoff
-from ..core.sipheaders import keepaliveInterval
 from ..errors import InvalidSettingsError
 from ..interfaces import IBindingObserver
 from ..protocols import SharedDatagramProtocol
@@ -30,7 +26,7 @@ from ..settings import NATSettings
 from .figures import FigureSources, IFigureSource
 from .flowfigures import ControllerFigures
 from .listeners import UDPListener
-from .sipclient import RegisterClient, grantedExpires
+from .sipclient import RegisterClient, registrarKeepalive
 
 __all__ = ["ClientRole"]
 
@@ -92,6 +88,8 @@ class ClientRole(service.MultiService, FigureSources):
         self.addFigureSource(ControllerFigures(self.controller))
         self.aor = register
         self.registerClient = RegisterClient(reactor, register, nextHop) if register is not None else None
+        if self.registerClient is not None:
+            self.addFigureSource(self.registerClient)
         self.shared = SharedDatagramProtocol(sipProtocol=self.registerClient, controller=self.controller, clock=reactor)
         self.listener = UDPListener(reactor, listen[0], self.shared, listen[1], option="listen")
         self.listener.setServiceParent(self)
@@ -131,6 +129,8 @@ class ClientRole(service.MultiService, FigureSources):
 
     def _attempt(self) -> None:
         self._retry = None
+        if not self._mayRetry():
+            return
         hop = self.nextHop
         d = self.controller.resolvePublicAddress(self.domain, self.shared, hop, observer=self.observer)
         self._pending = d
@@ -153,10 +153,10 @@ class ClientRole(service.MultiService, FigureSources):
         return d
 
     def _granted(self, response: Any) -> int:
-        return grantedExpires(response, self.registerClient.expires if self.registerClient else 3600)
+        return self.registerClient.grantedExpires(response) if self.registerClient is not None else 3600
 
     def _registered(self, response: Any, hop: HostPort) -> None:
-        interval = keepaliveInterval(response)
+        interval = registrarKeepalive(response)
         self.flowTimer = interval
         granted = self._granted(response)
         log.info("registered {aor} for {expires} s; registrar keepalive interval {flowTimer}", aor=self.aor,
@@ -171,7 +171,7 @@ class ClientRole(service.MultiService, FigureSources):
 
     def _refreshRegistration(self, hop: HostPort) -> None:
         self._refresh = None
-        if self.registerClient is None or self.publicAddress is None:
+        if self.registerClient is None or self.publicAddress is None or not self._mayRetry():
             return
         d = self.registerClient.register((self.publicAddress.host, self.publicAddress.port))
         self._pending = d
@@ -180,7 +180,7 @@ class ClientRole(service.MultiService, FigureSources):
 
     def _refreshed(self, response: Any, hop: HostPort) -> None:
         self._pending = None
-        interval = keepaliveInterval(response)
+        interval = registrarKeepalive(response)
         if interval != self.flowTimer:
             self.flowTimer = interval
             self.controller.refreshNATBinding(self.shared, self.observer, nextHop=hop, flowTimer=interval)
@@ -188,7 +188,7 @@ class ClientRole(service.MultiService, FigureSources):
 
     def _refreshFailed(self, reason: Failure) -> None:
         self._pending = None
-        if reason.check(defer.CancelledError) or not self.running:
+        if reason.check(defer.CancelledError) or not self._mayRetry():
             return
         self.controller.freeResources(self.observer)
         self._flowFailed(reason)
@@ -205,7 +205,7 @@ class ClientRole(service.MultiService, FigureSources):
 
     def _failed(self, reason: Failure) -> None:
         self._pending = None
-        if reason.check(defer.CancelledError) or not self.running:
+        if reason.check(defer.CancelledError) or not self._mayRetry():
             return
         log.warn("NAT traversal attempt failed: {why}", why=reason.getErrorMessage(), sipnat_event="sipnat.client.failed")
         self._scheduleRetry()
@@ -221,11 +221,18 @@ class ClientRole(service.MultiService, FigureSources):
         self.failures += 1
         why = reason.getErrorMessage() if isinstance(reason, Failure) else str(reason)
         log.warn("flow failure: {why}", why=why, sipnat_event="sipnat.client.flowFailure")
-        if self.running:
+        if self._mayRetry():
             self._scheduleRetry()
 
+    def _mayRetry(self) -> bool:
+        """
+        Whether a failure may be followed by a new attempt: not once the service stopped, nor once the controller
+        did (the reactor is shutting down: a REGISTER then would be sent as the process exits).
+        """
+        return bool(self.running) and not getattr(self.controller, "stopped", False)
+
     def _scheduleRetry(self) -> None:
-        if self._retry is not None and self._retry.active():
+        if not self._mayRetry() or (self._retry is not None and self._retry.active()):
             return
         delay = self.backoff.nextDelay(allFlowsFailed=True)
         log.info("trying again in {delay:.1f} s (RFC 5626 §4.5 backoff)", delay=delay, sipnat_event="sipnat.client.retry")

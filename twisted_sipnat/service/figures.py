@@ -41,6 +41,9 @@ METRICS: Mapping[str, MetricSpec] = {
     "sipnat_stun_requests_total": MetricSpec("counter", "STUN requests received, by result.", ("result",)),
     "sipnat_sip_requests_total": MetricSpec("counter", "SIP requests received, by result.", ("result",)),
     "sipnat_registrations": MetricSpec("gauge", "Bindings held by the registrar."),
+    "sipnat_register_transactions_total": MetricSpec(
+        "counter", "REGISTER transactions of the client role, by result.", ("result",)
+    ),
     "sipnat_connections": MetricSpec("gauge", "Open stream connections (TCP, TLS).", ("transport",)),
     "sipnat_connections_refused_total": MetricSpec(
         "counter", "Stream connections refused or closed by a bound, by reason.", ("reason",)

@@ -4,23 +4,47 @@ The client role's RFC 3261 REGISTER client: one registration, sent over the shar
 It is the ``sipProtocol`` of a :class:`~twisted_sipnat.protocols.SharedDatagramProtocol`, so its REGISTERs leave
 from the very socket whose NAT binding the controller keeps alive, and its ``transport`` writes through the
 socket arbitration.
+
+This is the shell: the request, the matching of responses, the figures read from them
+(:mod:`twisted_sipnat.core.sip.register`) and the RFC 3261 §17.1.2 transaction with its Timers E and F
+(:mod:`twisted_sipnat.core.sip.clienttransaction`) are sans-IO; what is left here is one delayed call, the
+writes, and the Deferred.
 """
 
 from __future__ import annotations
 
-import re
 import secrets
+from collections import Counter
 from typing import Any, Callable, Optional, Tuple, Union
 
 from twisted.internet import defer, protocol
+from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
-from twisted.protocols import sip
+from zope.interface import implementer
 
-from ..core.sipheaders import addKeepToVia
-from ..errors import InvalidSettingsError, RegistrationError
-from .sipmessages import parseDatagram
+from ..core.ratelimit import DropTally
+from ..core.sip.clienttransaction import T1, T2, TIMER_F, NonInviteClientTransaction, Retransmit, TimedOut
+from ..core.sip.error import SIPParseError
+from ..core.sip.message import Response
+from ..core.sip.register import (
+    buildRegister,
+    contactOf,
+    grantedExpires,
+    minExpires,
+    parseAOR,
+    readMessage,
+    registrarKeepalive,
+)
+from ..core.sip.uri import SIPURI
+from ..errors import RegistrationError
+from ..protocols import sendDatagram
+from .figures import Figures, IFigureSource
 
-__all__ = ["RegisterClient", "grantedExpires"]
+__all__ = ["REGISTER_RESULTS", "RegisterClient", "grantedExpires", "registrarKeepalive"]
+
+#: The ``result`` label of ``sipnat_register_transactions_total``: a 2xx, a final error response (a 423 that is
+#: retried is not counted: its retry is), no final response by Timer F.
+REGISTER_RESULTS = ("registered", "refused", "timeout")
 
 HostPort = Tuple[str, int]
 NextHop = Union[HostPort, Callable[[], HostPort]]
@@ -28,141 +52,208 @@ NextHop = Union[HostPort, Callable[[], HostPort]]
 log = Logger(namespace="twisted_sipnat.client")
 
 
-def grantedExpires(response: Any, asked: int) -> int:
-    """The registration lifetime a 2xx granted: Contact ``expires=`` (RFC 3261 §10.2.4), else Expires."""
-    for contact in response.headers.get("contact", []):
-        match = re.search(r";\s*expires\s*=\s*([0-9]{1,9})", contact, re.IGNORECASE)
-        if match:
-            return int(match.group(1))
-    for value in response.headers.get("expires", []):
-        if value.strip().isdigit() and len(value.strip()) < 10:
-            return int(value.strip())
-    return asked
-
-
-def _hostText(host: str) -> str:
-    """A host as it goes in a SIP URI or Via: IPv6 literals in brackets (RFC 3261 §25.1)."""
-    return f"[{host}]" if ":" in host else host
-
-
+@implementer(IFigureSource)
 class RegisterClient(protocol.DatagramProtocol):
     """
     The smallest useful UDP registering UA: sends REGISTER to the next hop and reports the final response.
 
-    Retransmission follows RFC 3261 §17.1.2.2 (Timer E from T1 = 0.5 s doubling to T2 = 4 s, Timer F = 32 s);
-    a 2xx fires the Deferred of :meth:`register` with the parsed ``twisted.protocols.sip.Response``, anything
-    >= 300 or Timer F errbacks :class:`RegistrationError`.  The top Via offers RFC 6223 ``;keep`` and RFC 3581
-    ``rport``.  ``nextHop`` is an ``(IP, port)`` or a callable returning one.
+    Retransmission follows RFC 3261 §17.1.2.2 (Timer E from T1 = 0.5 s doubling to T2 = 4 s, every T2 once a
+    provisional response arrived; Timer F = 32 s).  A 2xx fires the Deferred of :meth:`register` with the
+    parsed :class:`twisted_sipnat.core.sip.Response`; anything >= 300, Timer F, or the socket closing under it
+    errbacks :class:`~twisted_sipnat.errors.RegistrationError`.  A 423 with a Min-Expires above what was asked is
+    retried once with that interval (RFC 3261 §10.2.8), which later refreshes keep asking for.  The top Via
+    offers RFC 6223 ``;keep`` and RFC 3581 ``rport``.  ``nextHop`` is an ``(IP, port)`` or a callable
+    returning one.
+
+    What arrives that is not this transaction's response is dropped: requests (this UA takes none), others'
+    responses, and datagrams that are malformed or not UTF-8, which are counted in :attr:`stats` and said in one
+    rate-limited log line per ``dropInterval`` (:class:`~twisted_sipnat.core.ratelimit.DropTally`), never a
+    traceback.  :meth:`reportFigures` gives the operator ``sipnat_register_transactions_total``.
     """
 
-    T1 = 0.5
-    T2 = 4.0
-    TIMER_F = 32.0
+    noisy = False
+    T1 = T1
+    T2 = T2
+    TIMER_F = TIMER_F
 
-    def __init__(self, reactor: Any, aor: str, nextHop: NextHop, expires: int = 3600) -> None:
+    def __init__(self, reactor: Any, aor: str, nextHop: NextHop, expires: int = 3600,
+                 dropInterval: float = 10.0) -> None:
         self.reactor = reactor
-        self.aor = aor if aor.startswith(("sip:", "sips:")) else "sip:" + aor
-        if "@" not in self.aor:
-            raise InvalidSettingsError("register", aor, "expected an address of record user@domain")
+        self.aorURI = parseAOR(aor)
+        self.aor = str(self.aorURI)
         self._nextHop = nextHop
         self.expires = expires
+        #: RFC 3261 §10.2.4: one Call-ID for every REGISTER this client sends; the CSeq counts up.
         self.callId = secrets.token_hex(8)
         self.cseq = 0
-        self._pending: Optional[Tuple[int, defer.Deferred[Any], Any, Any, bytes]] = None
+        #: The Contact URI of the last REGISTER: the binding whose ``expires`` a 2xx's lifetime is read from.
+        self.contact: Optional[SIPURI] = None
+        self.stats: Counter[str] = Counter()
+        self.dropped = DropTally("SIP datagrams", interval=dropInterval)
+        self._txn: Optional[NonInviteClientTransaction] = None
+        self._deferred: Optional[defer.Deferred[Response]] = None
+        self._call: Optional[IDelayedCall] = None
+        self._retried = False
+        self._contactAddress: Optional[HostPort] = None
 
     @property
     def nextHop(self) -> HostPort:
         hop = self._nextHop
         return hop() if callable(hop) else hop
 
-    def register(self, contact: HostPort) -> defer.Deferred[Any]:
+    @property
+    def pending(self) -> bool:
+        """``True`` while a REGISTER transaction is in progress."""
+        return self._txn is not None
+
+    def register(self, contact: HostPort) -> defer.Deferred[Response]:
         """Send one REGISTER binding ``contact`` (the public address) to the AOR; cancels an earlier one."""
         self.stop()
-        self.cseq += 1
-        user, domain = self.aor.split(":", 1)[1].split("@", 1)
-        local = self.transport.getHost() if self.transport is not None else None
-        localHost = str(local.host) if local is not None else ""
-        viaHost = localHost if local is not None and localHost not in ("0.0.0.0", "::") else contact[0]
-        viaPort = local.port if local is not None else contact[1]
-        lines = [
-            f"REGISTER sip:{domain} SIP/2.0",
-            f"Via: SIP/2.0/UDP {_hostText(viaHost)}:{viaPort};branch=z9hG4bK{secrets.token_hex(8)};rport",
-            "Max-Forwards: 70",
-            f"To: <{self.aor}>",
-            f"From: <{self.aor}>;tag={secrets.token_hex(4)}",
-            f"Call-ID: {self.callId}",
-            f"CSeq: {self.cseq} REGISTER",
-            f"Contact: <sip:{user}@{_hostText(contact[0])}:{contact[1]}>",
-            f"Expires: {self.expires}",
-            "Content-Length: 0",
-            "",
-            "",
-        ]
-        data = addKeepToVia("\r\n".join(lines).encode("utf-8"))
-        d: defer.Deferred[Any] = defer.Deferred(lambda _: self.stop())
-        retransmit = self.reactor.callLater(self.T1, self._retransmit, self.T1)
-        giveUp = self.reactor.callLater(self.TIMER_F, self._timeout)
-        self._pending = (self.cseq, d, retransmit, giveUp, data)
-        self._write(data)
-        log.info("REGISTER {aor} sent to {host}:{port}", aor=self.aor, host=self.nextHop[0], port=self.nextHop[1])
+        self._retried = False
+        d: defer.Deferred[Response] = defer.Deferred(self._cancelled)
+        self._deferred = d
+        self._send(contact)
         return d
+
+    def _send(self, contact: HostPort) -> None:
+        self.cseq += 1
+        local = self.transport.getHost() if self.transport is not None else None
+        localHost = str(getattr(local, "host", ""))
+        localPort = getattr(local, "port", None)
+        viaHost = localHost if localHost and localHost not in ("0.0.0.0", "::") else contact[0]
+        request = buildRegister(
+            self.aorURI, contact, (viaHost, localPort if localPort is not None else contact[1]),
+            callId=self.callId, cseq=self.cseq, branch=secrets.token_hex(8), fromTag=secrets.token_hex(4),
+            expires=self.expires,
+        )
+        self.contact = contactOf(request)
+        self._contactAddress = contact
+        self._txn = NonInviteClientTransaction(request, self._now(), t1=self.T1, t2=self.T2, timerF=self.TIMER_F)
+        hop = self.nextHop
+        self._write(self._txn.data)
+        self._arm()
+        log.info("REGISTER {aor} sent to {host}:{port}", aor=self.aor, host=hop[0], port=hop[1],
+                 sipnat_event="sipnat.client.register.sent")
+
+    def _now(self) -> float:
+        return float(self.reactor.seconds())
 
     def _write(self, data: bytes) -> None:
         if self.transport is not None:
-            self.transport.write(data, self.nextHop)
+            sendDatagram(self.transport, data, self.nextHop, self.stats, "a REGISTER")
+            self.stats["register.sent"] += 1
 
-    def _retransmit(self, interval: float) -> None:
-        if self._pending is None:
+    def _arm(self) -> None:
+        """Keep the one delayed call at the transaction's next timer (RFC 3261 Timer E or F)."""
+        wake = self._txn.nextWake() if self._txn is not None else None
+        call, self._call = self._call, None
+        if call is not None and call.active():
+            call.cancel()
+        if wake is not None:
+            self._call = self.reactor.callLater(max(0.0, wake - self._now()), self._wake)
+
+    def _wake(self) -> None:
+        self._call = None
+        txn = self._txn
+        if txn is None:
             return
-        cseq, d, _, giveUp, data = self._pending
-        self._write(data)
-        interval = min(interval * 2, self.T2)
-        self._pending = (cseq, d, self.reactor.callLater(interval, self._retransmit, interval), giveUp, data)
+        outcome = txn.timerDue(self._now())
+        if isinstance(outcome, Retransmit):
+            self._write(outcome.data)
+        elif isinstance(outcome, TimedOut):
+            self.stats["register.timeout"] += 1
+            self._fail(RegistrationError(None, f"no response within {outcome.after:g} s (RFC 3261 Timer F)"))
+            return
+        self._arm()
 
-    def _timeout(self) -> None:
-        pending = self._finish()
-        if pending is not None:
-            pending.errback(RegistrationError(None, f"no response within {self.TIMER_F:g} s (RFC 3261 Timer F)"))
+    def _cancelled(self, d: defer.Deferred[Response]) -> None:
+        """The Deferred's canceller: the REGISTER is forgotten (``Deferred.cancel`` errbacks ``CancelledError``)."""
+        if d is self._deferred:
+            self._finish()
 
-    def _finish(self) -> Optional[defer.Deferred[Any]]:
-        if self._pending is None:
-            return None
-        _, d, retransmit, giveUp, _ = self._pending
-        self._pending = None
-        for call in (retransmit, giveUp):
-            if call.active():
-                call.cancel()
+    def _finish(self) -> Optional[defer.Deferred[Response]]:
+        """End the transaction in progress and cancel its timer; returns its Deferred (unfired)."""
+        self._txn = None
+        call, self._call = self._call, None
+        if call is not None and call.active():
+            call.cancel()
+        d, self._deferred = self._deferred, None
         return d
 
+    def _fail(self, error: RegistrationError) -> None:
+        self.stats["register.failed"] += 1
+        d = self._finish()
+        if d is not None:
+            d.errback(error)
+
     def stop(self) -> None:
-        """Forget the REGISTER in progress and cancel its timers (its Deferred is left unfired if not cancelled)."""
+        """Forget the REGISTER in progress and cancel its timers; its Deferred errbacks ``CancelledError``."""
         d = self._finish()
         if d is not None and not d.called:
             d.cancel()
 
-    def datagramReceived(self, data: bytes, addr: Any) -> None:
-        messages = parseDatagram(data)
-        if messages is None:
-            log.warn("dropped a SIP datagram from {addr} that is not UTF-8 or does not parse", addr=addr)
-            return
-        for message in messages:
-            if isinstance(message, sip.Response):
-                self._response(message)
+    def stopProtocol(self) -> None:
+        """The socket closed: a REGISTER in progress fails (its responses can no longer arrive)."""
+        if self._txn is not None:
+            self._fail(RegistrationError(None, "the SIP socket closed"))
+        line = self.dropped.flush(self._now())
+        if line is not None:
+            log.warn(line, sipnat_event="sipnat.client.dropped")
 
-    def _response(self, response: Any) -> None:
-        # RFC 3261 §17.1.3: a response matches the client transaction by its Call-ID and CSeq (one REGISTER at a
-        # time, so the branch is implied).
-        if self._pending is None:
+    def datagramReceived(self, data: bytes, addr: Any) -> None:
+        if data and not data.strip(b"\r\n"):
+            self.stats["keepalives.received"] += 1  # CRLFs only: a keepalive, not a message (RFC 3261 §7.5)
             return
-        callIds = response.headers.get("call-id", [])
-        cseqs = response.headers.get("cseq", [])
-        if callIds[:1] != [self.callId] or not cseqs or cseqs[0].split()[:1] != [str(self._pending[0])]:
+        try:
+            message = readMessage(data)
+        except SIPParseError as e:
+            self.stats["dropped.malformed"] += 1
+            self._dropped(addr, e.reason)
             return
-        if response.code < 200:
+        if not isinstance(message, Response):
+            self.stats["dropped.request"] += 1  # RFC 3261 §8.2 would answer it; this UA only registers
             return
-        d = self._finish()
-        assert d is not None
-        if response.code < 300:
-            d.callback(response)
+        self._response(message)
+
+    def _dropped(self, addr: Any, why: str) -> None:
+        host = str(addr[0]) if isinstance(addr, tuple) and addr else str(addr)
+        line = self.dropped.drop(host, self._now())
+        if line is not None:
+            log.warn("{summary} (malformed or not UTF-8; the latest: {why})", summary=line, why=why,
+                     sipnat_event="sipnat.client.dropped")
+
+    def _response(self, response: Response) -> None:
+        txn = self._txn
+        final = txn.responseReceived(response) if txn is not None else None
+        if final is None:
+            if txn is None or not txn.matches(response):
+                self.stats["dropped.unmatched"] += 1
+            return
+        retry = minExpires(final)
+        if retry is not None and retry > self.expires and not self._retried and self._contactAddress:
+            # RFC 3261 §10.2.8: ask again with at least Min-Expires (once: a registrar raising it again is refused).
+            self._retried = True
+            self.expires = retry
+            self.stats["register.retried"] += 1
+            log.info("registrar wants at least {expires} s (423); asking again", expires=retry,
+                     sipnat_event="sipnat.client.register.retry")
+            self._send(self._contactAddress)
+            return
+        if final.code < 300:
+            self.stats["register.succeeded"] += 1
+            d = self._finish()
+            if d is not None:
+                d.callback(final)
         else:
-            d.errback(RegistrationError(response.code, response.phrase))
+            self.stats["register.refused"] += 1
+            self._fail(RegistrationError(final.code, final.reason))
+
+    def reportFigures(self, figures: Figures) -> None:
+        stats = self.stats
+        for result, key in zip(REGISTER_RESULTS, ("register.succeeded", "register.refused", "register.timeout"),
+                               strict=True):
+            figures.count("sipnat_register_transactions_total", stats[key], result=result)
+
+    def grantedExpires(self, response: Response) -> int:
+        """The lifetime ``response`` granted to this client's binding (RFC 3261 §10.2.4)."""
+        return grantedExpires(response, self.expires, self.contact)

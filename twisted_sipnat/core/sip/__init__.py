@@ -12,7 +12,10 @@ where:
 - :mod:`.fields`: :class:`Via` with ``received`` / ``rport`` stamping (§18.2.1, RFC 3581 §4) and
   :class:`NameAddress` for From / To / Contact (§20.10), ``Contact: *``;
 - :mod:`.uri`: :class:`SIPURI` with the equality of §19.1.4;
-- :mod:`.error`: :class:`SIPParseError`.
+- :mod:`.error`: :class:`SIPParseError`;
+- :mod:`.clienttransaction` and :mod:`.register`: the client role's REGISTER client, sans-IO (the RFC 3261
+  §17.1.2 non-INVITE client transaction; the REGISTER of §10.2 and what is read from its responses).  Import
+  them from their modules: they are not re-exported here.
 """
 
 from .error import SIPParseError
