@@ -194,13 +194,16 @@ class SIPFramingError(NATTraversalError):
 
     ``reason`` says what was wrong, for the log.  ``events`` holds what the same ``feed`` call had found
     before the error (SIP bytes and keepalives that were still good), so the shell can deliver them before
-    it closes the connection.
+    it closes the connection; ``unframed`` the bytes of that call from the message that could not be framed
+    on (those of earlier calls were handed out as SIP bytes already), so that a server may still answer it
+    with a 400 (RFC 3261 §21.4.1) before the connection closes.
     """
 
-    def __init__(self, reason: str, events: Sequence[Any] = ()) -> None:
+    def __init__(self, reason: str, events: Sequence[Any] = (), unframed: bytes = b"") -> None:
         super().__init__(f"SIP framing error: {reason}")
         self.reason = reason
         self.events: List[Any] = list(events)
+        self.unframed = unframed
 
 
 class InvalidHeaderError(NATTraversalError, ValueError):

@@ -474,6 +474,11 @@ class SharedStreamProtocol(ProtocolWrapper):
             events = self.splitter.feed(data)
         except SIPFramingError as e:
             self._deliver(e.events)
+            if self.pongResponder and e.unframed:
+                # A SIP server behind us sees the message that broke the framing too, so that it can answer it
+                # with a 400 (its own framer, with the same definition, fails on the same bytes) before the
+                # connection is closed: a client learns why instead of waiting on a silent connection.
+                self.wrappedProtocol.dataReceived(e.unframed)
             self._framingError("incoming", e)
             return
         self._deliver(events)

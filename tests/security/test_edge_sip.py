@@ -70,8 +70,13 @@ def test_tcpTwoMessagesInOneReadAreBothAnswered(clock: Clock) -> None:
         (register(transport="TCP").replace(b"Max-Forwards: 70", b"X-Long: " + b"a" * 20000), True),
         (register(transport="TCP").replace(b"Max-Forwards: 70", b"Max-Forwards 70"), True),
         (register(transport="TCP").replace(b"REGISTER sip:example.com SIP/2.0", b"REGISTER  sip:example.com"), False),
+        # these three the stream's framer itself cannot get past (RFC 3261 §18.3): still a 400, then closed
+        (register(transport="TCP").replace(b"Content-Length: 0", b"Content-Length: abc"), True),
+        (register(transport="TCP").replace(b"Content-Length: 0", b"Content-Length: 0\r\nl: 5"), True),
+        (register(transport="TCP").replace(b"Max-Forwards: 70", b"X-Big: " + b"a" * 70000), True),
     ],
-    ids=["no-content-length", "20kb-header-line", "no-colon", "bad-start-line"],
+    ids=["no-content-length", "20kb-header-line", "no-colon", "bad-start-line", "content-length-not-digits",
+         "two-content-lengths", "header-block-over-64kb"],
 )
 @pytest.mark.parametrize("chunk", [0, 1], ids=["whole", "byte-by-byte"])
 def test_tcpJunkGets400ThenTheConnectionIsClosedAndLogged(clock: Clock, junk: bytes, answered: bool,

@@ -46,6 +46,15 @@ class MessageBuffer:
         """Bytes held of an unfinished message."""
         return len(self._buffer)
 
+    def unframed(self) -> bytes:
+        """
+        Once :meth:`feed` raised: the bytes of the message that could not be framed (at most
+        ``maxMessageSize`` of them), handed out once, so that the server can still answer it with a 400.
+        """
+        unframed = bytes(self._buffer[: self.maxMessageSize])
+        self._buffer = bytearray()
+        return unframed
+
     def feed(self, data: bytes) -> List[bytes]:
         if self._dead:
             raise SIPFramingError("the stream could not be framed")

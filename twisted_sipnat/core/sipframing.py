@@ -378,6 +378,7 @@ class IncomingSplitter(_Framer):
             if i > run:
                 events.append(SIPData(data[run:i]))
             e.events = events
+            e.unframed = data[i:]
             raise
         if n > run:
             events.append(SIPData(data if run == 0 else data[run:]))

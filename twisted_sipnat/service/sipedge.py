@@ -243,8 +243,12 @@ class SIPEdgeStreamProtocol(protocol.Protocol):
             return
         try:
             messages = self.buffer.feed(data)
-        except SIPFramingError as e:  # the splitter in front closes first; this is the belt to its braces
-            self._close(f"framing: {e.reason}")
+        except SIPFramingError as e:
+            # The splitter in front hands on the message it could not frame before it closes the connection;
+            # the parser, which frames by the same definition, finds the same fault in it and the proxy
+            # answers 400 where the start line and the headers to echo could be read (RFC 3261 §21.4.1).
+            outcome = self.edge.handle(self.buffer.unframed(), self.flow, stream=True)
+            self._close(f"framing: {e.reason}" if outcome is None else outcome.reason or e.reason)
             return
         for message in messages:
             outcome = self.edge.handle(message, self.flow, stream=True)
