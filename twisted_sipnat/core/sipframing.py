@@ -378,7 +378,8 @@ class IncomingSplitter(_Framer):
             if i > run:
                 events.append(SIPData(data[run:i]))
             e.events = events
-            e.unframed = data[i:]
+            # the failing message's bytes of this call, within what one message may have in all
+            e.unframed = data[i : i + max(0, self._maxMessageSize - self._partial)]
             raise
         if n > run:
             events.append(SIPData(data if run == 0 else data[run:]))
