@@ -247,7 +247,8 @@ class NATTraversalController(EngineDriver):
             record = state.record if state is not None and state.socket is socket else None
             return engine.receive(record, data, addr, float(self.reactor.seconds()))
         except Exception:
-            _log.failure("internal error handling {length} bytes from {addr}", length=len(data), addr=addr)
+            _log.failure("internal error handling {length} bytes from {addr}", length=len(data), addr=addr,
+                         sipnat_event="controller.internal-error")
             return False
         finally:
             if engine.outbox or engine.withdrawals or engine.events:

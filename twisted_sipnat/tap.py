@@ -25,10 +25,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from zope.interface import implementer
-
 from .errors import InvalidSettingsError
-from .service.figures import IFigureSource
 from .service.options import (
     Options,
     checkConfigUse,
@@ -82,14 +79,6 @@ def buildService(options: Options, reactor: Any, worker: int = 0) -> Any:
     return withFigures(reactor, embedded, embedded, options, worker)
 
 
-@implementer(IFigureSource)
-class _NoFigures:
-    """What a role that reports no figures of its own reports: nothing (every metric reads 0)."""
-
-    def reportFigures(self, figures: Any) -> None:
-        pass
-
-
 def withFigures(reactor: Any, top: Any, role: Any, options: Any, worker: int = 0, workers: int = 1) -> Any:
     """
     ``top`` with the operator's views of ``role``'s figures added as its children: ``--metrics`` (a
@@ -102,15 +91,14 @@ def withFigures(reactor: Any, top: Any, role: Any, options: Any, worker: int = 0
     interval = parseStatsInterval(options["stats-interval"])
     if description is None and interval is None:
         return top
-    source: IFigureSource = role if hasattr(role, "reportFigures") else _NoFigures()
     if description is not None:
         from .service.metrics import MetricsServer
 
-        MetricsServer(reactor, description, source).setServiceParent(top)
+        MetricsServer(reactor, description, role).setServiceParent(top)
     if interval is not None:
         from .service.statslog import StatsLog
 
-        StatsLog(reactor, interval, source).setServiceParent(top)
+        StatsLog(reactor, interval, role).setServiceParent(top)
     return top
 
 

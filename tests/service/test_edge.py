@@ -112,3 +112,20 @@ def test_edgeSurvivesGarbageOnItsSIPPort() -> None:
     client.stopListening()
     edge.stopService()
     assert net.getDelayedCalls() == []
+
+
+def test_edgeReportsTheSTUNKeepalivesItAnswersOnItsSIPPort() -> None:
+    from twisted_sipnat.service.figures import Figures
+
+    net = NetReactor()
+    edge = EdgeRole(net, udp=(5060, "127.0.0.1"), domain="example.com")
+    edge.startService()
+    client = net.listenUDP(0, protocol.DatagramProtocol())
+    for _ in range(3):
+        client.write(stun.Message(stun.BINDING, stun.REQUEST).encode(), ("127.0.0.1", 5060))
+    net.run(0.2)
+    figures = Figures()
+    edge.reportFigures(figures)
+    assert figures.get("sipnat_stun_requests_total", result="answered") == 3
+    client.stopListening()
+    edge.stopService()

@@ -90,6 +90,7 @@ class EdgeRole(FigureSources, service.MultiService):
         self.addFigureSource(self.sip)
         self.sipProtocol = SIPEdgeDatagramProtocol(self.sip)
         self.shared = SharedDatagramProtocol(sipProtocol=self.sipProtocol, stunResponder=True, clock=reactor)
+        self.addFigureSource(cast(IFigureSource, self.shared))  # the STUN keepalives answered on the SIP port
         self.udp = UDPListener(reactor, udp[0], self.shared, udp[1], reusePort=reusePort)
         self.udp.setServiceParent(self)
         self.tcp: Optional[StreamListener] = None

@@ -37,8 +37,6 @@ class EmbeddedDefault(service.MultiService, FigureSources):
             settings = {DEFAULT_SECTION: NATSettings(udpKeepaliveInterval=EMBEDDED_INTERVAL)}
         self.client = ClientRole(reactor, self.stun.address, settings, DEFAULT_SECTION, listen=(0, "127.0.0.1"))
         self.client.setServiceParent(self)  # started after the STUN role, so stun.address() is known by then
-        # The operator's figures: the client's flows and keepalives, and the STUN role's requests (once it
-        # reports them; a role without figures of its own adds nothing).
+        # The operator's figures: the client's flows and keepalives, and the STUN role's requests.
         self.addFigureSource(self.client)
-        if hasattr(self.stun, "reportFigures"):
-            self.addFigureSource(cast(IFigureSource, self.stun))
+        self.addFigureSource(cast(IFigureSource, self.stun))
