@@ -11,11 +11,10 @@ therefore always finds the engine's state finished.
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional
+from typing import Any, Dict
 
 from twisted.internet import defer
 from twisted.internet.address import IPv6Address
-from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -25,6 +24,7 @@ from .errors import MappedAddressChanged, NATTraversalError
 from .interfaces import ISharedSocket
 from .names import NameLookups
 from .sockets import BareSocket, SocketState, canonicalSocket, looksLikeStream, publicAddress
+from .wakeup import Wakeup
 
 _log = Logger(namespace="twisted_sipnat")
 
@@ -41,7 +41,7 @@ class EngineDriver:
         #: Counters: keepalives sent/answered, responses dropped by reason, and so on.
         self.stats = engine.stats
         self._names = NameLookups(reactor, dnsResolver)
-        self._call: Optional[IDelayedCall] = None
+        self._wakeup = Wakeup(reactor, self._wake)
         self._sockets: Dict[int, SocketState] = {}
         self._deferreds: Dict[Any, defer.Deferred[Any]] = {}
         self._lookups: Dict[Any, defer.Deferred[Any]] = {}
@@ -85,26 +85,11 @@ class EngineDriver:
             engine.heldBack(writeKey)
 
     def _reschedule(self) -> None:
-        nextTime = self._engine.timers.nextTime()
-        call = self._call
-        if nextTime is None:
-            if call is not None and call.active():
-                call.cancel()
-            self._call = None
-            return
-        if call is not None and call.active():
-            if call.getTime() != nextTime:
-                call.reset(max(0.0, nextTime - self._now()))
-        else:
-            self._call = self.reactor.callLater(max(0.0, nextTime - self._now()), self._wake)
+        self._wakeup.at(self._engine.timers.nextTime(), self._now())
 
-    def _wake(self) -> None:
-        call, self._call = self._call, None
-        # A reactor may wake us a hair before the instant asked for (float rounding of delay + now); the core
-        # compares strictly, so "now" is never earlier than the instant this call was scheduled for.
-        now = float(self.reactor.seconds())
-        if call is not None:
-            now = max(now, call.getTime())
+    def _wake(self, scheduledFor: float) -> None:
+        # The core compares strictly, so "now" is never earlier than the instant the call was scheduled for.
+        now = max(float(self.reactor.seconds()), scheduledFor)
         engine = self._engine
         while engine.handleTimer(now, TIMER_BATCH):
             self._send()  # the first of a slot's keepalives leave while the rest are built
@@ -199,7 +184,7 @@ class EngineDriver:
     @property
     def timerArmed(self) -> bool:
         """``True`` while the controller's one ``IDelayedCall`` is pending."""
-        return self._call is not None and self._call.active()
+        return self._wakeup.pending
 
     def tableSizes(self) -> Dict[str, int]:
         """The size of every table the controller keeps (for leak and growth tests)."""

@@ -24,6 +24,7 @@ from twisted.logger import Logger
 
 from .core.connections import REASONS, Closure, ConnectionLimits, ConnectionTable
 from .core.ratelimit import DropTally
+from .wakeup import Wakeup
 
 __all__ = ["RefusedConnection", "StreamLimiter", "limiterFor", "sourceOf"]
 
@@ -60,7 +61,7 @@ class StreamLimiter:
         self.table: ConnectionTable[Any] = ConnectionTable(limits)
         self.transport = transport
         self._clock = clock
-        self._timer: Any = None
+        self._wakeup = Wakeup(clock, self._expire)
         self._tally = DropTally(f"{transport.upper()} connections")
 
     @property
@@ -111,9 +112,7 @@ class StreamLimiter:
 
     def stop(self) -> None:
         """The listener stopped: no timer is left behind (the connections close on their own)."""
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
+        self._wakeup.cancel()
         line = self._tally.flush(self._now())
         if line is not None:
             _log.info("{line} (connection limits)", line=line, sipnat_event="connections.closed")
@@ -137,21 +136,9 @@ class StreamLimiter:
             _log.info("{line} (connection limits)", line=line, sipnat_event="connections.closed")
 
     def _schedule(self) -> None:
-        wakeup = self.table.nextWakeup()
-        timer = self._timer
-        if wakeup is None:
-            if timer is not None and timer.active():
-                timer.cancel()
-            self._timer = None
-            return
-        if timer is not None and timer.active():
-            if timer.getTime() <= wakeup:
-                return
-            timer.cancel()
-        self._timer = self._clock.callLater(max(0.0, wakeup - self._now()), self._expire)
+        self._wakeup.at(self.table.nextWakeup(), self._now())
 
-    def _expire(self) -> None:
-        self._timer = None
+    def _expire(self, scheduledFor: float) -> None:
         now = self._now()
         self._carryOut(self.table.expire(now), now)
         self._schedule()

@@ -18,7 +18,6 @@ from collections import Counter
 from typing import Any, Callable, Optional, Tuple, Union
 
 from twisted.internet import defer, protocol
-from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -38,6 +37,7 @@ from ..core.sip.register import (
 from ..core.sip.uri import SIPURI
 from ..errors import RegistrationError
 from ..protocols import sendDatagram
+from ..wakeup import Wakeup
 from .figures import Figures, IFigureSource
 
 __all__ = ["REGISTER_RESULTS", "RegisterClient", "grantedExpires", "registrarKeepalive"]
@@ -92,7 +92,7 @@ class RegisterClient(protocol.DatagramProtocol):
         self.dropped = DropTally("SIP datagrams", interval=dropInterval)
         self._txn: Optional[NonInviteClientTransaction] = None
         self._deferred: Optional[defer.Deferred[Response]] = None
-        self._call: Optional[IDelayedCall] = None
+        self._wakeup = Wakeup(reactor, self._wake)
         self._retried = False
         self._contactAddress: Optional[HostPort] = None
 
@@ -145,15 +145,9 @@ class RegisterClient(protocol.DatagramProtocol):
 
     def _arm(self) -> None:
         """Keep the one delayed call at the transaction's next timer (RFC 3261 Timer E or F)."""
-        wake = self._txn.nextWake() if self._txn is not None else None
-        call, self._call = self._call, None
-        if call is not None and call.active():
-            call.cancel()
-        if wake is not None:
-            self._call = self.reactor.callLater(max(0.0, wake - self._now()), self._wake)
+        self._wakeup.at(self._txn.nextWake() if self._txn is not None else None, self._now())
 
-    def _wake(self) -> None:
-        self._call = None
+    def _wake(self, scheduledFor: float) -> None:
         txn = self._txn
         if txn is None:
             return
@@ -174,9 +168,7 @@ class RegisterClient(protocol.DatagramProtocol):
     def _finish(self) -> Optional[defer.Deferred[Response]]:
         """End the transaction in progress and cancel its timer; returns its Deferred (unfired)."""
         self._txn = None
-        call, self._call = self._call, None
-        if call is not None and call.active():
-            call.cancel()
+        self._wakeup.cancel()
         d, self._deferred = self._deferred, None
         return d
 

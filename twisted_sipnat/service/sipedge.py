@@ -34,6 +34,7 @@ from ..core.ratelimit import DropTally, RateLimit
 from ..core.registrar import Binding, Flow
 from ..errors import SIPFramingError
 from ..protocols import sendDatagram
+from ..wakeup import Wakeup
 from .figures import Figures, IFigureSource
 
 __all__ = ["SIPEdge", "SIPEdgeDatagramProtocol", "SIPEdgeStreamFactory", "SIPEdgeStreamProtocol"]
@@ -85,7 +86,7 @@ class SIPEdge:
         self.udpTransport: Any = None
         self.connections: Dict[int, SIPEdgeStreamProtocol] = {}
         self._serial = 0
-        self._timer: Any = None
+        self._wakeup = Wakeup(reactor, self._wake)
         self.stopped = False
 
     # -- the messages -----------------------------------------------------------------------------------------
@@ -148,21 +149,9 @@ class SIPEdge:
         for tally in (self.rateTally, self.malformedTally):
             if tally.due is not None:
                 wake = tally.due if wake is None else min(wake, tally.due)
-        timer = self._timer
-        if wake is None:
-            if timer is not None and timer.active():
-                timer.cancel()
-            self._timer = None
-            return
-        delay = max(0.0, wake - now)
-        if timer is not None and timer.active():
-            if timer.getTime() != wake:
-                timer.reset(delay)
-        else:
-            self._timer = self.reactor.callLater(delay, self._wake)
+        self._wakeup.at(wake, now)
 
-    def _wake(self) -> None:
-        self._timer = None
+    def _wake(self, scheduledFor: float) -> None:
         now = self.reactor.seconds()
         expired: List[Binding] = self.registrar.expire(now)
         for binding in expired:
@@ -176,9 +165,7 @@ class SIPEdge:
     def stop(self) -> None:
         """Cancel the timer, say what is pending, forget every binding; later messages are ignored."""
         self.stopped = True
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
+        self._wakeup.cancel()
         now = self.reactor.seconds()
         for tally in (self.rateTally, self.malformedTally):
             tally.flush(now)
@@ -186,7 +173,7 @@ class SIPEdge:
 
     @property
     def pendingTimers(self) -> int:
-        return 1 if self._timer is not None and self._timer.active() else 0
+        return 1 if self._wakeup.pending else 0
 
     # -- figures ----------------------------------------------------------------------------------------------
 
