@@ -90,6 +90,7 @@ class WorkerOutputLogger(Logger):
     """
 
     def emit(self, level: LogLevel, format: Optional[str] = None, **kwargs: Any) -> None:
+        """A worker's relayed line, with the event key and the worker's index (from its ``tag``) added."""
         kwargs.setdefault("sipnat_event", "worker.output")
         tag = kwargs.get("tag")
         if isinstance(tag, str) and tag.startswith("worker ") and tag[7:].isdigit():
