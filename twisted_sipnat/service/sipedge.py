@@ -252,6 +252,9 @@ class SIPEdgeStreamProtocol(protocol.Protocol):
             self.transport.loseConnection()
 
     def connectionLost(self, reason: Any = None) -> None:
+        # A partial message goes now, not when the garbage collector finds the cycle this protocol and its
+        # wrapper form: a slowloris flood closed by the connection limits would pile its headers up until then.
+        self.buffer.unframed()
         self.edge.connectionClosed(self.serial, self.flow)
 
 
