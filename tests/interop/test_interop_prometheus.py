@@ -5,7 +5,8 @@ The client role runs under twistd against a STUN next hop played by the test, wh
 and exactly ``KEEPALIVES`` keepalives and then goes silent, so the flow fails with a STUN timeout.  Prometheus
 scrapes every second; the test then asks its HTTP API (``/api/v1/query``) for every figure and compares it with
 what the test counted on the wire.  A ``stun --workers 2`` beside it shows that each worker is a target of its
-own (``PORT`` and ``PORT+1``).  The peer is installed by ``.ci/install-peers``; a missing one fails the test.
+own (``PORT`` and ``PORT+1``).  A second test does the same for the edge role: its SIP and STUN requests by
+result, its registrations, connections and flows.  The peer is installed by ``.ci/install-peers``; a missing one fails the test.
 """
 
 from __future__ import annotations
@@ -216,3 +217,121 @@ def test_prometheus_stores_what_the_client_role_did(tmp_path: Path) -> None:
     for name in ("client", "stun"):  # twistd stopped by SIGTERM ends with that signal's status, cleanly
         log = (tmp_path / f"{name}.log").read_text()
         assert "Traceback" not in log and "Server Shut Down" in log, log
+
+
+def _collect(sock: socket.socket, quiet: float = 1.0) -> List[bytes]:
+    """Every datagram ``sock`` receives until it has been quiet for ``quiet`` seconds."""
+    sock.settimeout(quiet)
+    received: List[bytes] = []
+    while True:
+        try:
+            received.append(sock.recv(65536))
+        except TimeoutError:
+            return received
+
+
+def test_prometheus_stores_what_the_edge_role_answered_refused_and_holds(tmp_path: Path) -> None:
+    """
+    The edge role under twistd, scraped every second: REGISTERs over UDP and TCP, malformed SIP, a SIP burst
+    past its rate limit and a STUN burst past the responder's, and two TCP connections held open.  Prometheus
+    must store exactly what the test counted on the wire.
+    """
+    sys.path.insert(0, str(ROOT))
+    from tests.sipedgekit import register
+
+    try:
+        binary = requireTool("prometheus", "prometheus")
+    except PeerError as e:
+        pytest.fail(f"Prometheus is needed for this interop test: {e}", pytrace=False)
+    sipPort, tcpPort, metrics, web = freePort(), freePort(), freePort(), freePort()
+    processes: List[PeerProcess] = []
+
+    def alive() -> Optional[str]:
+        for process in processes:
+            dead = process.deadReason()
+            if dead is not None:
+                return f"{process.name}: {dead}"
+        return None
+
+    promConfig = tmp_path / "prometheus.yml"
+    promConfig.write_text(
+        "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n"
+        f"scrape_configs:\n  - job_name: edge\n    static_configs:\n      - targets: ['{LOOPBACK}:{metrics}']\n"
+    )
+    old = os.environ.copy()
+    os.environ["PYTHONPATH"] = str(ROOT)
+    try:
+        processes.append(PeerProcess("edge", twistd(
+            "edge", f"--udp=udp:{sipPort}:interface={LOOPBACK}", f"--tcp=tcp:{tcpPort}:interface={LOOPBACK}",
+            "--domain=example.com", f"--host={LOOPBACK}", "--sip-rate=1", "--sip-burst=10",
+            f"--metrics=tcp:{metrics}:interface={LOOPBACK}"), tmp_path / "edge.log"))
+    finally:
+        os.environ.clear()
+        os.environ.update(old)
+    processes.append(PeerProcess("prometheus", [
+        binary, f"--config.file={promConfig}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+        f"--web.listen-address={LOOPBACK}:{web}"], tmp_path / "prometheus.log"))
+    api = PromQL(web)
+    sip = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    stunSock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    streams: List[socket.socket] = []
+    try:
+        deadline = time.monotonic() + 120
+        waitFor("Prometheus ready", lambda: get(f"http://{LOOPBACK}:{web}/-/ready") is not None, deadline, alive)
+        waitFor("the edge scraped", lambda: api.scalar('up{job="edge"}') == 1, deadline, alive)
+        edge = (LOOPBACK, sipPort)
+        # Three UDP REGISTERs and two malformed requests (no CSeq: a 400), all within the SIP burst of 10 ...
+        for i in range(3):
+            sip.sendto(register(f"u{i}", callId=f"c{i}@udp", contacts=[f"<sip:u{i}@{LOOPBACK}:5060>"]), edge)
+        for i in range(2):
+            sip.sendto(register(f"bad{i}", callId=f"b{i}@udp").replace(b"CSeq: 1 REGISTER\r\n", b""), edge)
+        # ... then 20 OPTIONS at once: the 5 tokens left and whatever refilled are answered, the rest dropped.
+        for i in range(20):
+            sip.sendto(b"OPTIONS sip:example.com SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:9;branch=z9hG4bKo%d\r\n"
+                       b"From: <sip:x@example.com>;tag=1\r\nTo: <sip:example.com>\r\nCall-ID: o%d\r\n"
+                       b"CSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n" % (i, i), edge)
+        sipAnswers = _collect(sip)
+        # 60 STUN Binding requests at once on the SIP port: the responder's burst of 40 answers, the rest dropped.
+        for _ in range(60):
+            stunSock.sendto(stun.Message(stun.BINDING, stun.REQUEST).encode(), edge)
+        stunAnswers = _collect(stunSock)
+        # Two TCP connections, each registering (so they are flows, kept past the first-message timeout).
+        for i in range(2):
+            conn = socket.create_connection((LOOPBACK, tcpPort), timeout=5)
+            conn.sendall(register(f"t{i}", callId=f"c{i}@tcp", transport="TCP",
+                                  contacts=[f"<sip:t{i}@{LOOPBACK}:5060;transport=tcp>"]))
+            assert conn.recv(65536).startswith(b"SIP/2.0 200 "), "the TCP REGISTER answered"
+            streams.append(conn)
+        codes = sorted(a.split(b" ", 2)[1].decode() for a in sipAnswers)
+        answered = codes.count("200") + 2  # and the two TCP REGISTERs
+        expected = {"answered": answered, "malformed": codes.count("400"),
+                    "rate_limited": 3 + 2 + 20 - len(sipAnswers)}
+        waitFor("Prometheus storing the SIP requests", lambda: api.scalar(
+            'sipnat_sip_requests_total{job="edge",result="answered"}') == answered, deadline, alive)
+        waitFor("Prometheus storing the connections", lambda: api.scalar(
+            'sipnat_connections{job="edge",transport="tcp"}') == 2, deadline, alive)
+        stored = {
+            "sip": {r: api.scalar(f'sipnat_sip_requests_total{{job="edge",result="{r}"}}') for r in expected},
+            "stun answered": api.scalar('sipnat_stun_requests_total{job="edge",result="answered"}'),
+            "stun rate_limited": api.scalar('sipnat_stun_requests_total{job="edge",result="rate_limited"}'),
+            "registrations": api.scalar('sipnat_registrations{job="edge"}'),
+            "connections": api.scalar('sipnat_connections{job="edge",transport="tcp"}'),
+            "flows": {t: api.scalar(f'sipnat_flows{{job="edge",transport="{t}"}}') for t in ("udp", "tcp")},
+        }
+    finally:
+        for conn in streams:
+            conn.close()
+        sip.close()
+        stunSock.close()
+        for process in reversed(processes):
+            process.stop()
+        print("\nPrometheus stored (edge):", json.dumps(stored if "stored" in locals() else {}, sort_keys=True))
+    assert codes.count("400") == 2 and codes.count("200") == len(sipAnswers) - 2, codes
+    assert stored["sip"] == {k: float(v) for k, v in expected.items()}, (stored, expected)
+    assert expected["rate_limited"] >= 10, expected  # the burst really was cut
+    assert len(stunAnswers) == 40, len(stunAnswers)
+    assert stored["stun answered"] == 40 and stored["stun rate_limited"] == 20, stored
+    assert stored["registrations"] == 5 and stored["connections"] == 2, stored
+    assert stored["flows"] == {"udp": 1.0, "tcp": 2.0}, stored  # the three UDP bindings share one source
+    log = (tmp_path / "edge.log").read_text()
+    assert "Traceback" not in log and "Server Shut Down" in log, log
