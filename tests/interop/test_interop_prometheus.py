@@ -6,7 +6,8 @@ and exactly ``KEEPALIVES`` keepalives and then goes silent, so the flow fails wi
 scrapes every second; the test then asks its HTTP API (``/api/v1/query``) for every figure and compares it with
 what the test counted on the wire.  A ``stun --workers 2`` beside it shows that each worker is a target of its
 own (``PORT`` and ``PORT+1``).  A second test does the same for the edge role: its SIP and STUN requests by
-result, its registrations, connections and flows.  The peer is installed by ``.ci/install-peers``; a missing one fails the test.
+result, its registrations, connections and flows.  The peer is installed by ``.ci/install-peers``; a missing
+one fails the test.
 """
 
 from __future__ import annotations
