@@ -18,7 +18,11 @@ from typing import Optional, Set, Tuple
 
 from twisted_sipnat.errors import InvalidSettingsError
 
-__all__ = ["DropTally", "RateLimit"]
+__all__ = ["DEFAULT_RATE_LIMIT_SOURCES", "DropTally", "RateLimit"]
+
+#: Source addresses one rate limit tracks at most (about 100 bytes each): a spoofed flood from more addresses
+#: only makes the least recently seen ones start again with a full bucket.
+DEFAULT_RATE_LIMIT_SOURCES = 65536
 
 
 class RateLimit:
@@ -31,7 +35,9 @@ class RateLimit:
 
     __slots__ = ("perSourceRate", "burst", "maxSources", "_buckets")
 
-    def __init__(self, perSourceRate: float = 20.0, burst: int = 40, maxSources: int = 65536) -> None:
+    def __init__(
+        self, perSourceRate: float = 20.0, burst: int = 40, maxSources: int = DEFAULT_RATE_LIMIT_SOURCES
+    ) -> None:
         if not perSourceRate > 0:
             raise InvalidSettingsError("perSourceRate", perSourceRate, "must be > 0")
         if not isinstance(burst, int) or burst < 1:

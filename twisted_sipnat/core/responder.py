@@ -159,6 +159,8 @@ class FigureSink(Protocol):
 
     def count(self, name: str, value: float, **labels: str) -> None: ...
 
+    def gauge(self, name: str, value: float, **labels: str) -> None: ...
+
 
 def _size(attributes: List[Attribute], transactionId: bytes) -> int:
     return sum((4 + len(a.encodeValue(transactionId)) + 3) & ~3 for a in attributes)
@@ -235,6 +237,8 @@ class BindingResponder:
         """``sipnat_stun_requests_total{result}`` (an ``IFigureSource``; ``figures`` is a ``Figures``)."""
         for result, value in self.counts():
             figures.count("sipnat_stun_requests_total", value, result=result)
+        if self.rateLimit is not None:
+            figures.gauge("sipnat_rate_limit_sources", len(self.rateLimit), protocol="stun")
 
     @property
     def summariesPending(self) -> bool:

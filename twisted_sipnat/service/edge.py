@@ -12,7 +12,7 @@ from twisted.application import service
 from twisted.logger import Logger
 
 from ..core.proxy import DEFAULT_SIP_BURST, DEFAULT_SIP_RATE, EdgeProxy
-from ..core.ratelimit import RateLimit
+from ..core.ratelimit import DEFAULT_RATE_LIMIT_SOURCES, RateLimit
 from ..core.registrar import (
     DEFAULT_DEFAULT_EXPIRES,
     DEFAULT_MAX_CONTACTS,
@@ -21,8 +21,10 @@ from ..core.registrar import (
     DEFAULT_MIN_EXPIRES,
     Registrar,
 )
+from ..core.responder import DEFAULT_RESPONDER_BURST, DEFAULT_RESPONDER_RATE, BindingResponder
 from ..errors import InvalidSettingsError
 from ..protocols import SharedDatagramProtocol, SharedStreamFactory
+from ..settings import DEFAULT_SOFTWARE
 from .figures import FigureSources, IFigureSource
 from .limits import connectionLimits as buildConnectionLimits
 from .listeners import StreamListener, UDPListener
@@ -68,6 +70,7 @@ class EdgeRole(FigureSources, service.MultiService):
         defaultExpires: int = DEFAULT_DEFAULT_EXPIRES,
         sipRate: Optional[float] = DEFAULT_SIP_RATE,
         sipBurst: int = DEFAULT_SIP_BURST,
+        rateLimitSources: int = DEFAULT_RATE_LIMIT_SOURCES,
     ) -> None:
         service.MultiService.__init__(self)
         if flowTimer is not None and flowTimer <= 0:
@@ -82,14 +85,18 @@ class EdgeRole(FigureSources, service.MultiService):
         rateLimit = None
         if sipRate is not None:
             try:
-                rateLimit = RateLimit(sipRate, sipBurst)
+                rateLimit = RateLimit(sipRate, sipBurst, rateLimitSources)
             except InvalidSettingsError as e:
                 raise InvalidSettingsError("sip-rate" if e.key == "perSourceRate" else "sip-burst", e.value,
                                            e.why) from None
         self.sip = SIPEdge(reactor, self.proxy, rateLimit=rateLimit)
         self.addFigureSource(self.sip)
         self.sipProtocol = SIPEdgeDatagramProtocol(self.sip)
-        self.shared = SharedDatagramProtocol(sipProtocol=self.sipProtocol, stunResponder=True, clock=reactor)
+        # STUN keepalives on the SIP port (RFC 5626 §8.2), rate-limited per source with the responder's defaults.
+        responder = BindingResponder(software=DEFAULT_SOFTWARE, rateLimit=RateLimit(
+            DEFAULT_RESPONDER_RATE, DEFAULT_RESPONDER_BURST, rateLimitSources))
+        self.shared = SharedDatagramProtocol(sipProtocol=self.sipProtocol, stunResponder=True, responder=responder,
+                                             clock=reactor)
         self.addFigureSource(cast(IFigureSource, self.shared))  # the STUN keepalives answered on the SIP port
         self.udp = UDPListener(reactor, udp[0], self.shared, udp[1], reusePort=reusePort)
         self.udp.setServiceParent(self)

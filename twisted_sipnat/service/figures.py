@@ -41,6 +41,9 @@ METRICS: Mapping[str, MetricSpec] = {
     "sipnat_stun_requests_total": MetricSpec("counter", "STUN requests received, by result.", ("result",)),
     "sipnat_sip_requests_total": MetricSpec("counter", "SIP requests received, by result.", ("result",)),
     "sipnat_registrations": MetricSpec("gauge", "Bindings held by the registrar."),
+    "sipnat_rate_limit_sources": MetricSpec(
+        "gauge", "Source addresses a per-source rate limit tracks (at most --rate-limit-sources).", ("protocol",)
+    ),
     "sipnat_register_transactions_total": MetricSpec(
         "counter", "REGISTER transactions of the client role, by result.", ("result",)
     ),

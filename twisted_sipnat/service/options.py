@@ -20,6 +20,10 @@ from ..core.addresses import isIPLiteral, parseHostPort
 
 # The edge registrar's bounds and SIP rate limit defaults, defined where the registrar and the proxy are.
 from ..core.proxy import DEFAULT_SIP_BURST, DEFAULT_SIP_RATE
+
+# The STUN responder's per-source rate limit defaults, defined once, where the responder an edge gets by default
+# is built.
+from ..core.ratelimit import DEFAULT_RATE_LIMIT_SOURCES
 from ..core.registrar import (
     DEFAULT_DEFAULT_EXPIRES,
     DEFAULT_MAX_CONTACTS,
@@ -27,9 +31,6 @@ from ..core.registrar import (
     DEFAULT_MAX_REGISTRATIONS,
     DEFAULT_MIN_EXPIRES,
 )
-
-# The STUN responder's per-source rate limit defaults, defined once, where the responder an edge gets by default
-# is built.
 from ..core.responder import DEFAULT_RESPONDER_BURST, DEFAULT_RESPONDER_RATE
 from ..errors import InvalidSettingsError
 from ..settings import NATSettings
@@ -171,6 +172,11 @@ class ClientOptions(usage.Options):
     opt_s = opt_stun
 
 
+#: Both public roles: how many source addresses each per-source rate limit tracks (the least recently seen go).
+_RATE_LIMIT_SOURCES = ["rate-limit-sources", None, f"{DEFAULT_RATE_LIMIT_SOURCES:d}",
+                       "Source addresses each per-source rate limit tracks at most (then the oldest is forgotten)."]
+
+
 class EdgeOptions(usage.Options):
     synopsis = "[--udp udp:5060] [--tcp tcp:5060] [--domain DOMAIN] [--flow-timer N]"
     longdesc = (
@@ -198,6 +204,7 @@ class EdgeOptions(usage.Options):
         ["default-expires", None, f"{DEFAULT_DEFAULT_EXPIRES:d}", "Registration granted when none is asked for."],
         ["sip-rate", None, f"{DEFAULT_SIP_RATE:g}", "SIP messages per second per source address (0: no limit)."],
         ["sip-burst", None, f"{DEFAULT_SIP_BURST:d}", "SIP rate limit: burst size per source address."],
+        _RATE_LIMIT_SOURCES,
     ] + _CONNECTION_LIMIT_PARAMETERS
     optFlags = [["reuse-port", None, "Bind the UDP socket with SO_REUSEPORT (what every worker does)."]]
 
@@ -218,6 +225,7 @@ class STUNOptions(usage.Options):
         ["metrics", None, None, "Serve Prometheus metrics at http://ADDR:PORT/metrics: tcp:PORT[:interface=ADDR]"
                                 "; with --workers N, worker i (0 .. N-1) serves its own on PORT+i."],
         ["stats-interval", None, None, "Log one info line with the same figures every S seconds."],
+        _RATE_LIMIT_SOURCES,
     ] + _CONNECTION_LIMIT_PARAMETERS
     optFlags = [["no-rate-limit", None, "Answer every request (not for a public address: STUN reflects floods)."],
                 ["reuse-port", None, "Bind the UDP sockets with SO_REUSEPORT (what every worker does)."]]
@@ -366,7 +374,7 @@ def edgeSIPArguments(sub: EdgeOptions) -> Dict[str, Any]:
     for key, name in (("max-registrations", "maxRegistrations"), ("max-contacts", "maxContacts"),
                       ("min-expires", "minExpires"),
                       ("max-expires", "maxExpires"), ("default-expires", "defaultExpires"),
-                      ("sip-burst", "sipBurst")):
+                      ("sip-burst", "sipBurst"), ("rate-limit-sources", "rateLimitSources")):
         value = parseNumber(key, sub[key], integer=True)
         if value is None or value < 1:
             raise InvalidSettingsError(key, sub[key], "must be a whole number >= 1")
@@ -377,6 +385,13 @@ def edgeSIPArguments(sub: EdgeOptions) -> Dict[str, Any]:
     rate = parseNumber("sip-rate", sub["sip-rate"])
     values["sipRate"] = rate if rate else None
     return values
+
+
+def _wholeNumber(sub: Mapping[str, Any], key: str) -> int:
+    value = parseNumber(key, sub[key], integer=True)
+    if value is None or value < 1:
+        raise InvalidSettingsError(key, sub[key], "must be a whole number >= 1")
+    return int(value)
 
 
 def stunArguments(sub: STUNOptions, workers: int) -> Dict[str, Any]:
@@ -394,6 +409,7 @@ def stunArguments(sub: STUNOptions, workers: int) -> Dict[str, Any]:
         "tcp": sub["tcp"],
         "alternate": parseHostPort(sub["alternate"], "alternate") if sub["alternate"] else None,
         "rateLimit": rateLimit,
+        "rateLimitSources": _wholeNumber(sub, "rate-limit-sources"),
         "software": sub["software"],
         "reusePort": workers > 1 or bool(sub["reuse-port"]),
         "connectionLimits": connectionLimitArguments(sub),

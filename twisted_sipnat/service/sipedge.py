@@ -181,6 +181,8 @@ class SIPEdge:
         for result in ("answered", "rate_limited", "malformed"):
             figures.count("sipnat_sip_requests_total", self.counts[result], result=result)
         figures.gauge("sipnat_registrations", len(self.registrar))
+        if self.rateLimit is not None:
+            figures.gauge("sipnat_rate_limit_sources", len(self.rateLimit), protocol="sip")
         flows = self.registrar.flowCounts()
         for transport in ("udp", "tcp"):
             figures.gauge("sipnat_flows", flows.get(transport, 0), transport=transport)

@@ -9,6 +9,7 @@ from typing import Any, Dict, Mapping, Optional, Tuple, cast
 from twisted.application import service
 from twisted.logger import Logger
 
+from ..core.ratelimit import DEFAULT_RATE_LIMIT_SOURCES
 from ..core.responder import DEFAULT_RESPONDER_BURST, DEFAULT_RESPONDER_RATE, BindingResponder, RateLimit
 from ..errors import InvalidSettingsError
 from ..protocols import SharedDatagramProtocol, sayDrops
@@ -49,6 +50,7 @@ class STUNRole(FigureSources, service.MultiService):
         software: Optional[str] = None,
         reusePort: bool = False,
         connectionLimits: Optional[Mapping[str, Any]] = None,
+        rateLimitSources: int = DEFAULT_RATE_LIMIT_SOURCES,
     ) -> None:
         service.MultiService.__init__(self)
         if alternate is not None and not udp[1]:
@@ -57,7 +59,7 @@ class STUNRole(FigureSources, service.MultiService):
             raise InvalidSettingsError("alternate", alternate, "RFC 5780 needs a fixed primary port, not udp:0")
         self.reactor = reactor
         self.reusePort = reusePort
-        limit = RateLimit(rateLimit[0], rateLimit[1]) if rateLimit is not None else None
+        limit = RateLimit(rateLimit[0], rateLimit[1], rateLimitSources) if rateLimit is not None else None
         primary = (udp[1], udp[0]) if alternate is not None else None
         self.responder = BindingResponder(software=software, primary=primary, alternate=alternate, rateLimit=limit,
                                           say=sayDrops)
