@@ -36,3 +36,14 @@ def test_aClockStepBackStartsANewInterval() -> None:
     tally.drop("a", 100.0)
     assert tally.drop("a", 50.0) is None  # stepped back: the interval restarts at 50
     assert tally.drop("a", 60.0) == "dropped 2 requests from 1 source in the last 10 s"
+
+
+def test_dueAtSaysWhenThePendingDropsAreToBeSaid() -> None:
+    tally = DropTally(interval=10.0)
+    assert tally.dueAt is None
+    tally.drop("a", 100.0)  # said at once
+    assert tally.dueAt is None
+    tally.drop("a", 103.0)
+    assert tally.dueAt == 110.0
+    tally.flush(110.0)
+    assert tally.dueAt is None

@@ -108,6 +108,13 @@ class DropTally:
         """Drops counted that no line has reported yet (a caller flushes them when the interval is over)."""
         return self._count
 
+    @property
+    def dueAt(self) -> Optional[float]:
+        """When the drops not reported yet are due to be said (:meth:`flush`), or ``None`` when there are none."""
+        if not self._count or self._said is None:
+            return None
+        return self._said + self.interval
+
     def drop(self, sourceHost: str, now: float) -> Optional[str]:
         """Count one drop from ``sourceHost`` at ``now``; the summary line when one is due, else ``None``."""
         self.total += 1

@@ -43,23 +43,22 @@ log = Logger(namespace="twisted_sipnat.edge")
 
 
 class _Tally:
-    """A :class:`DropTally`, the log event its lines carry, and when its pending drops are due to be said."""
+    """A :class:`DropTally` and the log event its lines carry."""
 
     def __init__(self, what: str, event: str, interval: float) -> None:
         self.tally = DropTally(what, interval=interval)
         self.event = event
-        self.due: Optional[float] = None
+
+    @property
+    def due(self) -> Optional[float]:
+        return self.tally.dueAt
 
     def drop(self, host: str, now: float, detail: str = "") -> None:
         line = self.tally.drop(host, now)
         if line is not None:
-            self.due = None
             log.warn("{line}{detail}", line=line, detail=detail, sipnat_event=self.event)
-        elif self.due is None:
-            self.due = now + self.tally.interval
 
     def flush(self, now: float) -> None:
-        self.due = None
         line = self.tally.flush(now)
         if line is not None:
             log.warn("{line}", line=line, sipnat_event=self.event)
