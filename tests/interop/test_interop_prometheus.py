@@ -106,6 +106,15 @@ def waitFor(what: str, check: Callable[[], Any], deadline: float, alive: Callabl
     pytest.fail(f"{what}: not in time (last: {last!r})")
 
 
+def firstDead(processes: List[PeerProcess]) -> Optional[str]:
+    """Why the first of ``processes`` that ended did (``None`` while all run)."""
+    for process in processes:
+        dead = process.deadReason()
+        if dead is not None:
+            return f"{process.name}: {dead}"
+    return None
+
+
 class PromQL:
     """Instant queries against Prometheus's HTTP API."""
 
@@ -124,14 +133,14 @@ class PromQL:
         return found[0][1] if found else None
 
 
-def writePrometheusConfig(path: Path, client: int, stunBase: int) -> None:
-    path.write_text(
-        "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n"
-        "scrape_configs:\n"
-        f"  - job_name: client\n    static_configs:\n      - targets: ['{LOOPBACK}:{client}']\n"
-        "  - job_name: stun\n    static_configs:\n"
-        f"      - targets: ['{LOOPBACK}:{stunBase}', '{LOOPBACK}:{stunBase + 1}']\n"
-    )
+def writePrometheusConfig(path: Path, jobs: Dict[str, List[int]]) -> None:
+    """A scrape every second of each job's loopback ports."""
+    text = ("global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n"
+            "scrape_configs:\n")
+    for job, ports in jobs.items():
+        targets = ", ".join(f"'{LOOPBACK}:{port}'" for port in ports)
+        text += f"  - job_name: {job}\n    static_configs:\n      - targets: [{targets}]\n"
+    path.write_text(text)
 
 
 def test_prometheus_stores_what_the_client_role_did(tmp_path: Path) -> None:
@@ -153,14 +162,10 @@ def test_prometheus_stores_what_the_client_role_did(tmp_path: Path) -> None:
         return process
 
     def alive() -> Optional[str]:
-        for process in processes:
-            dead = process.deadReason()
-            if dead is not None:
-                return f"{process.name}: {dead}"
-        return None
+        return firstDead(processes)
 
     promConfig = tmp_path / "prometheus.yml"
-    writePrometheusConfig(promConfig, clientMetrics, stunMetrics)
+    writePrometheusConfig(promConfig, {"client": [clientMetrics], "stun": [stunMetrics, stunMetrics + 1]})
     old = os.environ.copy()
     os.environ.update(env)  # PeerProcess passes the environment on
     try:
@@ -248,17 +253,10 @@ def test_prometheus_stores_what_the_edge_role_answered_refused_and_holds(tmp_pat
     processes: List[PeerProcess] = []
 
     def alive() -> Optional[str]:
-        for process in processes:
-            dead = process.deadReason()
-            if dead is not None:
-                return f"{process.name}: {dead}"
-        return None
+        return firstDead(processes)
 
     promConfig = tmp_path / "prometheus.yml"
-    promConfig.write_text(
-        "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n"
-        f"scrape_configs:\n  - job_name: edge\n    static_configs:\n      - targets: ['{LOOPBACK}:{metrics}']\n"
-    )
+    writePrometheusConfig(promConfig, {"edge": [metrics]})
     old = os.environ.copy()
     os.environ["PYTHONPATH"] = str(ROOT)
     try:

@@ -6,7 +6,6 @@ and its flow failures by reason, as the contract names them, and the embedded de
 from __future__ import annotations
 
 import random
-from typing import Any, List
 
 from twisted.internet.address import IPv4Address
 from twisted.internet.protocol import Factory, Protocol
@@ -18,17 +17,10 @@ from twisted_sipnat import NATSettings, NATTraversalController
 from twisted_sipnat.protocols import SharedStreamFactory
 from twisted_sipnat.service.figures import Figures
 from twisted_sipnat.service.flowfigures import ControllerFigures
-from twisted_sipnat.testing import answerAll, sharedDatagramSocket
+from twisted_sipnat.testing import RecordingObserver, answerAll, sharedDatagramSocket
 
 MAPPED = ("203.0.113.1", 40000)
 
-
-class Observer:
-    def __init__(self) -> None:
-        self.failures: List[Any] = []
-
-    def flowFailure(self, reason: Any) -> None:
-        self.failures.append(reason)
 
 
 def gather(controller: NATTraversalController) -> Figures:
@@ -41,7 +33,7 @@ def test_udp_keepalives_by_result_and_rtt() -> None:
     clock = Clock()
     controller = NATTraversalController(NATSettings(), reactor=clock, rng=random.Random(5))
     shared, transport = sharedDatagramSocket(controller)
-    controller.refreshNATBinding(shared, Observer(), HOP)
+    controller.refreshNATBinding(shared, RecordingObserver(), HOP)
     for _ in range(4):
         clock.advance(25)
         clock.advance(0.03)
@@ -64,7 +56,7 @@ def test_a_keepalive_timeout_is_a_timeout_and_a_stun_timeout_failure() -> None:
     clock = Clock()
     controller = NATTraversalController(NATSettings(), reactor=clock, rng=random.Random(5))
     shared, transport = sharedDatagramSocket(controller)
-    controller.refreshNATBinding(shared, Observer(), HOP)
+    controller.refreshNATBinding(shared, RecordingObserver(), HOP)
     clock.advance(25)
     clock.advance(40)
     figures = gather(controller)
@@ -80,7 +72,7 @@ def test_tcp_pongs_count_as_answered_and_a_missing_one_as_a_pong_timeout() -> No
     shared = factory.buildProtocol(IPv4Address("TCP", *HOP))
     transport = StringTransport(peerAddress=IPv4Address("TCP", *HOP))
     shared.makeConnection(transport)
-    observer = Observer()
+    observer = RecordingObserver()
     controller.refreshNATBinding(shared, observer)
     assert gather(controller).get("sipnat_flows", transport="tcp") == 1
     clock.advance(120)

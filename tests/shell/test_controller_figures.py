@@ -6,30 +6,22 @@ time of every answered keepalive, STUN error answers and flow failures by reason
 from __future__ import annotations
 
 import random
-from typing import Any, List
 
 from twisted.internet.task import Clock
 
 from tests.addresses import HOP
 from twisted_sipnat import NATSettings, NATTraversalController
-from twisted_sipnat.testing import answerAll, bindingResponse, sharedDatagramSocket
+from twisted_sipnat.testing import RecordingObserver, answerAll, bindingResponse, sharedDatagramSocket
 
 MAPPED = ("203.0.113.1", 40000)
 
-
-class Observer:
-    def __init__(self) -> None:
-        self.failures: List[Any] = []
-
-    def flowFailure(self, reason: Any) -> None:
-        self.failures.append(reason)
 
 
 def test_answered_keepalives_are_timed_from_first_send_to_answer() -> None:
     clock = Clock()
     controller = NATTraversalController(NATSettings(), reactor=clock, rng=random.Random(3))
     shared, transport = sharedDatagramSocket(controller)
-    controller.refreshNATBinding(shared, Observer(), HOP)
+    controller.refreshNATBinding(shared, RecordingObserver(), HOP)
     assert controller.flowCountByTransport() == {"udp": 1, "tcp": 0}
     for _ in range(3):
         clock.advance(25)
@@ -47,7 +39,7 @@ def test_a_stun_error_answer_is_counted_apart_and_does_not_fail_the_flow() -> No
     clock = Clock()
     controller = NATTraversalController(NATSettings(), reactor=clock, rng=random.Random(3))
     shared, transport = sharedDatagramSocket(controller)
-    observer = Observer()
+    observer = RecordingObserver()
     controller.refreshNATBinding(shared, observer, HOP)
     clock.advance(25)
     assert answerAll(shared, transport, MAPPED, error=(500, "Server Error")) == 1
@@ -61,7 +53,7 @@ def test_flow_failures_are_counted_by_reason() -> None:
     clock = Clock()
     controller = NATTraversalController(NATSettings(), reactor=clock, rng=random.Random(3))
     shared, transport = sharedDatagramSocket(controller)
-    timedOut, rebound = Observer(), Observer()
+    timedOut, rebound = RecordingObserver(), RecordingObserver()
     controller.refreshNATBinding(shared, timedOut, HOP)
     clock.advance(25)
     transport.clear()
@@ -78,7 +70,7 @@ def test_flow_failures_are_counted_by_reason() -> None:
     assert len(rebound.failures) == 1
     assert controller.stats["flow.failures.mapped_address_changed"] == 1
 
-    lost = Observer()
+    lost = RecordingObserver()
     controller.refreshNATBinding(shared, lost, HOP)
     controller.socketClosed(shared)
     assert controller.stats["flow.failures.connection_lost"] == 1
