@@ -193,6 +193,18 @@ def test_tcpBindingIsReachedOverItsConnectionWithATCPVia() -> None:
     assert (top.transport, top.port) == ("TCP", 5063)
 
 
+def test_tlsBindingIsReachedOverItsConnectionWithATLSVia() -> None:
+    """RFC 3261 §18.2.1: the Via names the transport the request goes out on, TLS for a flow over TLS."""
+    proxy = EdgeProxy(Registrar(["example.com"]), host=EDGE_HOST, ports={"udp": 5062, "tls": 5061}, secret=b"k" * 32)
+    tls = Flow("tls", TCP_FLOW.host, TCP_FLOW.port, TCP_FLOW.connection)
+    outcome = proxy.receive(register(contacts=[OUTBOUND], extra=("Supported: outbound",), transport="TLS"), tls,
+                            0.0, stream=True)
+    assert asResponse(_only(outcome, tls)).code == 200
+    forwarded = asRequest(_only(proxy.receive(request(), CALLER, 1.0), tls))
+    top = Via.parse(forwarded.headers.getAll("Via")[0])
+    assert (top.transport, top.port) == ("TLS", 5061)
+
+
 def test_proxyRequireIs420() -> None:
     proxy = _proxy()
     _registered(proxy)
@@ -225,11 +237,13 @@ def _responseFor(forwarded: bytes, code: int = 180) -> bytes:
             f"\r\nCall-ID: call1@test\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n").encode()
 
 
-@pytest.mark.parametrize("caller", [CALLER, Flow("tcp", "192.0.2.50", 5070, 3)])
+@pytest.mark.parametrize("caller", [CALLER, Flow("tcp", "192.0.2.50", 5070, 3), Flow("tls", "192.0.2.50", 5071, 4)])
 def test_responseGoesBackToTheNextVia(caller: Flow) -> None:
     proxy = _proxy()
     _registered(proxy)
-    data = request().replace(b"SIP/2.0/UDP", b"SIP/2.0/TCP") if caller.transport == "tcp" else request()
+    data = request()
+    if caller.transport != "udp":
+        data = data.replace(b"SIP/2.0/UDP", f"SIP/2.0/{caller.transport.upper()}".encode())
     forwarded = _only(proxy.receive(data, caller, 1.0))
     outcome = proxy.receive(_responseFor(forwarded), UDP_FLOW, 2.0)
     back = asResponse(_only(outcome, caller))

@@ -86,7 +86,7 @@ def test_a_register_over_tls_is_answered_and_counted_as_tls(tmp_path: Path) -> N
             assert b"received=127.0.0.1" in via and b"rport=" in via, via
             page = urllib.request.urlopen(f"http://{LOOPBACK}:{metrics}/metrics", timeout=5).read().decode()
             assert 'sipnat_connections{transport="tls"} 1.0' in page, page
-            assert 'sipnat_flows{transport="tcp"} 1.0' in page, page
+            assert 'sipnat_flows{transport="tls"} 1.0' in page, page
             assert "sipnat_registrations 1.0" in page, page
     finally:
         edge.terminate()

@@ -121,7 +121,7 @@ class _Answer(Exception):
 class EdgeProxy:
     """
     The edge's SIP side: ``registrar``, and the stateless proxy above it (module docstring).  ``host`` is the
-    edge's sent-by host; ``ports`` its port per transport (``{"udp": 5060, "tcp": 5060}``); ``secret`` keys the
+    edge's sent-by host; ``ports`` its port per transport (``{"udp": 5060, "tcp": 5060, "tls": 5061}``); ``secret`` keys the
     branch MAC (random by default: branches of one process only, which is all a stateless proxy sends).
     """
 
@@ -296,8 +296,8 @@ class EdgeProxy:
         transport = below.transport.lower()
         if transport == "udp":
             destination = Flow("udp", host, port)
-        elif transport == "tcp" and connection:
-            destination = Flow("tcp", host, port, connection)
+        elif transport in ("tcp", "tls") and connection:
+            destination = Flow(transport, host, port, connection)
         else:
             return Outcome("dropped", reason=f"no way back over {below.transport}")
         return Outcome("response", [Send(response.toBytes(), destination)])

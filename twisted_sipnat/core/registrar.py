@@ -97,7 +97,7 @@ SUPPORTED = ("outbound",)
 class Flow:
     """
     Where a message came from and how to reach that source again (RFC 5626 §3.2 "flow"): ``transport``
-    (``"udp"`` or ``"tcp"``), the source ``host`` and ``port`` and, for a connection, the shell's ``connection``
+    (``"udp"``, ``"tcp"`` or ``"tls"``), the source ``host`` and ``port`` and, for a connection, the shell's ``connection``
     serial (0 for UDP, where the source address alone is the flow).
     """
 

@@ -103,8 +103,9 @@ class EdgeRole(FigureSources, service.MultiService):
         self.tcp: Optional[StreamListener] = None
         if tcp:
             self.connectionLimits = buildConnectionLimits(connectionLimits, flowTimer)
-            factory = SharedStreamFactory(SIPEdgeStreamFactory(self.sip), pongResponder=True,
-                                          limits=self.connectionLimits, clock=reactor, transport=_transportOf(tcp))
+            streamTransport = _transportOf(tcp)
+            factory = SharedStreamFactory(SIPEdgeStreamFactory(self.sip, streamTransport), pongResponder=True,
+                                          limits=self.connectionLimits, clock=reactor, transport=streamTransport)
             # The library's factory reports figures without depending on the service layer's interface.
             self.addFigureSource(cast(IFigureSource, factory))
             self.tcp = StreamListener(reactor, tcp, factory)

@@ -183,7 +183,7 @@ class SIPEdge:
         if self.rateLimit is not None:
             figures.gauge("sipnat_rate_limit_sources", len(self.rateLimit), protocol="sip")
         flows = self.registrar.flowCounts()
-        for transport in ("udp", "tcp"):
+        for transport in ("udp", "tcp", "tls"):
             figures.gauge("sipnat_flows", flows.get(transport, 0), transport=transport)
 
 
@@ -210,8 +210,10 @@ class SIPEdgeStreamProtocol(protocol.Protocol):
 
     noisy = False
 
-    def __init__(self, edge: SIPEdge) -> None:
+    def __init__(self, edge: SIPEdge, transport: str = "tcp") -> None:
         self.edge = edge
+        #: ``"tcp"`` or ``"tls"``: the Via transport of what the edge sends on it, and its ``sipnat_flows`` label.
+        self.transportName = transport
         self.serial = 0
         self.flow: Optional[Flow] = None
         self.closing = False
@@ -220,10 +222,11 @@ class SIPEdgeStreamProtocol(protocol.Protocol):
     def connectionMade(self) -> None:
         self.serial = self.edge.connectionOpened(self)
         peer = self.transport.getPeer()  # type: ignore[union-attr]
-        self.flow = Flow("tcp", str(getattr(peer, "host", "")), int(getattr(peer, "port", 0)), self.serial)
+        self.flow = Flow(self.transportName, str(getattr(peer, "host", "")), int(getattr(peer, "port", 0)),
+                         self.serial)
         local = getattr(self.transport.getHost(), "port", None)  # type: ignore[union-attr]
         if isinstance(local, int) and local:
-            self.edge.proxy.ports.setdefault("tcp", local)
+            self.edge.proxy.ports.setdefault(self.transportName, local)
 
     def dataReceived(self, data: bytes) -> None:
         """SIP bytes as the splitter hands them on (any part of the stream): each whole message in turn."""
@@ -260,14 +263,19 @@ class SIPEdgeStreamProtocol(protocol.Protocol):
 
 
 class SIPEdgeStreamFactory(protocol.Factory):
-    """Builds a :class:`SIPEdgeStreamProtocol` per connection, all driving one :class:`SIPEdge`."""
+    """
+    Builds a :class:`SIPEdgeStreamProtocol` per connection, all driving one :class:`SIPEdge`; ``transport`` is
+    ``"tls"`` behind a TLS endpoint, so that requests proxied to those flows carry ``SIP/2.0/TLS`` in their Via
+    (RFC 3261 §18.2.1: the transport the message goes out on) and the flows are counted as such.
+    """
 
     noisy = False
 
-    def __init__(self, edge: SIPEdge) -> None:
+    def __init__(self, edge: SIPEdge, transport: str = "tcp") -> None:
         self.edge = edge
+        self.transportName = transport
 
     def buildProtocol(self, addr: Any) -> SIPEdgeStreamProtocol:
-        p = SIPEdgeStreamProtocol(self.edge)
+        p = SIPEdgeStreamProtocol(self.edge, self.transportName)
         p.factory = self
         return p
