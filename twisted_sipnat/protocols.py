@@ -369,9 +369,10 @@ class SharedStreamProtocol(ProtocolWrapper):
     ``maxMessageSize`` or a malformed Content-Length closes the connection with a logged reason.
 
     With the factory's ``limits``, each read tells the factory's connection table what it completed (whole
-    SIP messages, keepalives) and how many bytes of a partial message are held (the splitter's copy of the
-    header block and what the wrapped protocol has of it: ``IncomingSplitter.partial``); the table may close
-    the connection (:meth:`closeForLimit`).
+    SIP messages, keepalives) and how many bytes of a partial message are held (``IncomingSplitter.partial``:
+    the splitter's copy of an unfinished header block, which it hands on only when whole, or what the wrapped
+    protocol has of a message whose header block is in); the table may close the connection
+    (:meth:`closeForLimit`).
     """
 
     isStream = True

@@ -186,16 +186,40 @@ def test_byteAtATime(items: List[Item], role: str) -> None:
 
 
 @given(message=sipMessages(), cuts=cutLists)
-def test_sipBytesHandedOutAtOnce(message: bytes, cuts: List[int]) -> None:
-    """Inside a message nothing is held back: after each feed every SIP byte received so far is out."""
+def test_sipBytesHandedOutOnceTheHeaderBlockIsWhole(message: bytes, cuts: List[int]) -> None:
+    """
+    Only an unfinished header block is held back (the splitter keeps it, the SIP protocol behind gets it whole);
+    once the header block is in, every SIP byte received so far is out after each feed, body bytes at once.
+    """
+    headerEnd = message.index(b"\r\n\r\n") + 4
     splitter = IncomingSplitter("client")
     fed = 0
     out = 0
     for chunk in _chunks(message, cuts):
         fed += len(chunk)
         out += sum(len(e.data) for e in splitter.feed(chunk) if isinstance(e, SIPData))
-        assert out == fed
+        assert out == (fed if fed >= headerEnd else 0)
+        assert splitter.buffered == (0 if fed >= headerEnd else fed)
     assert splitter.atBoundary
+
+
+@given(message=sipMessages(), cuts=cutLists)
+def test_aHeldHeaderBlockIsTheOnlyCopyAndLeadsTheUnframedBytes(message: bytes, cuts: List[int]) -> None:
+    """
+    A header block that never ends in time: the bytes handed on are none of it (nothing for a SIP server to
+    keep a second copy of), and the framing error's ``unframed`` is the whole header block up to the bound, the
+    held part first, so that a server can still answer it with a 400.
+    """
+    limit = 256
+    endless = message.split(b"\r\n\r\n", 1)[0] + b"\r\nX-Pad: " + b"p" * (2 * limit)
+    splitter = IncomingSplitter("server", maxMessageSize=limit)
+    handed = b""
+    with pytest.raises(SIPFramingError) as caught:
+        for chunk in _chunks(endless, cuts):
+            handed += b"".join(e.data for e in splitter.feed(chunk) if isinstance(e, SIPData))
+    handed += b"".join(e.data for e in caught.value.events if isinstance(e, SIPData))
+    assert handed == b""
+    assert caught.value.unframed == endless[:limit]
 
 
 @settings(suppress_health_check=[HealthCheck.too_slow])

@@ -21,8 +21,8 @@ BETWEEN       ``CR LF CR LF`` (role ``"server"``)      :class:`Ping` / BETWEEN
 BETWEEN       lone ``CR LF`` then a message            dropped (RFC 3261 §7.5 leading CRLF) / HEADERS
               (role ``"server"``)
 BETWEEN       ``CR`` or ``CR LF`` at the end of data   kept until more bytes decide / BETWEEN
-BETWEEN       any other byte                           start of a message: SIP bytes / HEADERS
-HEADERS       bytes up to and including ``CRLFCRLF``   SIP bytes; parse Content-Length / BODY
+BETWEEN       any other byte                           start of a message, held / HEADERS
+HEADERS       bytes up to and including ``CRLFCRLF``   the whole header block as SIP bytes / BODY
 HEADERS       header block longer than the bound       :class:`SIPFramingError` / DEAD
 BODY          ``Content-Length`` bytes                 SIP bytes / BETWEEN
 DEAD          anything                                 :class:`SIPFramingError` again
@@ -34,9 +34,13 @@ ping: RFC 5626 gives only the client the ping role).  Role ``"server"`` answers 
 ignorable noise before a start line, never a pong.  A server-role ``CRLF`` at the end of the data waits: only
 the next bytes tell whether it is half a ping or noise.
 
-SIP bytes are handed out as soon as they are known to belong to a message (the shell passes them straight to
-the SIP protocol's ``dataReceived``), so a :class:`SIPData` may hold part of a message or several messages.
-Only the header block is copied aside, when it spans several ``feed`` calls, to read its Content-Length.
+SIP bytes are handed out as soon as they are known to belong to a message whose header block is complete (the
+shell passes them straight to the SIP protocol's ``dataReceived``), so a :class:`SIPData` may hold part of a
+body, a whole message or several.  A header block that spans several ``feed`` calls is the one thing kept
+aside, to read its Content-Length, and it is handed on only once it is whole: a SIP server behind the splitter
+never holds a copy of a partial header block too, so a flood of connections that stall inside their headers
+(slowloris) costs one copy of what they sent, the one the connection limits count
+(:attr:`IncomingSplitter.partial`), not two.
 
 A stream message without Content-Length is taken to have an empty body.  RFC 3261 §18.3 makes the header
 mandatory on streams, so such a sender is broken either way; an empty body is what a message with no body
@@ -306,7 +310,8 @@ class IncomingSplitter(_Framer):
     def partial(self) -> int:
         """
         How many bytes of the message being received have arrived (header block and body so far; 0 between
-        messages): what the receiver holds for it, counting the SIP protocol's copy of what was handed on.
+        messages): what the receiver holds for it, once: the splitter holds an unfinished header block, the
+        SIP protocol behind it the rest of the message once the header block was handed on whole.
         """
         return self._partial
 
@@ -340,11 +345,20 @@ class IncomingSplitter(_Framer):
         n = len(data)
         i = 0
         run = 0  # start of the SIP bytes not yet handed out
+        # A header block held from earlier calls (only ever at the start of a call): its bytes go out first,
+        # once this call completes it; until then they and this call's bytes of it stay in ``_head`` only.
+        held = self._head if self._state == _HEADERS else None
+        heldLength = len(held) if held is not None else 0
+        messageStart = 0  # where, in ``data``, the message being received started (0: in an earlier call)
         try:
             while i < n:
                 if self._state != _BETWEEN:
                     start = i
                     i = self._consumeMessage(data, i)
+                    if held is not None and self._state != _HEADERS:
+                        if heldLength:
+                            events.append(SIPData(bytes(held[:heldLength])))
+                        held = None
                     if self._state == _BETWEEN:
                         self._messages += 1
                         self._partial = 0
@@ -374,15 +388,22 @@ class IncomingSplitter(_Framer):
                 # A message starts here; a lone server-role CRLF before it was noise (RFC 3261 §7.5).
                 self._pendingCRLF = False
                 self._state = _HEADERS
+                messageStart = i
+                held = self._head  # empty: filled only if the header block does not end in this call
+                heldLength = 0
         except SIPFramingError as e:
             if i > run:
                 events.append(SIPData(data[run:i]))
             e.events = events
-            # the failing message's bytes of this call, within what one message may have in all
-            e.unframed = data[i : i + max(0, self._maxMessageSize - self._partial)]
+            # the failing message's bytes, the held part of its header block first, within what one message may
+            # have in all
+            before = bytes(held[:heldLength]) if held is not None else b""
+            e.unframed = before + data[i : i + max(0, self._maxMessageSize - self._partial)]
             raise
+        if self._state == _HEADERS:
+            n = messageStart  # the unfinished header block is held, not handed on
         if n > run:
-            events.append(SIPData(data if run == 0 else data[run:]))
+            events.append(SIPData(data if run == 0 and n == len(data) else data[run:n]))
         return events
 
 
