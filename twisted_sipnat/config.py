@@ -49,7 +49,7 @@ __all__ = ["DEFAULT_SECTION", "loadConfig", "parseConfigText", "settingsFromMapp
 DEFAULT_SECTION = "default"
 
 _FIELDS = {f.name: f for f in dataclasses.fields(NATSettings) if f.init}
-_FLOATS = {"udpKeepaliveInterval", "tcpKeepaliveInterval", "pongTimeout", "rto"}
+_FLOATS = {"udpKeepaliveInterval", "tcpKeepaliveInterval", "pongTimeout", "rto", "stunFailureCacheTime"}
 
 
 def loadConfig(path: Union[str, Path]) -> Dict[str, NATSettings]:

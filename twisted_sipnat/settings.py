@@ -91,8 +91,11 @@ class NATSettings:
     ``stunServers`` are tried in order (failover on timeout or error); empty means the next hop itself answers
     STUN (an RFC 5626 edge proxy).  Keepalive intervals are the RFC 5626 §4.4.1 bases: each keepalive goes out
     after a fresh random 80-100 % of it; ``0`` disables keepalives on that transport.  ``username`` and
-    ``password`` are STUN short-term credentials (RFC 8489 §9.1).  ``rto`` is the initial retransmission
-    timeout (RFC 8489 §6.2.1, 500 ms).
+    ``password`` are STUN short-term credentials (RFC 8489 §9.1), or long-term ones (§9.2: the first request
+    unsigned, the server's 401 realm and nonce then used to sign) with ``credentialMechanism="long-term"``.
+    ``rto`` is the initial retransmission timeout (RFC 8489 §6.2.1, 500 ms).  ``stunFailureCacheTime`` > 0
+    remembers a resolution that failed on every server for that many seconds: resolutions for the domain
+    fail at once with the same error meanwhile (``0``, the default, turns it off).
     """
 
     stunServers: Sequence[ServerEntry] = ()
@@ -104,6 +107,8 @@ class NATSettings:
     password: Optional[str] = None
     software: Optional[str] = DEFAULT_SOFTWARE
     rto: float = 0.5
+    credentialMechanism: str = "short-term"
+    stunFailureCacheTime: float = 0.0
     servers: Tuple[ServerSpec, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -133,6 +138,14 @@ class NATSettings:
             value = getattr(self, key)
             if value is not None and not isinstance(value, str):
                 raise InvalidSettingsError(key, value, "must be a string or None")
+        if self.credentialMechanism not in ("short-term", "long-term"):
+            raise InvalidSettingsError("credentialMechanism", self.credentialMechanism,
+                                       'must be "short-term" or "long-term"')
+        if self.credentialMechanism == "long-term" and self.username is None:
+            raise InvalidSettingsError("credentialMechanism", self.credentialMechanism,
+                                       "long-term credentials need username and password")
+        object.__setattr__(self, "stunFailureCacheTime",
+                           _positiveOrZero("stunFailureCacheTime", self.stunFailureCacheTime))
         if self.software is not None and len(self.software.encode("utf-8")) > 763:
             raise InvalidSettingsError("software", self.software, "SOFTWARE is at most 763 bytes (RFC 8489 §14.14)")
 

@@ -33,6 +33,7 @@ from ..settings import DEFAULT_STUN_PORT
 from . import stun
 from .addresses import hostPortOf, isIPLiteral, normalHost
 from .events import LookupNeeded, Note, ProbeAnswered, ProbeFailed, ResolutionFailed, Resolved
+from .failurecache import FailureCache
 from .flows import FlowTable
 from .keepalive import FlowKeeper
 from .resolution import TRY_ALTERNATE, Resolution, orderSRV
@@ -184,6 +185,8 @@ class Engine:
         self.probes = Probes(self.table, self.events)
         self.sockets: Dict[Any, SocketRecord] = {}
         self.resolutions: Dict[Resolution, None] = {}
+        #: Failed resolutions per domain (NATSettings.stunFailureCacheTime); ``failures.maxEntries`` bounds it.
+        self.failures = FailureCache()
         #: A timer pass in progress (``handleTimer`` with a ``limit``) and its ``now``.
         self._timerPass: Optional[Iterator[Any]] = None
         self._timerPassAt = 0.0
@@ -328,6 +331,8 @@ class Engine:
                 "server": txn.server, "why": reason, "sipnat_event": "stun.response.invalid"}))
             sink.unusable(txn, reason, now)
             return True
+        if self.table.challenged(txn, message, now):  # RFC 8489 §9.2.5: retried signed, in the same Txn
+            return True
         sink.answered(txn, message, hostPortOf(addr), data, now)
         return True
 
@@ -341,6 +346,11 @@ class Engine:
         """Start a resolution; the handle in its events is the returned object."""
         resolution = Resolution(record, settings, servers, observer, hop, domain, now)
         self.resolutions[resolution] = None
+        cached = self.failures.recall(domain, now) if settings.stunFailureCacheTime > 0 else None
+        if cached is not None:  # NATSettings.stunFailureCacheTime: fail at once, send nothing
+            self.stats["stun.failure.cached"] += 1
+            self._finish(resolution, ResolutionFailed(resolution, cached))
+            return resolution
         if observer is not None:
             memory = self.flows.remember(observer)
             memory.domain = domain
@@ -353,7 +363,9 @@ class Engine:
             return
         spec = resolution.nextServer()
         if spec is None:
-            self._finish(resolution, ResolutionFailed(resolution, resolution.finalError(now)))
+            error = resolution.finalError(now)
+            self.failures.remember(resolution.domain, error, resolution.settings.stunFailureCacheTime, now)
+            self._finish(resolution, ResolutionFailed(resolution, error))
             return
         host, port = spec
         if isIPLiteral(host):
@@ -522,4 +534,6 @@ class Engine:
             "resolutions": len(self.resolutions),
             "memory": len(self.flows.memory),
             "timers": len(self.timers),
+            "failures": len(self.failures),
+            "credentials": len(self.table.credentials),
         }

@@ -12,6 +12,10 @@ common to every Binding transaction:
   credentials (§9.1.3), no unknown comprehension-required attribute (§6.3.3: the answer is unusable);
 - building (§6.1): SOFTWARE, USERNAME + MESSAGE-INTEGRITY with credentials, FINGERPRINT, within 576 bytes on
   IPv4 (1280 on IPv6; SOFTWARE is dropped if it would not fit);
+- long-term credentials (§9.2, :mod:`~twisted_sipnat.core.longterm`): a request to a server whose realm and
+  nonce are not known yet goes out unsigned; a 401 or 438 challenge (unsigned, so accepted without
+  MESSAGE-INTEGRITY) makes :meth:`TransactionTable.challenged` send it again, once per kind, with a new
+  transaction ID and signed; the owner keeps the same :class:`Txn` object and never sees the challenge;
 - the first send is handed out with its clock started; if the shell reports it held back by the socket's
   arbitration (:meth:`TransactionTable.heldBack`) the clock waits until :meth:`TransactionTable.released`.
 
@@ -28,6 +32,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 from ..errors import ResourceLimitError
 from . import stun
 from .addresses import hostPortOf, sameHostPort
+from .longterm import CHALLENGES, LongTermCredentials, ServerCredentials
 from .timers import TimerHeap
 from .transaction import (
     DEFAULT_RC,
@@ -51,7 +56,7 @@ class Txn(ClientTransaction):
     """A pending transaction: its timers plus where it was sent from, for whom, and with which key."""
 
     __slots__ = ("sock", "owner", "sink", "integrityKey", "limiterKey", "server", "queued", "anySource", "held",
-                 "writeKey")
+                 "writeKey", "settings", "extra", "challenges")
 
     def __init__(self, transactionId: bytes, request: bytes, destination: HostPort, sock: Any, owner: Any,
                  sink: Any, integrityKey: Optional[bytes], rto: float, rc: int, anySource: bool,
@@ -72,6 +77,11 @@ class Txn(ClientTransaction):
         self.held = False
         #: The key its sends are held under: a keepalive's flow (one held per context), else itself.
         self.writeKey: Any = self if writeKey is None else writeKey
+        #: For a long-term-credential request: what it was built from, to build the retry (else ``None``).
+        self.settings: Any = None
+        self.extra: Sequence[Any] = ()
+        #: The challenge codes (401, 438) already followed: each is followed once (RFC 8489 §9.2.5).
+        self.challenges: Tuple[int, ...] = ()
 
     def unstart(self) -> None:
         """The first send was held back: the schedule starts again when it is written."""
@@ -84,7 +94,7 @@ class TransactionTable:
     """Every pending transaction of one engine, keyed by transaction ID."""
 
     __slots__ = ("pending", "timers", "outbox", "withdrawals", "stats", "maxTransactions", "ids", "limiter", "rto",
-                 "_keys")
+                 "_keys", "credentials")
 
     def __init__(self, timers: TimerHeap, outbox: List[Transmit], withdrawals: List[Tuple[Any, Any]],
                  stats: Counter[str], maxTransactions: int, maxOutstandingPerServer: int) -> None:
@@ -99,6 +109,8 @@ class TransactionTable:
         self.limiter: OutstandingLimiter[Txn] = OutstandingLimiter(maxOutstandingPerServer)
         self.rto = RTOEstimator()
         self._keys: Dict[str, bytes] = {}
+        #: Realm, nonce and key learned per server (RFC 8489 §9.2); ``credentials.maxEntries`` bounds it.
+        self.credentials = LongTermCredentials()
 
     def __len__(self) -> int:
         return len(self.pending)
@@ -133,6 +145,62 @@ class TransactionTable:
             request = stun.encodeBindingRequest(transactionId, software=None, username=settings.username, key=key)
         return request
 
+    @staticmethod
+    def buildLongTerm(settings: Any, transactionId: bytes, extra: Sequence[Any],
+                      state: Optional[ServerCredentials]) -> bytes:
+        """
+        A Binding request under long-term credentials (RFC 8489 §9.2.4): without ``state`` (realm and nonce not
+        known yet) no credential attributes and no MESSAGE-INTEGRITY; with it, the credential attributes and
+        MESSAGE-INTEGRITY, plus MESSAGE-INTEGRITY-SHA256 when the SHA-256 password algorithm was chosen.
+        """
+        attributes = list(extra)
+        if settings.software is not None:
+            attributes.append(stun.Software(settings.software))
+        if state is None:
+            return stun.Message(stun.BINDING, stun.REQUEST, transactionId, attributes).encode()
+        attributes.extend(state.signedAttributes())
+        return stun.Message(stun.BINDING, stun.REQUEST, transactionId, attributes).encode(
+            key=state.key, both=state.sha256)
+
+    def challenged(self, txn: Txn, message: Any, now: float) -> bool:
+        """
+        A checked error response to ``txn``: ``True`` when it was a long-term credential challenge that is
+        followed (RFC 8489 §9.2.5): the request goes out again at once, with a new transaction ID and signed
+        under the learned key, in the same :class:`Txn`.  A 401 is followed once and a 438 once; a second one,
+        or one that must not be followed (bid-down, §9.2.1), is ``False``: the owner gets the error.
+        """
+        settings = txn.settings
+        if settings is None or txn.done or message.messageClass != stun.ERROR:
+            return False
+        code = (message.errorCode or (0, ""))[0]
+        if code not in CHALLENGES:
+            return False
+        # Learned even when not followed: a second 438 still refreshes the nonce for the next request.
+        state, why = self.credentials.learn(txn.server, settings.username, settings.password, message)
+        if state is None:
+            self.stats["stun.auth.refused"] += 1
+            return False
+        if code in txn.challenges:
+            return False
+        self.stats["stun.auth.retries"] += 1
+        txn.challenges += (code,)
+        if txn.held:
+            txn.held = False
+            self.withdrawals.append((txn.sock.key, txn.writeKey))
+        self.timers.unschedule(txn)
+        del self.pending[txn.transactionId]
+        transactionId = self.ids.next()
+        while transactionId in self.pending:  # pragma: no cover - 2**-96
+            transactionId = self.ids.next()
+        txn.transactionId = transactionId
+        txn.request = self.buildLongTerm(settings, transactionId, txn.extra, state)
+        txn.integrityKey = state.key
+        txn.unstart()
+        self.pending[transactionId] = txn
+        self.outbox.append((txn.sock.key, txn.writeKey, txn.request, txn.destination))
+        self._started(txn, now)
+        return True
+
     # -- life cycle -------------------------------------------------------------------------------------------
 
     def start(self, sock: Any, destination: HostPort, settings: Any, owner: Any, sink: Any, now: float, *,
@@ -149,10 +217,19 @@ class TransactionTable:
         transactionId = self.ids.next()
         while transactionId in pending:  # pragma: no cover - 2**-96
             transactionId = self.ids.next()
-        key = None if settings.password is None else self.integrityKey(settings)
-        request = self.buildRequest(settings, transactionId, ":" in destination[0] or bool(sock.ipv6), extra, key)
+        longTerm = settings.password is not None and settings.credentialMechanism == "long-term"
+        if longTerm:
+            state = self.credentials.lookup(destination, settings.username)
+            key = None if state is None else state.key
+            request = self.buildLongTerm(settings, transactionId, extra, state)
+        else:
+            key = None if settings.password is None else self.integrityKey(settings)
+            request = self.buildRequest(settings, transactionId, ":" in destination[0] or bool(sock.ipv6), extra, key)
         txn = Txn(transactionId, request, destination, sock, owner, sink, key,
                   self.rto.rtoFor(destination, now, settings.rto), rc, anySource, settings.rto, writeKey)
+        if longTerm:
+            txn.settings = settings
+            txn.extra = tuple(extra)
         pending[transactionId] = txn
         sock.transactions += 1
         if self.limiter.acquire(txn.limiterKey, txn):
@@ -270,5 +347,9 @@ class TransactionTable:
         if message.hasFingerprint and not message.verifyFingerprint():
             return None, "bad-fingerprint"
         if txn.integrityKey is not None and not message.verifyIntegrity(txn.integrityKey):
-            return None, "bad-integrity"
+            # RFC 8489 §9.2.5: a long-term challenge (401, 438) is not signed (the server may not know the key
+            # any more); it is accepted without MESSAGE-INTEGRITY and can only cause one signed retry.
+            if not (txn.settings is not None and message.messageClass == stun.ERROR and not message.hasIntegrity
+                    and (message.errorCode or (0, ""))[0] in CHALLENGES):
+                return None, "bad-integrity"
         return message, ""

@@ -1,0 +1,72 @@
+"""
+The negative cache of failed resolutions, per domain (``NATSettings.stunFailureCacheTime``), sans-IO.
+
+When a resolution has failed on every server, asking again at once only repeats the 39.5 s of retransmissions
+per server toward servers that just proved unreachable (or refused us); an application that retries on every
+incoming call would keep the socket busy with them.  With a cache time ``T > 0`` the failure is remembered for
+``T`` seconds: a resolution for the same domain within that time fails at once with a copy of the same error
+(the same type and fields), sending nothing.
+
+Network input cannot add entries (only a failed resolution for a domain the application configured can), but
+the application may use many domains: the table is bounded (``maxEntries``, default 4096), expired entries
+are dropped first and then the oldest.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, Optional, Tuple
+
+from ..errors import NATTraversalError
+
+#: The default bound of the table (``Engine.failures.maxEntries``).
+DEFAULT_MAX_FAILURES = 4096
+
+
+class FailureCache:
+    """``domain -> (error, expiry)``, bounded, insertion-ordered (the oldest is evicted first)."""
+
+    __slots__ = ("maxEntries", "_entries", "hits", "evictions")
+
+    def __init__(self, maxEntries: int = DEFAULT_MAX_FAILURES) -> None:
+        if maxEntries < 1:
+            raise ValueError("maxEntries must be >= 1")
+        self.maxEntries = maxEntries
+        self._entries: Dict[str, Tuple[NATTraversalError, float]] = {}
+        self.hits = 0
+        self.evictions = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def remember(self, domain: Optional[str], error: NATTraversalError, lifetime: float, now: float) -> None:
+        """A resolution for ``domain`` failed on every server at ``now``: keep ``error`` for ``lifetime`` s."""
+        if domain is None or lifetime <= 0:
+            return
+        entries = self._entries
+        entries.pop(domain, None)
+        if len(entries) >= self.maxEntries:
+            for key in [k for k, (_, expiry) in entries.items() if expiry <= now]:
+                del entries[key]
+            while len(entries) >= self.maxEntries:
+                del entries[next(iter(entries))]
+                self.evictions += 1
+        entries[domain] = (error, now + lifetime)
+
+    def recall(self, domain: Optional[str], now: float) -> Optional[NATTraversalError]:
+        """A fresh copy of the error remembered for ``domain`` while it is valid, else ``None``."""
+        if domain is None:
+            return None
+        entry = self._entries.get(domain)
+        if entry is None:
+            return None
+        error, expiry = entry
+        if now >= expiry:
+            del self._entries[domain]
+            return None
+        self.hits += 1
+        # A new exception object of the same type and fields: no traceback shared between Deferreds.  Built
+        # without calling ``__init__`` (whose arguments are not the message it stored in ``args``).
+        clone = type(error).__new__(type(error))
+        clone.__dict__.update(error.__dict__)
+        clone.args = error.args
+        return clone
