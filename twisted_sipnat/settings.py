@@ -141,7 +141,7 @@ class NATSettings:
         if self.credentialMechanism not in ("short-term", "long-term"):
             raise InvalidSettingsError("credentialMechanism", self.credentialMechanism,
                                        'must be "short-term" or "long-term"')
-        if self.credentialMechanism == "long-term" and self.username is None:
+        if self.credentialMechanism == "long-term" and (self.username is None or self.password is None):
             raise InvalidSettingsError("credentialMechanism", self.credentialMechanism,
                                        "long-term credentials need username and password")
         object.__setattr__(self, "stunFailureCacheTime",

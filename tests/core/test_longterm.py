@@ -15,6 +15,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from twisted_sipnat.config import parseConfigText
 from twisted_sipnat.core import stun
 from twisted_sipnat.core.engine import Engine
 from twisted_sipnat.core.events import ResolutionFailed, Resolved
@@ -32,6 +33,7 @@ from twisted_sipnat.settings import NATSettings
 SERVER = ("192.0.2.10", 3478)
 HOP = ("192.0.2.20", 5060)
 VECTORS = json.loads((Path(__file__).parent.parent / "data" / "rfc5769.json").read_text())
+B1 = json.loads((Path(__file__).parent.parent / "data" / "rfc8489.json").read_text(encoding="utf-8"))
 
 
 def longTerm(password: str = "secret", **kw: Any) -> NATSettings:
@@ -59,9 +61,9 @@ class Scripted:
         return [stun.decode(r) for r in raws]
 
     def answer(self, request: stun.Message, attributes: Sequence[Any], cls: int = stun.ERROR,
-               key: Optional[bytes] = None, both: bool = False) -> None:
+               key: Optional[bytes] = None, sha256: bool = False) -> None:
         reply = stun.Message(stun.BINDING, cls, request.transactionId, list(attributes))
-        self.engine.receive(self.record, reply.encode(key=key, both=both), SERVER, self.now)
+        self.engine.receive(self.record, reply.encode(key=key, sha256=sha256), SERVER, self.now)
 
     def events(self) -> List[Any]:
         out = []
@@ -147,7 +149,11 @@ def test_a_stale_nonce_retries_once_with_the_new_nonce_and_refreshes_the_cache()
     assert s.engine.table.credentials.lookup(SERVER, "alice").nonce == "n-fresher"  # type: ignore[union-attr]
 
 
-def test_sha256_is_chosen_when_offered_with_both_integrity_attributes() -> None:
+def sha256Key(password: str = "secret") -> bytes:
+    return hashlib.sha256(f"alice:example.org:{password}".encode()).digest()
+
+
+def test_sha256_is_chosen_when_offered_and_signs_with_message_integrity_sha256() -> None:
     s = Scripted()
     s.resolve(longTerm())
     [first] = s.sent()
@@ -155,18 +161,52 @@ def test_sha256_is_chosen_when_offered_with_both_integrity_attributes() -> None:
     offered = stun.PasswordAlgorithms(((stun.PASSWORD_ALGORITHM_MD5, b""), (stun.PASSWORD_ALGORITHM_SHA256, b"")))
     s.answer(first, challenge(nonce=nonce, extra=[offered]))
     [retry] = s.sent()
-    key = hashlib.sha256(b"alice:example.org:secret").digest()
     assert retry.get(stun.PASSWORD_ALGORITHM) == stun.PasswordAlgorithm(stun.PASSWORD_ALGORITHM_SHA256)
-    assert retry.get(stun.PASSWORD_ALGORITHMS) == offered
-    assert retry.get(stun.MESSAGE_INTEGRITY) is not None and retry.get(stun.MESSAGE_INTEGRITY_SHA256) is not None
-    assert retry.verifyIntegrity(key)  # MESSAGE-INTEGRITY-SHA256 ...
+    assert retry.get(stun.PASSWORD_ALGORITHMS) == offered  # echoed as offered (RFC 8489 §9.2.5)
+    assert retry.get(stun.MESSAGE_INTEGRITY) is None and retry.get(stun.MESSAGE_INTEGRITY_SHA256) is not None
+    assert retry.verifyIntegrity(sha256Key()) and not retry.verifyIntegrity(md5Key())
     raw = s.lastRaw
-    mi = raw.index(bytes.fromhex("00080014"))  # MESSAGE-INTEGRITY, before MESSAGE-INTEGRITY-SHA256
-    header = raw[:2] + (mi + 24 - 20).to_bytes(2, "big") + raw[4:20]
-    assert hmac.new(key, header + raw[20:mi], "sha1").digest() == raw[mi + 4 : mi + 24]  # ... and MESSAGE-INTEGRITY
-    assert raw.index(bytes.fromhex("001c0020")) == mi + 24
-    s.answer(retry, mapped(), stun.SUCCESS, key=key, both=True)
+    mi = raw.index(bytes.fromhex("001c0020"))  # checked by hand too: HMAC-SHA256 over what precedes it
+    header = raw[:2] + (mi + 36 - 20).to_bytes(2, "big") + raw[4:20]
+    assert hmac.new(sha256Key(), header + raw[20:mi], "sha256").digest() == raw[mi + 4 : mi + 36]
+    s.answer(retry, mapped(), stun.SUCCESS, key=sha256Key(), sha256=True)
     assert isinstance(s.outcome()[0], Resolved)
+
+
+def test_password_algorithms_without_the_cookie_are_still_echoed_and_sha256_chosen() -> None:
+    s = Scripted()
+    s.resolve(longTerm())
+    [first] = s.sent()
+    offered = stun.PasswordAlgorithms(((stun.PASSWORD_ALGORITHM_SHA256, b""), (stun.PASSWORD_ALGORITHM_MD5, b"")))
+    s.answer(first, challenge(extra=[offered]))
+    [retry] = s.sent()
+    assert retry.get(stun.PASSWORD_ALGORITHMS) == offered and retry.verifyIntegrity(sha256Key())
+
+
+def test_md5_is_taken_when_it_is_the_only_offer() -> None:
+    s = Scripted()
+    s.resolve(longTerm())
+    [first] = s.sent()
+    offered = stun.PasswordAlgorithms(((stun.PASSWORD_ALGORITHM_MD5, b""),))
+    s.answer(first, challenge(nonce=encodeNonceCookie(FEATURE_PASSWORD_ALGORITHMS, "z"), extra=[offered]))
+    [retry] = s.sent()
+    assert retry.get(stun.PASSWORD_ALGORITHM) == stun.PasswordAlgorithm(stun.PASSWORD_ALGORITHM_MD5)
+    assert retry.get(stun.MESSAGE_INTEGRITY) is not None and retry.verifyIntegrity(md5Key())
+
+
+def test_an_offer_of_only_unknown_algorithms_is_not_retried() -> None:
+    s = Scripted()
+    s.resolve(longTerm())
+    [first] = s.sent()
+    offered = stun.PasswordAlgorithms(((0x0777, b""),))
+    s.answer(first, challenge(nonce=encodeNonceCookie(FEATURE_PASSWORD_ALGORITHMS, "z"), extra=[offered]))
+    assert s.sent() == [] and s.outcome()[0].error.code == 401
+
+
+def test_the_feature_bits_are_numbered_as_erratum_6290_has_them() -> None:
+    # RFC 8489 B.1's nonce asks for USERHASH with "AAAC": bit 1 counted from the least significant end.
+    assert nonceFeatures("obMatJos2AAACf//499k954d6OL34oL9FSTvy64sA") == FEATURE_USERNAME_ANONYMITY == 0x000002
+    assert FEATURE_PASSWORD_ALGORITHMS == 0x000001 and nonceFeatures("obMatJos2AAAB") == 1
 
 
 def test_userhash_replaces_username_when_the_cookie_asks_for_anonymity() -> None:
@@ -197,14 +237,18 @@ def test_bid_down_a_later_nonce_without_the_advertised_features_is_refused() -> 
     s.answer(first, challenge(nonce=encodeNonceCookie(FEATURE_PASSWORD_ALGORITHMS, "a"), extra=[offered]))
     [retry] = s.sent()
     key = hashlib.sha256(b"alice:example.org:secret").digest()
-    s.answer(retry, mapped(), stun.SUCCESS, key=key, both=True)
+    s.answer(retry, mapped(), stun.SUCCESS, key=key, sha256=True)
     s.outcome()
     s.resolve(longTerm())
     [reused] = s.sent()
     s.answer(reused, challenge(438, nonce="plain-nonce"))  # the cookie stripped: an MD5 bid-down
     assert s.sent() == []
     [failed] = s.outcome()
-    assert failed.error.code == 438
+    assert failed.error.code == 438 and s.engine.stats["stun.auth.refused"] == 1
+    # Forgotten, not pinned for ever: the next request starts over unsigned, as a first one (§9.2.3.1).
+    s.resolve(longTerm())
+    [fresh] = s.sent()
+    assert not fresh.hasIntegrity and fresh.get(stun.NONCE) is None
 
 
 def test_a_challenge_without_realm_and_nonce_is_an_error() -> None:
@@ -247,6 +291,25 @@ def test_rfc5769_long_term_vector_is_reproduced_byte_for_byte() -> None:
     assert state is not None and why == ""
     rebuilt = stun.Message(stun.BINDING, stun.REQUEST, vector.transactionId, state.signedAttributes())
     assert rebuilt.encode(state.key, fingerprint=False) == data
+
+
+def test_rfc8489_b1_sha256_userhash_vector_is_reproduced_byte_for_byte() -> None:
+    v = B1["sampleSHA256LongTermRequest"]
+    data = bytes.fromhex(v["hex"])
+    vector = stun.decode(data)
+    key = stun.longTermKey(v["username"], v["realm"], v["password"], stun.PASSWORD_ALGORITHM_SHA256)
+    assert vector.verifyIntegrity(key)
+    offered = stun.PasswordAlgorithms(((stun.PASSWORD_ALGORITHM_SHA256, b""),))
+    challengeMessage = stun.Message(stun.BINDING, stun.ERROR, bytes(12), [
+        stun.ErrorCode(401, "Unauthenticated"), stun.Realm(v["realm"]), stun.Nonce(v["nonce"]), offered])
+    state, why = LongTermCredentials().learn(SERVER, v["username"], v["password"], challengeMessage)
+    assert state is not None and why == "" and state.key == key and state.sha256
+    assert state.features == v["features"]
+    # The vector's request carries PASSWORD-ALGORITHM but not the PASSWORD-ALGORITHMS we echo: leave it out.
+    attributes = [a for a in state.signedAttributes() if not isinstance(a, stun.PasswordAlgorithms)]
+    assert attributes[0] == stun.Userhash(bytes.fromhex(v["userhash"]))
+    rebuilt = stun.Message(stun.BINDING, stun.REQUEST, vector.transactionId, attributes)
+    assert rebuilt.encode(state.key, fingerprint=False, sha256=True) == data
 
 
 @given(st.integers(0, 0xFFFFFF), st.text(max_size=20))
@@ -353,3 +416,60 @@ def test_settings_are_validated(key: str, value: Any) -> None:
 def test_settings_defaults() -> None:
     s = NATSettings()
     assert s.credentialMechanism == "short-term" and s.stunFailureCacheTime == 0.0
+
+
+_challenges = st.tuples(
+    st.sampled_from([401, 438]),
+    st.booleans(),  # REALM present
+    st.one_of(st.none(), st.integers(0, 3)),  # nonce cookie features (None: no cookie)
+    st.booleans(),  # PASSWORD-ALGORITHMS offered
+    st.text("abcdef0123456789", min_size=1, max_size=8),
+)
+
+
+@given(st.lists(_challenges, min_size=1, max_size=8))
+def test_no_sequence_of_challenges_makes_more_than_three_requests(answers: List[Any]) -> None:
+    """RFC 8489 §9.2.5: one signed retry after a 401 and one after a 438, whatever the server says: no loop."""
+    s = Scripted()
+    s.resolve(longTerm())
+    ids = set()
+    pending = s.sent()
+    for code, withRealm, features, withOffer, tail in answers:
+        if not pending:
+            break
+        request = pending[-1]
+        ids.add(request.transactionId)
+        nonce = tail if features is None else encodeNonceCookie(features, tail)
+        extra = [stun.PasswordAlgorithms(((stun.PASSWORD_ALGORITHM_SHA256, b""),))] if withOffer else []
+        s.answer(request, challenge(code, realm="example.org" if withRealm else None, nonce=nonce, extra=extra))
+        pending = s.sent()
+    ids.update(r.transactionId for r in pending)
+    assert len(ids) <= 3
+    if not pending:  # the last answer was not followed: the resolution ended with that error
+        [failed] = s.outcome()
+        assert isinstance(failed.error, STUNErrorResponse) and failed.error.code in (401, 438)
+
+
+# -- the config file --------------------------------------------------------------------------------------------
+
+
+def test_both_settings_have_config_file_keys_in_ini_and_toml() -> None:
+    ini = parseConfigText("[example.org]\nusername = alice\npassword = pw\ncredentialMechanism = long-term\n"
+                          "stunFailureCacheTime = 30\n")
+    assert ini["example.org"].credentialMechanism == "long-term" and ini["example.org"].stunFailureCacheTime == 30.0
+    toml = parseConfigText('["example.org"]\nusername = "alice"\npassword = "pw"\ncredentialMechanism = "long-term"\n'
+                           "stunFailureCacheTime = 2.5\n", toml=True)
+    assert toml["example.org"].stunFailureCacheTime == 2.5
+
+
+@pytest.mark.parametrize(("text", "key"), [
+    ("[a]\ncredentialMechanism = kerberos\n", "[a] credentialMechanism"),
+    ("[a]\ncredentialMechanism = long-term\n", "[a] credentialMechanism"),
+    ("[a]\nstunFailureCacheTime = soon\n", "[a] stunFailureCacheTime"),
+    ("[a]\nstunFailureCacheTime = -5\n", "[a] stunFailureCacheTime"),
+    ("[a]\nstunFailureCacheTime = inf\n", "[a] stunFailureCacheTime"),
+])
+def test_bad_config_values_are_one_line_errors_naming_the_key(text: str, key: str) -> None:
+    with pytest.raises(InvalidSettingsError) as info:
+        parseConfigText(text)
+    assert info.value.key == key and "\n" not in str(info.value)

@@ -4,6 +4,9 @@ The tests' own data, kept in the repository so a plain clone runs the whole suit
 - ``rfc5769.json``: the STUN test vectors of RFC 5769 §2 (sections 2.1-2.4): the sample request, the IPv4 and
   IPv6 responses and the long-term-credential request, as hex, with the values the RFC gives for them (its
   ``source`` key says so too).
+- ``rfc8489.json``: RFC 8489 Appendix B.1, the long-term-credential request with USERHASH and
+  MESSAGE-INTEGRITY-SHA256, as corrected by verified erratum 6268 (the printed one has a wrong length, no
+  PASSWORD-ALGORITHM and a MAC that does not verify), with the values it was built from.
 - ``kamailio/edge.cfg``: Kamailio as an RFC 5626-style edge (registrar, CRLF pongs, STUN on the SIP port); a
   template whose ``@HOST@``, ``@PORT@`` and ``@MODULES@`` the interop helpers fill in.
 - ``sipp/register.xml``: a SIPp scenario sending one REGISTER and expecting 200.

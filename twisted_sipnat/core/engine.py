@@ -185,7 +185,8 @@ class Engine:
         self.probes = Probes(self.table, self.events)
         self.sockets: Dict[Any, SocketRecord] = {}
         self.resolutions: Dict[Resolution, None] = {}
-        #: Failed resolutions per domain (NATSettings.stunFailureCacheTime); ``failures.maxEntries`` bounds it.
+        #: Failed resolutions per domain and server list (NATSettings.stunFailureCacheTime); bounded by
+        #: ``failures.maxEntries`` (failurecache.DEFAULT_MAX_FAILURES).
         self.failures = FailureCache()
         #: A timer pass in progress (``handleTimer`` with a ``limit``) and its ``now``.
         self._timerPass: Optional[Iterator[Any]] = None
@@ -346,7 +347,7 @@ class Engine:
         """Start a resolution; the handle in its events is the returned object."""
         resolution = Resolution(record, settings, servers, observer, hop, domain, now)
         self.resolutions[resolution] = None
-        cached = self.failures.recall(domain, now) if settings.stunFailureCacheTime > 0 else None
+        cached = self.failures.recall(resolution.failureKey, now) if settings.stunFailureCacheTime > 0 else None
         if cached is not None:  # NATSettings.stunFailureCacheTime: fail at once, send nothing
             self.stats["stun.failure.cached"] += 1
             self._finish(resolution, ResolutionFailed(resolution, cached))
@@ -364,7 +365,7 @@ class Engine:
         spec = resolution.nextServer()
         if spec is None:
             error = resolution.finalError(now)
-            self.failures.remember(resolution.domain, error, resolution.settings.stunFailureCacheTime, now)
+            self.failures.remember(resolution.failureKey, error, resolution.settings.stunFailureCacheTime, now)
             self._finish(resolution, ResolutionFailed(resolution, error))
             return
         host, port = spec

@@ -7,14 +7,18 @@ incoming call would keep the socket busy with them.  With a cache time ``T > 0``
 ``T`` seconds: a resolution for the same domain within that time fails at once with a copy of the same error
 (the same type and fields), sending nothing.
 
-Network input cannot add entries (only a failed resolution for a domain the application configured can), but
-the application may use many domains: the table is bounded (``maxEntries``, default 4096), expired entries
-are dropped first and then the oldest.
+The key is the domain with the server list the resolution started with: with no ``stunServers`` the server is
+the next hop, and a failure toward one next hop says nothing about another.  A resolution without a domain
+(``resolvePublicAddress(None, ...)`` with one NATSettings for all) is keyed by ``None`` and its servers.
+
+Next hops come from the application (and from DNS), so the number of keys is not the network's to choose, but
+an application may use many: the table is bounded (``maxEntries``, :data:`DEFAULT_MAX_FAILURES`); when it is
+full, expired entries are dropped first, then the oldest.
 """
 
 from __future__ import annotations
 
-from typing import Dict, Optional, Tuple
+from typing import Dict, Hashable, Optional, Tuple
 
 from ..errors import NATTraversalError
 
@@ -23,7 +27,7 @@ DEFAULT_MAX_FAILURES = 4096
 
 
 class FailureCache:
-    """``domain -> (error, expiry)``, bounded, insertion-ordered (the oldest is evicted first)."""
+    """``key -> (error, expiry)``, bounded, insertion-ordered (the oldest is evicted first)."""
 
     __slots__ = ("maxEntries", "_entries", "hits", "evictions")
 
@@ -31,37 +35,35 @@ class FailureCache:
         if maxEntries < 1:
             raise ValueError("maxEntries must be >= 1")
         self.maxEntries = maxEntries
-        self._entries: Dict[str, Tuple[NATTraversalError, float]] = {}
+        self._entries: Dict[Hashable, Tuple[NATTraversalError, float]] = {}
         self.hits = 0
         self.evictions = 0
 
     def __len__(self) -> int:
         return len(self._entries)
 
-    def remember(self, domain: Optional[str], error: NATTraversalError, lifetime: float, now: float) -> None:
-        """A resolution for ``domain`` failed on every server at ``now``: keep ``error`` for ``lifetime`` s."""
-        if domain is None or lifetime <= 0:
+    def remember(self, key: Hashable, error: NATTraversalError, lifetime: float, now: float) -> None:
+        """A resolution for ``key`` failed on every server at ``now``: keep ``error`` for ``lifetime`` s."""
+        if lifetime <= 0:
             return
         entries = self._entries
-        entries.pop(domain, None)
+        entries.pop(key, None)
         if len(entries) >= self.maxEntries:
-            for key in [k for k, (_, expiry) in entries.items() if expiry <= now]:
-                del entries[key]
+            for old in [k for k, (_, expiry) in entries.items() if expiry <= now]:
+                del entries[old]
             while len(entries) >= self.maxEntries:
                 del entries[next(iter(entries))]
                 self.evictions += 1
-        entries[domain] = (error, now + lifetime)
+        entries[key] = (error, now + lifetime)
 
-    def recall(self, domain: Optional[str], now: float) -> Optional[NATTraversalError]:
-        """A fresh copy of the error remembered for ``domain`` while it is valid, else ``None``."""
-        if domain is None:
-            return None
-        entry = self._entries.get(domain)
+    def recall(self, key: Hashable, now: float) -> Optional[NATTraversalError]:
+        """A fresh copy of the error remembered for ``key`` while it is valid, else ``None``."""
+        entry = self._entries.get(key)
         if entry is None:
             return None
         error, expiry = entry
         if now >= expiry:
-            del self._entries[domain]
+            del self._entries[key]
             return None
         self.hits += 1
         # A new exception object of the same type and fields: no traceback shared between Deferreds.  Built

@@ -49,6 +49,7 @@ class Resolution:
         "lookup",
         "startedAt",
         "done",
+        "failureKey",
     )
 
     def __init__(self, sock: Any, settings: Any, servers: Sequence[ServerSpec], observer: Any, nextHop: HostPort,
@@ -70,6 +71,9 @@ class Resolution:
         self.lookup: Any = None
         self.startedAt = now
         self.done = False
+        #: Its key in the engine's failure cache (NATSettings.stunFailureCacheTime): the domain and the servers
+        #: it was started with (with no ``stunServers``, the next hop), so two next hops never share a failure.
+        self.failureKey: Tuple[Optional[str], Tuple[ServerSpec, ...]] = (domain, tuple(servers))
 
     def nextServer(self) -> Optional[ServerSpec]:
         """The next server to try, or ``None`` when every one was tried."""

@@ -149,9 +149,10 @@ class TransactionTable:
     def buildLongTerm(settings: Any, transactionId: bytes, extra: Sequence[Any],
                       state: Optional[ServerCredentials]) -> bytes:
         """
-        A Binding request under long-term credentials (RFC 8489 §9.2.4): without ``state`` (realm and nonce not
-        known yet) no credential attributes and no MESSAGE-INTEGRITY; with it, the credential attributes and
-        MESSAGE-INTEGRITY, plus MESSAGE-INTEGRITY-SHA256 when the SHA-256 password algorithm was chosen.
+        A Binding request under long-term credentials (RFC 8489 §9.2.3): without ``state`` (realm and nonce not
+        known yet, §9.2.3.1) no credential attributes and no integrity; with it (§9.2.3.2), the credential
+        attributes and MESSAGE-INTEGRITY, or MESSAGE-INTEGRITY-SHA256 when the SHA-256 password algorithm was
+        chosen.
         """
         attributes = list(extra)
         if settings.software is not None:
@@ -160,7 +161,7 @@ class TransactionTable:
             return stun.Message(stun.BINDING, stun.REQUEST, transactionId, attributes).encode()
         attributes.extend(state.signedAttributes())
         return stun.Message(stun.BINDING, stun.REQUEST, transactionId, attributes).encode(
-            key=state.key, both=state.sha256)
+            key=state.key, sha256=state.sha256)
 
     def challenged(self, txn: Txn, message: Any, now: float) -> bool:
         """

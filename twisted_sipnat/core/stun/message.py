@@ -289,13 +289,10 @@ class Message:
 
     # -- encoding ---------------------------------------------------------------------------------------------
 
-    def encode(self, key: Optional[bytes] = None, fingerprint: bool = True, sha256: bool = False,
-               both: bool = False) -> bytes:
+    def encode(self, key: Optional[bytes] = None, fingerprint: bool = True, sha256: bool = False) -> bytes:
         """
         The wire form: attributes zero-padded, then MESSAGE-INTEGRITY (HMAC-SHA1, or MESSAGE-INTEGRITY-SHA256
-        when ``sha256``; with ``both``, MESSAGE-INTEGRITY followed by MESSAGE-INTEGRITY-SHA256, each over what
-        precedes it, as RFC 8489 §14.6 allows so that a server knowing only one checks that one) if ``key``
-        is given, then FINGERPRINT if ``fingerprint`` (RFC 8489 §14.5-§14.7).
+        when ``sha256``) if ``key`` is given, then FINGERPRINT if ``fingerprint`` (RFC 8489 §14.5-§14.7).
 
         Integrity and fingerprint attributes in ``attributes`` are not copied: they are recomputed.  The
         message is not changed.  Raises :class:`STUNEncodeError` for values that cannot be encoded.
@@ -317,25 +314,22 @@ class Message:
             if n & 3:
                 parts.append(bytes(4 - (n & 3)))
         body = b"".join(parts)
-        return _finish(messageType(self.method, self.messageClass), tid, body, key, fingerprint, sha256, both)
-
-
-_MI = (MESSAGE_INTEGRITY, 20, "sha1")
-_MI256 = (MESSAGE_INTEGRITY_SHA256, 32, "sha256")
+        return _finish(messageType(self.method, self.messageClass), tid, body, key, fingerprint, sha256)
 
 
 def _finish(
-    msgType: int, tid: bytes, body: bytes, key: Optional[bytes], fingerprint: bool, sha256: bool,
-    both: bool = False,
+    msgType: int, tid: bytes, body: bytes, key: Optional[bytes], fingerprint: bool, sha256: bool
 ) -> bytes:
     """Add the header, then integrity and fingerprint, each over the header length as it stands then."""
     if key is not None:
-        for itype, ilen, algorithm in ((_MI, _MI256) if both else ((_MI256,) if sha256 else (_MI,))):
-            length = len(body) + 4 + ilen
-            if length + (8 if fingerprint else 0) > 0xFFFF:
-                raise STUNEncodeError(f"message body too long: {length} bytes")
-            header = _HEADER.pack(msgType, length, MAGIC_COOKIE, tid)
-            body = body + _TLV.pack(itype, ilen) + _hmac(key, header + body, algorithm)
+        itype, ilen, algorithm = (
+            (MESSAGE_INTEGRITY_SHA256, 32, "sha256") if sha256 else (MESSAGE_INTEGRITY, 20, "sha1")
+        )
+        length = len(body) + 4 + ilen
+        if length + (8 if fingerprint else 0) > 0xFFFF:
+            raise STUNEncodeError(f"message body too long: {length} bytes")
+        header = _HEADER.pack(msgType, length, MAGIC_COOKIE, tid)
+        body = body + _TLV.pack(itype, ilen) + _hmac(key, header + body, algorithm)
     if fingerprint:
         length = len(body) + 8
         if length > 0xFFFF:
