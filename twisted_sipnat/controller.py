@@ -387,6 +387,22 @@ class NATTraversalController(EngineDriver):
     def pendingTransactionCount(self) -> int:
         return len(self._engine.table)
 
+    @property
+    def learnedCredentialCount(self) -> int:
+        """
+        ``(server, username)`` pairs whose long-term realm and nonce are remembered (RFC 8489 §9.2.3.2), at
+        most :data:`~twisted_sipnat.core.longterm.DEFAULT_MAX_CREDENTIALS` (the oldest goes first).
+        """
+        return len(self._engine.table.credentials)
+
+    @property
+    def failedDomainCount(self) -> int:
+        """
+        Failed resolutions remembered for ``NATSettings.stunFailureCacheTime``, at most
+        :data:`~twisted_sipnat.core.failurecache.DEFAULT_MAX_FAILURES` (expired ones, then the oldest, go first).
+        """
+        return len(self._engine.failures)
+
     def baselineOf(self, observer: Any) -> Optional[PublicAddress]:
         """The public address the observer's flow judges keepalive answers against (``None``: not yet)."""
         baseline = self._engine.flows.baselineOf(observer)

@@ -26,6 +26,7 @@ from ..settings import NATSettings
 from .figures import FigureSources, IFigureSource
 from .flowfigures import ControllerFigures
 from .listeners import UDPListener
+from .resolutionfigures import ResolutionFigures
 from .sipclient import RegisterClient, registrarKeepalive
 
 __all__ = ["ClientRole"]
@@ -86,6 +87,7 @@ class ClientRole(service.MultiService, FigureSources):
         self._nextHop = nextHop
         self.controller = controller if controller is not None else NATTraversalController(dict(settings), reactor=reactor)
         self.addFigureSource(ControllerFigures(self.controller))
+        self.addFigureSource(ResolutionFigures(self.controller))
         self.aor = register
         self.registerClient = RegisterClient(reactor, register, nextHop) if register is not None else None
         if self.registerClient is not None:

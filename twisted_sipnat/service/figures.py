@@ -47,6 +47,10 @@ METRICS: Mapping[str, MetricSpec] = {
     "sipnat_register_transactions_total": MetricSpec(
         "counter", "REGISTER transactions of the client role, by result.", ("result",)
     ),
+    "sipnat_stun_credentials": MetricSpec("gauge", "Servers whose STUN long-term realm and nonce are remembered."),
+    "sipnat_stun_auth_total": MetricSpec("counter", "STUN long-term challenges (401, 438), by result.", ("result",)),
+    "sipnat_stun_failed_domains": MetricSpec("gauge", "Failed resolutions held by the STUN failure cache."),
+    "sipnat_stun_failure_cache_hits_total": MetricSpec("counter", "Resolutions failed at once by the failure cache."),
     "sipnat_connections": MetricSpec("gauge", "Open stream connections (TCP, TLS).", ("transport",)),
     "sipnat_connections_refused_total": MetricSpec(
         "counter", "Stream connections refused or closed by a bound, by reason.", ("reason",)
