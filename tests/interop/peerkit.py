@@ -358,15 +358,30 @@ def stopProcessGroup(process: subprocess.Popen[bytes], grace: float = 3.0) -> Op
     return process.returncode
 
 
-def coturnArgv(listen: Sequence[str], port: int, pidFile: Path, prefix: Sequence[str] = ()) -> List[str]:
+def coturnArgv(listen: Sequence[str], port: int, pidFile: Path, prefix: Sequence[str] = (),
+               extra: Sequence[str] = ()) -> List[str]:
     """
     coturn as a plain STUN server (``-S``): no config file (``-n``), no CLI, no TLS/DTLS, logging to stdout.
-    With two ``-L`` addresses it also answers RFC 5780 requests (OTHER-ADDRESS, RESPONSE-ORIGIN).
+    With two ``-L`` addresses it also answers RFC 5780 requests (OTHER-ADDRESS, RESPONSE-ORIGIN).  ``extra``
+    is appended (see :func:`coturnLongTermArguments`).
     """
     argv = list(prefix) + [requireTool("turnserver", "coturn"), "-n", "-S", "--no-cli", "--no-tls", "--no-dtls"]
     for address in listen:
         argv += ["-L", address]
     argv += ["-p", str(port), "--log-file", "stdout", "--simple-log", "--pidfile", str(pidFile)]
+    return argv + list(extra)
+
+
+def coturnLongTermArguments(workDir: Path, realm: str, users: Sequence[Tuple[str, str]]) -> List[str]:
+    """
+    coturn's options for STUN with long-term credentials (RFC 8489 §9.2): ``--secure-stun`` (a Binding request
+    needs authentication too: an unsigned one is answered 401 with REALM and NONCE), ``--lt-cred-mech``, the
+    realm, one ``--user name:password`` per user, and its user database in ``workDir`` rather than the system
+    one.  coturn then *answers* every request, so readiness is any Binding answer, a 401 included.
+    """
+    argv = ["--secure-stun", "--lt-cred-mech", "--realm", realm, "--userdb", str(workDir / "turndb")]
+    for name, password in users:
+        argv += ["--user", f"{name}:{password}"]
     return argv
 
 
@@ -488,12 +503,16 @@ def startCoturn(
     prefix: Sequence[str] = (),
     ready: ReadyCheck = loopbackReady,
     startDeadline: float = 10.0,
+    extra: Sequence[str] = (),
 ) -> RunningPeer:
-    """coturn as a plain STUN server on ``listen`` (a free UDP+TCP port, and port+1, its RFC 5780 alternate)."""
+    """
+    coturn as a plain STUN server on ``listen`` (a free UDP+TCP port, and port+1, its RFC 5780 alternate);
+    ``extra``: more options (:func:`coturnLongTermArguments`).
+    """
     workDir.mkdir(parents=True, exist_ok=True)
     if port is None:
         port = freePort(listen[0], span=2)
-    argv = coturnArgv(listen, port, workDir / "turnserver.pid", prefix)
+    argv = coturnArgv(listen, port, workDir / "turnserver.pid", prefix, extra)
     process = PeerProcess("coturn", argv, workDir / "coturn.log")
     return _whenReady(process, (listen[0], port), ready, startDeadline)
 
