@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from twisted_sipnat.config import parseConfigText
 from twisted_sipnat.core import stun
 from twisted_sipnat.core.engine import Engine
-from twisted_sipnat.core.events import ResolutionFailed, Resolved
+from twisted_sipnat.core.events import Note, ResolutionFailed, Resolved
 from twisted_sipnat.core.failurecache import FailureCache
 from twisted_sipnat.core.longterm import (
     FEATURE_PASSWORD_ALGORITHMS,
@@ -225,8 +225,11 @@ def test_password_algorithms_advertised_but_missing_is_not_retried() -> None:
     [first] = s.sent()
     s.answer(first, challenge(nonce=encodeNonceCookie(FEATURE_PASSWORD_ALGORITHMS, "x")))
     assert s.sent() == []
-    [failed] = s.outcome()
+    events = s.events()
+    [failed] = [e for e in events if isinstance(e, ResolutionFailed)]
     assert failed.error.code == 401 and s.engine.stats["stun.auth.refused"] == 1
+    [note] = [e for e in events if isinstance(e, Note) and e.fields["sipnat_event"] == "stun.auth.refused"]
+    assert note.level == "warn" and "PASSWORD-ALGORITHMS missing" in note.fields["why"]
 
 
 def test_bid_down_a_later_nonce_without_the_advertised_features_is_refused() -> None:

@@ -332,8 +332,15 @@ class Engine:
                 "server": txn.server, "why": reason, "sipnat_event": "stun.response.invalid"}))
             sink.unusable(txn, reason, now)
             return True
-        if self.table.challenged(txn, message, now):  # RFC 8489 §9.2.5: retried signed, in the same Txn
+        followed, refusal = self.table.challenged(txn, message, now)
+        if followed:  # RFC 8489 §9.2.5: retried signed, in the same Txn
+            self.events.append(Note("debug", "{server[0]}:{server[1]} sent a {code} challenge: retried signed", {
+                "server": txn.server, "code": message.errorCode[0], "sipnat_event": "stun.auth.retry"}))
             return True
+        if refusal:
+            self.events.append(Note("warn", "{server[0]}:{server[1]} sent a {code} challenge not followed: {why}", {
+                "server": txn.server, "code": message.errorCode[0], "why": refusal,
+                "sipnat_event": "stun.auth.refused"}))
         sink.answered(txn, message, hostPortOf(addr), data, now)
         return True
 

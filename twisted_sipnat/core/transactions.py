@@ -163,26 +163,27 @@ class TransactionTable:
         return stun.Message(stun.BINDING, stun.REQUEST, transactionId, attributes).encode(
             key=state.key, sha256=state.sha256)
 
-    def challenged(self, txn: Txn, message: Any, now: float) -> bool:
+    def challenged(self, txn: Txn, message: Any, now: float) -> Tuple[bool, str]:
         """
-        A checked error response to ``txn``: ``True`` when it was a long-term credential challenge that is
+        A checked error response to ``txn``: ``(True, "")`` when it was a long-term credential challenge that is
         followed (RFC 8489 §9.2.5): the request goes out again at once, with a new transaction ID and signed
-        under the learned key, in the same :class:`Txn`.  A 401 is followed once and a 438 once; a second one,
-        or one that must not be followed (bid-down, §9.2.1), is ``False``: the owner gets the error.
+        under the learned key, in the same :class:`Txn`.  A 401 is followed once and a 438 once; a second one is
+        ``(False, "")``, and one that must not be followed (no REALM/NONCE, bid-down, §9.2.1) ``(False, why)``:
+        either way the owner gets the error.
         """
         settings = txn.settings
         if settings is None or txn.done or message.messageClass != stun.ERROR:
-            return False
+            return False, ""
         code = (message.errorCode or (0, ""))[0]
         if code not in CHALLENGES:
-            return False
+            return False, ""
         # Learned even when not followed: a second 438 still refreshes the nonce for the next request.
         state, why = self.credentials.learn(txn.server, settings.username, settings.password, message)
         if state is None:
             self.stats["stun.auth.refused"] += 1
-            return False
+            return False, why
         if code in txn.challenges:
-            return False
+            return False, ""
         self.stats["stun.auth.retries"] += 1
         txn.challenges += (code,)
         if txn.held:
@@ -200,7 +201,7 @@ class TransactionTable:
         self.pending[transactionId] = txn
         self.outbox.append((txn.sock.key, txn.writeKey, txn.request, txn.destination))
         self._started(txn, now)
-        return True
+        return True, ""
 
     # -- life cycle -------------------------------------------------------------------------------------------
 
