@@ -194,6 +194,19 @@ def test_md5_is_taken_when_it_is_the_only_offer() -> None:
     assert retry.get(stun.MESSAGE_INTEGRITY) is not None and retry.verifyIntegrity(md5Key())
 
 
+def test_a_stale_nonce_without_the_offer_keeps_sha256() -> None:
+    s = Scripted()
+    s.resolve(longTerm())
+    [first] = s.sent()
+    offered = stun.PasswordAlgorithms(((stun.PASSWORD_ALGORITHM_SHA256, b""),))
+    s.answer(first, challenge(extra=[offered]))
+    [signed] = s.sent()
+    s.answer(signed, challenge(438, nonce="n-2"))  # no PASSWORD-ALGORITHMS this time
+    [fresh] = s.sent()
+    assert fresh.get(stun.NONCE) == stun.Nonce("n-2") and fresh.get(stun.PASSWORD_ALGORITHMS) == offered
+    assert fresh.verifyIntegrity(sha256Key()) and fresh.get(stun.MESSAGE_INTEGRITY) is None
+
+
 def test_an_offer_of_only_unknown_algorithms_is_not_retried() -> None:
     s = Scripted()
     s.resolve(longTerm())

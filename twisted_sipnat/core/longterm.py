@@ -184,6 +184,9 @@ class LongTermCredentials:
                 self.refused += 1
                 return None, "no offered password algorithm is known"
             algorithm = known[0]
+        elif (message.errorCode or (0, ""))[0] == STALE_NONCE and previous is not None and previous.offered:
+            # A 438 without the offer (§9.2.4 has the server repeat it): keep the algorithm agreed, no MD5 downgrade.
+            offered, algorithm = previous.offered, previous.algorithm
         if advertised is None and features is not None:
             self._seenCookie[slot] = features
         state = ServerCredentials(username, realm, nonce, offered, algorithm, features,
