@@ -74,3 +74,9 @@ def test_edge_registrar_runs() -> None:
     for line in ("registry size after the flood: 200 bindings; 100 refused with 503", "pending reactor timers: 1",
                  "memory per binding", "REGISTERs handled", "after 3600 s: 0 bindings, 0 pending timers"):
         assert line in out, out
+
+
+def test_longterm_tables_runs() -> None:
+    out = run("longterm_tables.py", ["--overfill", "2"])
+    assert "learned credentials: 1024 entries (bound 1024)" in out, out
+    assert "failure cache: 4096 entries (bound 4096)" in out, out

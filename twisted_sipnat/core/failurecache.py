@@ -13,7 +13,7 @@ the next hop, and a failure toward one next hop says nothing about another.  A r
 
 Next hops come from the application (and from DNS), so the number of keys is not the network's to choose, but
 an application may use many: the table is bounded (``maxEntries``, :data:`DEFAULT_MAX_FAILURES`); when it is
-full, expired entries are dropped first, then the oldest.
+full, the oldest entry goes (an expired one is also dropped when its key is asked for again).
 """
 
 from __future__ import annotations
@@ -48,11 +48,11 @@ class FailureCache:
             return
         entries = self._entries
         entries.pop(key, None)
-        if len(entries) >= self.maxEntries:
-            for old in [k for k, (_, expiry) in entries.items() if expiry <= now]:
-                del entries[old]
-            while len(entries) >= self.maxEntries:
-                del entries[next(iter(entries))]
+        while len(entries) >= self.maxEntries:
+            # The oldest first (insertion order: with one cache time, also expiry order); counted as an
+            # eviction only if it was still valid.  O(1) per entry, so a flood of failures costs no scan.
+            oldest = next(iter(entries))
+            if entries.pop(oldest)[1] > now:
                 self.evictions += 1
         entries[key] = (error, now + lifetime)
 
