@@ -37,7 +37,8 @@ class LongTermServer:
     under the right key, a signed success; anything else 401 with a fresh NONCE.
     """
 
-    def __init__(self, password: str = "secret") -> None:
+    def __init__(self, password: str = "secret", address: Any = SERVER) -> None:
+        self.address = address
         self.key = hashlib.md5(f"alice:{REALM}:{password}".encode()).digest()
         self.nonce = "n-0"
         self.issued = 0
@@ -71,7 +72,7 @@ class LongTermServer:
             if not requests:
                 return count
             for message, addr in requests:
-                assert addr == SERVER
+                assert addr == self.address
                 shared.datagramReceived(self.answer(message), addr)
                 count += 1
 
@@ -133,6 +134,33 @@ def test_figures_report_the_credentials_and_the_challenges(clock: Clock) -> None
     assert figures.get("sipnat_stun_credentials") == 1
     assert figures.get("sipnat_stun_auth_total", result="retried") == 1
     assert figures.get("sipnat_stun_auth_total", result="refused") == 0
+
+
+def test_keepalives_to_a_long_term_next_hop_are_signed_and_keep_the_flow(clock: Clock) -> None:
+    """An RFC 5626 edge answering STUN with long-term credentials: the keepalives reuse what the 401 taught."""
+    import random
+
+    from twisted_sipnat.testing import RecordingObserver
+
+    hop = LongTermServer(address=HOP)
+    settings = NATSettings(username="alice", password="secret", credentialMechanism="long-term",
+                           udpKeepaliveInterval=10)
+    controller = NATTraversalController(settings, reactor=clock, rng=random.Random(7))
+    shared, transport = sharedDatagramSocket(controller)
+    observer = RecordingObserver()
+    result = outcome(controller.resolvePublicAddress(None, shared, HOP, observer))
+    hop.serve(shared, transport)
+    assert result == [IPv4Address("UDP", *MAPPED)] and len(hop.requests) == 2
+    assert controller.refreshNATBinding(shared, observer, HOP)
+    for _ in range(3):
+        clock.advance(10)
+        assert hop.serve(shared, transport) == 1  # one signed keepalive, answered at once: no challenge
+    assert all(r.hasIntegrity and r.get(stun.NONCE) == stun.Nonce("n-0") for r in hop.requests[2:])
+    hop.rotate()  # the edge's nonce expires: the keepalive's 438 is retried within the same keepalive
+    clock.advance(10)
+    assert hop.serve(shared, transport) == 2
+    assert observer.failures == [] and controller.stats["stun.auth.retries"] == 2
+    controller.freeResources()
 
 
 # -- the failure cache ----------------------------------------------------------------------------------------
