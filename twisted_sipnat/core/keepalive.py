@@ -100,6 +100,9 @@ class FlowKeeper(Timed):
         "held",
         "pingArmed",
         "memo",
+        "auto",
+        "hopAnswered",
+        "local",
     )
 
     def __init__(
@@ -115,6 +118,8 @@ class FlowKeeper(Timed):
         sock: Any = None,
         nextHop: Optional[Tuple[str, int]] = None,
         settings: Any = None,
+        auto: bool = False,
+        local: Optional[Tuple[str, int]] = None,
     ) -> None:
         Timed.__init__(self)
         if kind not in (STUN, CRLF, PING):
@@ -147,6 +152,14 @@ class FlowKeeper(Timed):
         self.pingArmed = False
         #: The last answer that confirmed the baseline (:class:`AnswerMemo`).
         self.memo: Optional[AnswerMemo] = None
+        #: ``udpKeepaliveMethod="auto"``: a STUN flow that turns to CRLF when a hop that never answered is silent.
+        self.auto = auto and kind == STUN
+        #: The next hop answered a STUN request on this flow (a baseline from it counts: it answered the
+        #: resolution on this very socket).
+        self.hopAnswered = baseline is not None
+        #: The socket's local ``(host, port)`` when the keepalives started (``None``: unknown), for
+        #: ``networkChanged``.
+        self.local = local
 
     @property
     def nextTime(self) -> float:
@@ -213,6 +226,24 @@ class FlowKeeper(Timed):
         self.nextHop = nextHop
         self.baseline = None
         self.memo = None
+        self.hopAnswered = False
+
+    def fallsBackOnTimeout(self) -> bool:
+        """
+        ``"auto"``: a keepalive transaction timed out toward a hop that never answered STUN on this flow (a
+        registrar without RFC 5626 outbound support): the flow turns to CRLF keepalives, which need no answer,
+        instead of failing -- failing would re-register and meet the same silence, in a loop.  ``False`` (a
+        ``STUNTimeout``) when the hop answered before: then the silence means the path is gone.
+        """
+        if not self.auto or self.hopAnswered:
+            return False
+        self.auto = False
+        self.kind = CRLF
+        return True
+
+    def restartSchedule(self, now: float) -> None:
+        """A keepalive was sent out of schedule (``networkChanged``): the next one is 80-100 % from ``now``."""
+        self.nextKeepaliveAt = nextInstant(now, self.base, self.rng)
 
     def judgeMappedAddress(self, mapped: Any) -> Optional[Tuple[Any, Any]]:
         """
