@@ -231,3 +231,72 @@ def test_network_changed_sends_at_most_one_keepalive_per_flow_and_only_where_an_
         else:
             assert flow.nextKeepaliveAt == schedules[key]
     assert failures(engine) == []
+
+
+def test_stun_on_a_hop_that_never_answered_is_still_a_stun_timeout() -> None:
+    """``"stun"`` keeps its meaning: no fallback, whatever the hop did before."""
+    engine, record, observer = start("stun")
+    sent = runUntil(engine, 200)
+    (failed,) = failures(engine)
+    assert isinstance(failed, ev.FlowFailed) and isinstance(failed.error, STUNTimeout)
+    assert all(stun.isSTUN(data) for _, data in sent) and engine.stats["keepalive.fallback"] == 0
+
+
+def test_crlf_sends_crlf_datagrams_from_the_start_and_never_fails() -> None:
+    engine, record, observer = start("crlf")
+    sent = runUntil(engine, 200)
+    assert len(sent) >= 200 / 25 - 1 and all(data == ka.PING_BYTES for _, data in sent)
+    assert failures(engine) == [] and engine.flows.flows[observer].kind == ka.CRLF
+
+
+def test_network_changed_on_an_auto_flow_sends_stun_and_its_timeout_falls_back() -> None:
+    """The out-of-schedule keepalive of an ``"auto"`` flow is judged as usual: on a silent hop, the fallback."""
+    engine, record, observer = start("auto")
+    engine.networkChanged(1.0, {"udp": LOCAL})
+    (_, _, data, _), = engine.datagramsToSend()
+    assert stun.isSTUN(data)
+    runUntil(engine, 1.0 + 45.0)  # the transaction's whole RFC 8489 §6.2.1 budget: 39.5 s at rto 0.5
+    assert failures(engine) == [] and engine.flows.flows[observer].kind == ka.CRLF
+    assert engine.stats["keepalive.fallback"] == 1
+
+
+@settings(max_examples=80, deadline=None)
+@given(replies=st.lists(st.sampled_from(["answer", "error", "silent"]), min_size=1, max_size=6))
+def test_auto_falls_back_exactly_when_the_first_timeout_comes_before_any_answer(replies: List[str]) -> None:
+    """
+    Whatever the hop does keepalive after keepalive (answer, STUN error, silence): ``"auto"`` turns to CRLF iff
+    the first silent keepalive comes before any answer (then never fails); otherwise the first silence is a
+    ``STUNTimeout`` flow failure, as with ``"stun"``.  Never both, never twice.
+    """
+    engine, record, observer = start("auto")
+    script = list(replies)
+
+    def reply(data: bytes) -> Optional[bytes]:
+        what = script.pop(0) if script else "silent"
+        if what == "silent":
+            return None
+        return answer(data, error=(400, "Bad Request") if what == "error" else None)
+
+    sent = []
+    now = engine.timers.nextTime()
+    while now is not None and now <= 25.0 * (len(replies) + 2) + 40:
+        engine.handleTimer(now)
+        for _key, _, data, addr in engine.datagramsToSend():
+            sent.append(data)
+            if stun.isSTUN(data) and stun.decode(data).messageClass == stun.REQUEST:
+                message = stun.decode(data)
+                retransmission = any(stun.decode(d).transactionId == message.transactionId for d in sent[:-1]
+                                     if stun.isSTUN(d))
+                if not retransmission:
+                    response = reply(data)
+                    if response is not None:
+                        engine.receive(record, response, addr, now + 0.01)
+        now = engine.timers.nextTime()
+    found = events(engine)
+    failed = [e for e in found if isinstance(e, ev.FlowFailed)]
+    fellBack = engine.stats["keepalive.fallback"]
+    firstSilent = replies.index("silent") if "silent" in replies else len(replies)
+    if firstSilent == 0:
+        assert fellBack == 1 and failed == [] and engine.flows.flows[observer].kind == ka.CRLF
+    else:
+        assert fellBack == 0 and len(failed) == 1 and isinstance(failed[0].error, STUNTimeout)

@@ -48,6 +48,7 @@ METRICS: Mapping[str, MetricSpec] = {
         "counter", "REGISTER transactions of the client role, by result.", ("result",)
     ),
     "sipnat_connections": MetricSpec("gauge", "Open stream connections (TCP, TLS).", ("transport",)),
+    "sipnat_network_changes_total": MetricSpec("counter", "Changes of the host's addresses or default routes seen."),
     "sipnat_connections_refused_total": MetricSpec(
         "counter", "Stream connections refused or closed by a bound, by reason.", ("reason",)
     ),
