@@ -160,7 +160,7 @@ def test_auto_falls_back_to_crlf_when_a_silent_hop_lets_a_keepalive_time_out() -
     assert not any(isinstance(e, (ev.FlowFailed, ev.MappingChanged)) for e in notes)
     fallbacks = [e for e in notes if isinstance(e, ev.Note) and e.fields.get("sipnat_event") == "keepalive.fallback"]
     assert len(fallbacks) == 1 and engine.stats["keepalive.fallback"] == 1
-    assert all(stun.isSTUN(data) for _, data in sent)
+    assert stun.isSTUN(sent[0][1]) and all(stun.isSTUN(data) or data == ka.PING_BYTES for _, data in sent)
     later = runUntil(engine, 300)
     assert later and all(data == ka.PING_BYTES for _, data in later)
     assert engine.flows.flows[observer].kind == ka.CRLF
@@ -300,3 +300,49 @@ def test_auto_falls_back_exactly_when_the_first_timeout_comes_before_any_answer(
         assert fellBack == 1 and failed == [] and engine.flows.flows[observer].kind == ka.CRLF
     else:
         assert fellBack == 0 and len(failed) == 1 and isinstance(failed[0].error, STUNTimeout)
+
+
+def test_auto_while_undecided_a_keepalive_due_goes_out_as_crlf_beside_the_transaction() -> None:
+    """
+    RFC 8489 §6.2.1 spaces retransmissions ever wider (8 s before the last wait at rto 0.5), so a STUN-only
+    keepalive toward a silent hop could leave the NAT binding idle longer than the keepalive interval.  An
+    ``"auto"`` flow still waiting for its first answer sends a CRLFCRLF datagram at each keepalive instant meanwhile:
+    no gap between two datagrams of the flow exceeds the interval, and nothing waits for the CRLF.
+    """
+    base = 5.0
+    engine = Engine(rng=random.Random(14))
+    record = engine.socket("udp", False)
+    observer = Observer()
+    engine.flows.refresh(record, observer, NATSettings(udpKeepaliveMethod="auto"), base, HOP, None, 0.0, False,
+                         local=LOCAL)
+    sent = runUntil(engine, 120)
+    assert failures(engine) == [] and engine.stats["keepalive.fallback"] == 1
+    firstSTUN = min(t for t, data in sent if stun.isSTUN(data))
+    fellBackAt = firstSTUN + 39.5  # the transaction's whole budget at rto 0.5 (Rc 7, Rm 16)
+    bridges = [t for t, data in sent if data == ka.PING_BYTES and t < fellBackAt]
+    assert len(bridges) >= 39.5 // base - 1 and engine.stats["keepalive.bridge"] == len(bridges)
+    instants = [t for t, _ in sent]
+    assert max(b - a for a, b in zip(instants, instants[1:], strict=False)) <= base + 1e-9
+    assert len(engine.table) == 0
+
+
+def test_auto_once_answered_sends_no_crlf_beside_a_retransmitting_transaction() -> None:
+    """After an answer, a silent hop is a path gone: STUN only, and the ``STUNTimeout`` of ``"stun"``."""
+    engine, record, observer = start("auto")
+    runUntil(engine, 30, reply=answer)
+    sent = runUntil(engine, 200)
+    assert all(stun.isSTUN(data) for _, data in sent) and engine.stats["keepalive.bridge"] == 0
+    (failed,) = failures(engine)
+    assert isinstance(failed.error, STUNTimeout)
+
+
+def test_a_held_bridge_datagram_is_nothing_to_judge() -> None:
+    engine, record, observer = start("auto")
+    runUntil(engine, 25.1)  # the first Binding is out and retransmitting
+    flow = engine.flows.flows[observer]
+    engine.handleTimer(flow.nextKeepaliveAt)
+    out = engine.datagramsToSend()
+    (key, writeKey, data, addr), = [o for o in out if o[2] == ka.PING_BYTES]
+    engine.heldBack(writeKey)
+    engine.released(writeKey, flow.nextKeepaliveAt + 0.1)
+    assert failures(engine) == [] and flow.stunInFlight and flow.kind == ka.STUN

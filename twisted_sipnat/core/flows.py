@@ -14,6 +14,8 @@ Rules held here:
 - a timed-out keepalive transaction is a ``STUNTimeout`` flow failure; a pong not back within
   ``pongTimeout`` is a ``PongTimeout`` (§4.4.1); with ``udpKeepaliveMethod="auto"``, a timeout toward a hop
   that never answered STUN on the flow turns it to CRLF keepalives instead (logged once, no failure);
+  while that flow's first transaction still retransmits, a keepalive due meanwhile goes out as a CRLFCRLF
+  datagram beside it (the retransmissions' widening gaps could outlast the NAT binding);
 - ``networkChanged``: a keepalive out of schedule on every flow that expects an answer, judged as usual, and
   ``FlowConnectionLost`` for a flow whose socket's local address is not the one it started on;
 - the answer memo (:class:`~twisted_sipnat.core.keepalive.AnswerMemo`): an answer identical to the last one
@@ -41,6 +43,19 @@ HostPort = Tuple[str, int]
 #: The reason a failure counts under in ``stats["flow.failures.REASON"]`` (the operator metric's label); a
 #: failure of another type counts under its class name.
 FAILURE_REASONS = {STUNTimeout: "stun_timeout", PongTimeout: "pong_timeout", FlowConnectionLost: "connection_lost"}
+
+
+class _BridgeKey:
+    """The write key of the CRLFCRLF datagrams an undecided ``"auto"`` flow sends beside its STUN transaction."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "<auto keepalive bridge>"
+
+
+#: One key for them all: the socket's arbitration holds at most one, and nothing is judged on it.
+BRIDGE_KEY: Any = _BridgeKey()
 
 
 class ObserverMemory:
@@ -224,6 +239,11 @@ class FlowTable:
             return
         if action == ka.KEEPALIVE:
             self.sendKeepalive(flow, now)
+        elif action == ka.BRIDGE:
+            # Written like any keepalive, under a key of its own: held by the arbitration, it is written when
+            # the socket is free, and nothing waits for it.
+            self.outbox.append((flow.sock.key, BRIDGE_KEY, ka.PING_BYTES, flow.nextHop))
+            self.stats["keepalive.bridge"] += 1
         if not flow.done:
             self.timers.schedule(flow, flow.nextTime)
 
@@ -253,6 +273,8 @@ class FlowTable:
 
     def heldBack(self, flow: ka.FlowKeeper) -> None:
         """A keepalive just handed out was held by the socket's arbitration."""
+        if flow is BRIDGE_KEY:
+            return
         if flow.kind == ka.STUN:
             if flow.txn is not None:
                 self.table.heldBack(flow.txn)
@@ -265,6 +287,8 @@ class FlowTable:
 
     def released(self, flow: ka.FlowKeeper, now: float) -> None:
         """A held keepalive was written at ``now``: its transaction's (or pong's) clock counts from here."""
+        if flow is BRIDGE_KEY:
+            return
         if flow.kind == ka.STUN:
             txn = flow.txn
             if txn is not None and not flow.done:

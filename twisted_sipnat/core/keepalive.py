@@ -38,6 +38,9 @@ from .timers import Timed
 KEEPALIVE = "keepalive"
 #: :meth:`FlowKeeper.fire`: the pong did not arrive in time; the flow failed.
 PONG_TIMEOUT = "pong-timeout"
+#: :meth:`FlowKeeper.fire`: an ``"auto"`` flow's first STUN transaction is still retransmitting toward a hop
+#: that never answered: send a CRLFCRLF datagram beside it so the NAT binding outlives the undecided phase.
+BRIDGE = "bridge"
 
 #: Keepalive kinds.
 STUN = "stun"  # UDP, STUN Binding request to the next hop (RFC 5626 §4.4.2)
@@ -178,9 +181,12 @@ class FlowKeeper(Timed):
         if self.nextKeepaliveAt <= now:  # the shell woke us very late: do not send a burst to catch up
             self.nextKeepaliveAt = nextInstant(now, self.base, self.rng)
         if self.kind == STUN and self.stunInFlight:
-            # The previous Binding is still retransmitting: its retransmissions keep the binding alive, and its
-            # timeout will report the failure.  Two transactions for one flow would only add load.
-            return None
+            # The previous Binding is still retransmitting: its timeout will report the failure, and two
+            # transactions for one flow would only add load.  Its retransmissions are spaced ever wider (RFC
+            # 8489 §6.2.1: up to 16 RTO, 8 s at the default), so on an "auto" flow whose hop never answered --
+            # one that may turn to CRLF keepalives when this transaction times out -- a CRLFCRLF datagram keeps
+            # the NAT binding (and the registrar's view of the flow) alive on schedule meanwhile.
+            return BRIDGE if self.auto and not self.hopAnswered else None
         return KEEPALIVE
 
     def keepaliveStarted(self, txn: Any) -> None:
