@@ -297,3 +297,35 @@ def test_auto_is_validated_configured_and_the_default_stays_stun() -> None:
 def test_address_assigned_knows_loopback_and_refuses_an_address_not_on_the_host() -> None:
     assert addressAssigned("127.0.0.1") and addressAssigned("0.0.0.0") and addressAssigned("::")
     assert not addressAssigned("192.0.2.213")  # TEST-NET-1: never configured here
+
+
+def test_auto_undecided_sends_crlf_beside_the_retransmitting_binding_through_the_arbitration() -> None:
+    """
+    While the first Binding toward a silent hop retransmits, each keepalive instant writes a CRLFCRLF datagram
+    to the hop; held while the SIP stack uses the socket, it is written on ``socketIdle(True)``, and one still
+    held when the flow is freed is withdrawn, never written afterwards.
+    """
+    clock, controller, shared, transport, observer = setup(udpKeepaliveMethod="auto", udpKeepaliveInterval=5)
+    controller.refreshNATBinding(shared, observer, HOP)
+    advance(clock, 5)
+    assert transport.stunRequests(), "the first Binding is out"
+    advance(clock, 10)
+    bridges = [addr for data, addr in transport.written if data == b"\r\n\r\n"]
+    assert len(bridges) >= 1 and set(bridges) == {HOP}
+    assert observer.failures == [] and controller.isKeepingAlive(observer)
+
+    transport.clear()
+    controller.socketIdle(False, shared)
+    advance(clock, 5)
+    assert [data for data, _ in transport.written if data == b"\r\n\r\n"] == []
+    controller.socketIdle(True, shared)
+    assert (b"\r\n\r\n", HOP) in transport.written
+
+    transport.clear()
+    controller.socketIdle(False, shared)
+    advance(clock, 5)
+    controller.freeResources(observer)
+    controller.socketIdle(True, shared)
+    assert [data for data, _ in transport.written if data == b"\r\n\r\n"] == []
+    assert observer.failures == []
+    controller.freeResources()

@@ -28,7 +28,7 @@ A failure stops the context completely, then queues a :class:`~twisted_sipnat.co
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any, Deque, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Deque, Dict, List, Mapping, Optional, Tuple, Union
 
 from ..errors import FlowConnectionLost, FlowFailure, PongTimeout, ResourceLimitError, STUNTimeout
 from . import keepalive as ka
@@ -43,19 +43,6 @@ HostPort = Tuple[str, int]
 #: The reason a failure counts under in ``stats["flow.failures.REASON"]`` (the operator metric's label); a
 #: failure of another type counts under its class name.
 FAILURE_REASONS = {STUNTimeout: "stun_timeout", PongTimeout: "pong_timeout", FlowConnectionLost: "connection_lost"}
-
-
-class _BridgeKey:
-    """The write key of the CRLFCRLF datagrams an undecided ``"auto"`` flow sends beside its STUN transaction."""
-
-    __slots__ = ()
-
-    def __repr__(self) -> str:
-        return "<auto keepalive bridge>"
-
-
-#: One key for them all: the socket's arbitration holds at most one, and nothing is judged on it.
-BRIDGE_KEY: Any = _BridgeKey()
 
 
 class ObserverMemory:
@@ -183,6 +170,10 @@ class FlowTable:
         if flow.held:
             flow.held = False
             self.withdrawals.append((flow.sock.key, flow))
+        bridge = flow.bridgeKey
+        if bridge is not None and bridge.held:
+            bridge.held = False
+            self.withdrawals.append((flow.sock.key, bridge))
         if flow.txn is not None:
             txn = flow.txn
             flow.keepaliveEnded(txn)
@@ -242,7 +233,7 @@ class FlowTable:
         elif action == ka.BRIDGE:
             # Written like any keepalive, under a key of its own: held by the arbitration, it is written when
             # the socket is free, and nothing waits for it.
-            self.outbox.append((flow.sock.key, BRIDGE_KEY, ka.PING_BYTES, flow.nextHop))
+            self.outbox.append((flow.sock.key, flow.bridgeKey, ka.PING_BYTES, flow.nextHop))
             self.stats["keepalive.bridge"] += 1
         if not flow.done:
             self.timers.schedule(flow, flow.nextTime)
@@ -271,9 +262,10 @@ class FlowTable:
             self.events.append(Note("debug", "keepalive ({kind}) due toward {nextHop}", {
                 "kind": kind, "nextHop": hop, "observer": flow.observer, "sipnat_event": "keepalive.sent"}))
 
-    def heldBack(self, flow: ka.FlowKeeper) -> None:
+    def heldBack(self, flow: Union[ka.FlowKeeper, ka.BridgeKey]) -> None:
         """A keepalive just handed out was held by the socket's arbitration."""
-        if flow is BRIDGE_KEY:
+        if isinstance(flow, ka.BridgeKey):
+            flow.held = True
             return
         if flow.kind == ka.STUN:
             if flow.txn is not None:
@@ -285,9 +277,10 @@ class FlowTable:
             if not flow.done:
                 self.timers.schedule(flow, flow.nextTime)
 
-    def released(self, flow: ka.FlowKeeper, now: float) -> None:
+    def released(self, flow: Union[ka.FlowKeeper, ka.BridgeKey], now: float) -> None:
         """A held keepalive was written at ``now``: its transaction's (or pong's) clock counts from here."""
-        if flow is BRIDGE_KEY:
+        if isinstance(flow, ka.BridgeKey):
+            flow.held = False
             return
         if flow.kind == ka.STUN:
             txn = flow.txn

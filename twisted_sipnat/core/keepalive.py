@@ -42,6 +42,21 @@ PONG_TIMEOUT = "pong-timeout"
 #: that never answered: send a CRLFCRLF datagram beside it so the NAT binding outlives the undecided phase.
 BRIDGE = "bridge"
 
+
+
+class BridgeKey:
+    """
+    The write key of an ``"auto"`` flow's CRLFCRLF datagrams sent beside its undecided STUN transaction (see
+    :data:`BRIDGE`): one per flow, so the socket's arbitration holds at most one of them per flow, toward that
+    flow's hop; ``held`` says whether one is held now (to withdraw it when the flow stops).
+    """
+
+    __slots__ = ("held",)
+
+    def __init__(self) -> None:
+        self.held = False
+
+
 #: Keepalive kinds.
 STUN = "stun"  # UDP, STUN Binding request to the next hop (RFC 5626 §4.4.2)
 CRLF = "crlf"  # UDP, a CRLFCRLF datagram, no answer expected
@@ -104,6 +119,7 @@ class FlowKeeper(Timed):
         "pingArmed",
         "memo",
         "auto",
+        "bridgeKey",
         "hopAnswered",
         "local",
     )
@@ -157,6 +173,8 @@ class FlowKeeper(Timed):
         self.memo: Optional[AnswerMemo] = None
         #: ``udpKeepaliveMethod="auto"``: a STUN flow that turns to CRLF when a hop that never answered is silent.
         self.auto = auto and kind == STUN
+        #: The write key of this flow's bridge datagrams (``"auto"`` only).
+        self.bridgeKey: Optional[BridgeKey] = BridgeKey() if self.auto else None
         #: The next hop answered a STUN request on this flow (a baseline from it counts: it answered the
         #: resolution on this very socket).
         self.hopAnswered = baseline is not None
