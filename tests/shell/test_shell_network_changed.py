@@ -28,6 +28,8 @@ from twisted_sipnat import (
 )
 from twisted_sipnat.config import parseConfigText
 from twisted_sipnat.localaddress import addressAssigned
+from twisted_sipnat.service.figures import Figures
+from twisted_sipnat.service.flowfigures import ControllerFigures
 from twisted_sipnat.testing import RecordingObserver, answerAll, bindingResponse, sharedDatagramSocket
 
 MAPPED = ("203.0.113.1", 40000)
@@ -329,3 +331,21 @@ def test_auto_undecided_sends_crlf_beside_the_retransmitting_binding_through_the
     assert [data for data, _ in transport.written if data == b"\r\n\r\n"] == []
     assert observer.failures == []
     controller.freeResources()
+
+
+def test_the_fallbacks_timeout_counts_as_a_keepalive_timeout_but_no_flow_failure() -> None:
+    clock, controller, shared, transport, observer = setup(udpKeepaliveMethod="auto")
+    controller.refreshNATBinding(shared, observer, HOP)
+    advance(clock, 25 + 40)
+    figures = Figures()
+    ControllerFigures(controller).reportFigures(figures)
+    assert figures.get("sipnat_keepalives_total", result="timeout") == 1
+    assert figures.get("sipnat_flow_failures_total", reason="stun_timeout") == 0
+    assert figures.get("sipnat_flows", transport="udp") == 1
+    controller.freeResources()
+
+
+def test_a_bad_method_in_the_config_file_is_one_line() -> None:
+    with pytest.raises(InvalidSettingsError) as e:
+        parseConfigText("[default]\nudpKeepaliveMethod = automatic\n")
+    assert "\n" not in str(e.value) and "udpKeepaliveMethod" in str(e.value)
