@@ -39,8 +39,15 @@ def hexAddress(address: str) -> str:
     return "".join(f"{int(octet):02X}" for octet in reversed(address.split(".")))
 
 
+ZERO6 = "0" * 32
+
+
+def route6(destination: str, length: str, gateway: str, iface: str) -> str:
+    return f"{destination} {length} {ZERO6} 00 {gateway} 00000400 00000002 00000000 00000003 {iface:>8}\n"
+
+
 def writeRoot(root: Path, addresses: Sequence[str] = ("192.0.2.10",), gateways: Sequence[Tuple[str, str]] = (
-        ("eth0", "192.0.2.1"),), inet6: Sequence[str] = ()) -> Path:
+        ("eth0", "192.0.2.1"),), inet6: Sequence[str] = (), gateways6: Sequence[Tuple[str, str]] = ()) -> Path:
     root.mkdir(exist_ok=True)
     (root / "fib_trie").write_text(fibTrie(addresses))
     routes = [f"{iface}\t00000000\t{hexAddress(gw)}\t0003\t0\t0\t0\t00000000\t0\t0\t0\n" for iface, gw in gateways]
@@ -48,6 +55,10 @@ def writeRoot(root: Path, addresses: Sequence[str] = ("192.0.2.10",), gateways: 
     (root / "route").write_text(ROUTE_HEADER + "".join(routes))
     (root / "if_inet6").write_text("00000000000000000000000000000001 01 80 10 80       lo\n"
                                    + "".join(f"{a} 02 40 00 80     eth0\n" for a in inet6))
+    (root / "ipv6_route").write_text(
+        route6("fe800000000000000000000000000000", "40", ZERO6, "eth0")  # a link route
+        + "".join(route6(ZERO6, "00", gw, iface) for iface, gw in gateways6)
+        + f"{ZERO6} 00 {ZERO6} 00 {ZERO6} ffffffff 00000001 00000000 00200200       lo\n")  # the reject route
     return root
 
 
@@ -69,12 +80,13 @@ def started(root: Path, clock: Clock, interval: float = 2.0) -> Tuple[NetworkWat
 
 
 def test_the_snapshot_holds_local_ipv4_ipv6_and_default_routes_only(tmp_path: Path) -> None:
-    root = writeRoot(tmp_path / "net", ["192.0.2.10", "198.51.100.7"], inet6=["20010db8000000000000000000000001"])
+    root = writeRoot(tmp_path / "net", ["192.0.2.10", "198.51.100.7"], inet6=["20010db8000000000000000000000001"],
+                     gateways6=[("eth0", "fe800000000000000000000000000001")])
     snapshot = hostAddresses(root)
     assert snapshot == frozenset({
         ("inet", "127.0.0.1"), ("inet", "192.0.2.10"), ("inet", "198.51.100.7"),
         ("inet6", "00000000000000000000000000000001", "lo"), ("inet6", "20010db8000000000000000000000001", "eth0"),
-        ("default", "eth0", "010200C0"),
+        ("default", "eth0", "010200C0"), ("default6", "eth0", "fe800000000000000000000000000001"),
     })
     assert ("inet", "192.0.2.0") not in snapshot and ("inet", "192.0.2.255") not in snapshot
 
@@ -84,6 +96,7 @@ def test_without_fib_trie_nothing_can_be_told_and_ipv6_or_routes_missing_are_emp
     root = writeRoot(tmp_path / "net")
     (root / "if_inet6").unlink()
     (root / "route").unlink()
+    (root / "ipv6_route").unlink()
     assert hostAddresses(root) == frozenset({("inet", "127.0.0.1"), ("inet", "192.0.2.10")})
 
 
@@ -104,7 +117,8 @@ def test_an_added_address_calls_back_once_within_the_interval(tmp_path: Path, cl
     watcher.stopService()
 
 
-@pytest.mark.parametrize("change", ["address removed", "default route moved", "ipv6 added", "gateway changed"])
+@pytest.mark.parametrize("change", ["address removed", "default route moved", "ipv6 added", "gateway changed",
+                                    "ipv6 default route added"])
 def test_every_kind_of_change_calls_back(tmp_path: Path, clock: Clock, change: str) -> None:
     root = writeRoot(tmp_path / "net", ["192.0.2.10", "192.0.2.11"])
     watcher, calls = started(root, clock, interval=1.0)
@@ -114,8 +128,10 @@ def test_every_kind_of_change_calls_back(tmp_path: Path, clock: Clock, change: s
         writeRoot(root, ["192.0.2.10", "192.0.2.11"], gateways=[("wlan0", "192.0.2.1")])
     elif change == "ipv6 added":
         writeRoot(root, ["192.0.2.10", "192.0.2.11"], inet6=["20010db8000000000000000000000002"])
-    else:
+    elif change == "gateway changed":
         writeRoot(root, ["192.0.2.10", "192.0.2.11"], gateways=[("eth0", "192.0.2.254")])
+    else:
+        writeRoot(root, ["192.0.2.10", "192.0.2.11"], gateways6=[("eth0", "fe800000000000000000000000000001")])
     clock.advance(1.0)
     assert calls.at == [1.0]
     watcher.stopService()

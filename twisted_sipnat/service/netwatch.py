@@ -5,10 +5,10 @@ routes (Linux ``/proc/net``), every :data:`POLL_INTERVAL` seconds, that calls
 when they differ from the last poll.
 
 Why a poll and not netlink (``pyroute2``): a poll needs no dependency and no descriptor in the reactor, reads
-three small files of the process's own network namespace, and its 2 s delay is small next to the
+four small files of the process's own network namespace, and its 2 s delay is small next to the
 25 s a rebinding went unnoticed before (the next scheduled keepalive) and to the round trip plus backoff a
 re-registration takes anyway.  What it watches: every local IPv4 address (``fib_trie``'s ``/32 host LOCAL``
-entries), every IPv6 address (``if_inet6``) and the IPv4 default routes (``route``): a new default route
+entries), every IPv6 address (``if_inet6``) and the default routes (``route``, ``ipv6_route``): a new default route
 changes the source address the system picks for a wildcard-bound socket even when no address changed (a
 laptop moving from Wi-Fi to a cable with both up).  Where ``/proc/net`` cannot be read (not Linux) the watcher
 logs it once and reports nothing: keepalives still find a rebinding, one interval later.
@@ -72,6 +72,22 @@ def _defaultRoutes(text: str) -> FrozenSet[Tuple[str, ...]]:
     return frozenset(found)
 
 
+_ZERO6 = "0" * 32
+
+
+def _defaultRoutes6(text: str) -> FrozenSet[Tuple[str, ...]]:
+    """
+    The IPv6 default routes ``(interface, gateway)`` of ``/proc/net/ipv6_route``: destination ``::/0`` with a
+    gateway (the kernel's own ``::/0`` reject route on ``lo`` has none).
+    """
+    found: Set[Tuple[str, ...]] = set()
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) >= 10 and fields[0] == _ZERO6 and fields[1] == "00" and fields[4] != _ZERO6:
+            found.add(("default6", fields[9], fields[4]))
+    return frozenset(found)
+
+
 def hostAddresses(root: Path = Path("/proc/net")) -> Optional[Snapshot]:
     """The host's addresses and default routes as one comparable value; ``None`` when they cannot be read."""
     try:
@@ -86,7 +102,11 @@ def hostAddresses(root: Path = Path("/proc/net")) -> Optional[Snapshot]:
         routes = (root / "route").read_text()
     except OSError:
         routes = ""
-    return _fibLocalAddresses(fib) | _inet6Addresses(inet6) | _defaultRoutes(routes)
+    try:
+        routes6 = (root / "ipv6_route").read_text()
+    except OSError:
+        routes6 = ""  # IPv6 disabled
+    return _fibLocalAddresses(fib) | _inet6Addresses(inet6) | _defaultRoutes(routes) | _defaultRoutes6(routes6)
 
 
 class NetworkWatcher(service.Service):
