@@ -6,6 +6,7 @@ that finds the same state (the contract's ``networkChanged`` must not be called 
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 from typing import Any, List, Sequence, Tuple
 
@@ -15,9 +16,12 @@ from hypothesis import strategies as st
 from twisted.internet.task import Clock
 from twisted.logger import globalLogPublisher
 
+from tests.addresses import HOP
+from twisted_sipnat import MappedAddressChanged, NATSettings, NATTraversalController
 from twisted_sipnat.errors import InvalidSettingsError
 from twisted_sipnat.service.figures import Figures
 from twisted_sipnat.service.netwatch import NetworkWatcher, hostAddresses
+from twisted_sipnat.testing import RecordingObserver, answerAll, bindingResponse, sharedDatagramSocket
 
 ROUTE_HEADER = "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n"
 
@@ -235,3 +239,47 @@ def test_one_call_per_look_that_differs_from_the_one_before(tmp_path_factory: An
             expected.append(float(i))
     watcher.stopService()
     assert calls.at == expected
+
+
+def test_wired_to_the_controller_a_rebinding_shows_within_the_poll_and_one_round_trip(tmp_path: Path,
+                                                                                     clock: Clock) -> None:
+    """
+    Issue 14: "a rebinding is noticed only at the next keepalive, up to 25 s later".  With the watcher calling
+    ``networkChanged``, a new default route (the host moved networks, and its NAT rebound the flow) is heard at
+    the next poll, the keepalive leaves at once, and its answer's new mapping fails the flow -- 2 s after the
+    change instead of up to 25 s.
+    """
+
+    root = writeRoot(tmp_path / "net")
+    controller = NATTraversalController(NATSettings(), reactor=clock, rng=random.Random(14))
+    controller.addressAssigned = lambda host: host == "192.0.2.10"  # type: ignore[method-assign]
+    shared, transport = sharedDatagramSocket(controller)
+    observer = RecordingObserver()
+    watcher = NetworkWatcher(clock, controller.networkChanged, root=root, interval=2.0)
+    watcher.startService()
+    try:
+        rebindingWithin(clock, controller, shared, transport, observer, watcher, root)
+    finally:
+        watcher.stopService()
+        controller.freeResources()
+
+
+def rebindingWithin(clock: Clock, controller: Any, shared: Any, transport: Any, observer: Any,
+                    watcher: NetworkWatcher, root: Path) -> None:
+    controller.refreshNATBinding(shared, observer, HOP)
+    while not transport.written:
+        clock.advance(0.5)
+    answerAll(shared, transport, ("203.0.113.1", 40000))  # the baseline
+    clock.advance(0.5)
+    writeRoot(root, gateways=[("wlan0", "192.0.2.1")])
+    changedAt = clock.seconds()
+    while not transport.stunRequests():
+        clock.advance(0.1)
+        assert clock.seconds() - changedAt <= watcher.interval + 1e-9
+    (request, addr), = transport.stunRequests()
+    clock.advance(0.02)
+    shared.datagramReceived(bindingResponse(request, ("203.0.113.1", 40001)), addr)
+    (failure,) = observer.failures
+    assert failure.check(MappedAddressChanged)
+    assert clock.seconds() - changedAt <= watcher.interval + 0.1
+    assert observer.failures[0].value.new.port == 40001
