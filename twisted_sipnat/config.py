@@ -8,6 +8,7 @@ keys are the ``NATSettings`` field names::
     [example.com]
     stunServers = stun:stun.example.com, 192.0.2.7:3478
     udpKeepaliveInterval = 25
+    # stun, crlf, or auto (STUN, then CRLF once a hop that never answered STUN lets one time out)
     udpKeepaliveMethod = stun
 
     [default]

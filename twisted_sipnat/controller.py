@@ -26,6 +26,7 @@ from .core.timers import TimerHeap
 from .core.transaction import DEFAULT_RC
 from .driver import EngineDriver
 from .errors import NATTraversalError, UnknownDomainError
+from .localaddress import addressAssigned, currentLocal, localHostPort
 from .settings import DEFAULT_STUN_PORT, NATSettings, ServerSpec, settingsTable
 from .sockets import canonicalSocket, publicAddress
 
@@ -55,6 +56,9 @@ class NATTraversalController(EngineDriver):
     shutdown" event, the controller stops (:meth:`stop`), so the sockets that close during shutdown end their flows
     without a ``flowFailure`` (a UA that re-registers on failure would try to as the process exits).
     """
+
+    #: Whether the host still has a bound address (:mod:`~twisted_sipnat.localaddress`); tests replace it.
+    addressAssigned: Callable[[str], bool] = staticmethod(addressAssigned)
 
     def __init__(
         self,
@@ -221,7 +225,7 @@ class NATTraversalController(EngineDriver):
         base = float(flowTimer) if flowTimer is not None else configured
         try:
             engine.flows.refresh(self._record(state), observer, settings, base, hop, domain, now,
-                                 named=hop is not None and not isIPLiteral(hop[0]))
+                                 named=hop is not None and not isIPLiteral(hop[0]), local=localHostPort(state.adapter))
         finally:
             self._flush()
         return True
@@ -230,6 +234,16 @@ class NATTraversalController(EngineDriver):
         """Move the observer's keepalives (and a transaction in flight) to ``nextHop`` at once; a new baseline."""
         hop = checkNextHop(nextHop)
         self._engine.flows.move(observer, hop, named=not isIPLiteral(hop[0]))
+        self._flush()
+
+    def networkChanged(self) -> None:
+        """
+        The host's addresses or routes changed: every flow expecting an answer sends a keepalive now, so a
+        rebinding shows as ``MappedAddressChanged`` (or ``PongTimeout``) within one round trip; a flow whose
+        socket lost its local address fails with ``FlowConnectionLost``.  Resolutions in flight are untouched.
+        """
+        addresses = {state: currentLocal(state.adapter, self.addressAssigned) for state in list(self._sockets.values())}
+        self._engine.networkChanged(self._now(), addresses)
         self._flush()
 
     # -- incoming ---------------------------------------------------------------------------------------------

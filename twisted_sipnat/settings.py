@@ -90,12 +90,15 @@ class NATSettings:
 
     ``stunServers`` are tried in order (failover on timeout or error); empty means the next hop itself answers
     STUN (an RFC 5626 edge proxy).  Keepalive intervals are the RFC 5626 §4.4.1 bases: each keepalive goes out
-    after a fresh random 80-100 % of it; ``0`` disables keepalives on that transport.  ``username`` and
-    ``password`` are STUN short-term credentials (RFC 8489 §9.1), or long-term ones (§9.2: the first request
-    unsigned, the server's 401 realm and nonce then used to sign) with ``credentialMechanism="long-term"``.
-    ``rto`` is the initial retransmission timeout (RFC 8489 §6.2.1, 500 ms).  ``stunFailureCacheTime`` > 0
-    remembers a resolution that failed on every server for that many seconds: resolutions for the domain
-    fail at once with the same error meanwhile (``0``, the default, turns it off).
+    after a fresh random 80-100 % of it; ``0`` disables keepalives on that transport.  ``udpKeepaliveMethod`` is
+    ``"stun"`` (Binding requests to the next hop, §4.4.2), ``"crlf"`` (CRLFCRLF datagrams, no answer expected) or
+    ``"auto"`` (STUN until a keepalive times out toward a hop that never answered STUN on the flow, then CRLF:
+    many registrars without outbound support ignore STUN).  ``username`` and ``password`` are STUN short-term
+    credentials (RFC 8489 §9.1), or long-term ones (§9.2: the first request unsigned, the server's 401 realm and
+    nonce then used to sign) with ``credentialMechanism="long-term"``.  ``rto`` is the initial retransmission
+    timeout (RFC 8489 §6.2.1, 500 ms).  ``stunFailureCacheTime`` > 0 remembers a resolution that failed on every
+    server for that many seconds: resolutions for the domain fail at once with the same error meanwhile (``0``,
+    the default, turns it off).
     """
 
     stunServers: Sequence[ServerEntry] = ()
@@ -130,8 +133,8 @@ class NATSettings:
         if rto == 0:
             raise InvalidSettingsError("rto", self.rto, "must be > 0")
         object.__setattr__(self, "rto", rto)
-        if self.udpKeepaliveMethod not in ("stun", "crlf"):
-            raise InvalidSettingsError("udpKeepaliveMethod", self.udpKeepaliveMethod, 'must be "stun" or "crlf"')
+        if self.udpKeepaliveMethod not in ("stun", "crlf", "auto"):
+            raise InvalidSettingsError("udpKeepaliveMethod", self.udpKeepaliveMethod, 'must be "stun", "crlf" or "auto"')
         if (self.username is None) != (self.password is None):
             raise InvalidSettingsError("username", self.username, "username and password go together")
         for key in ("username", "password", "software"):

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter, deque
-from typing import Any, Deque, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Deque, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 from ..errors import FlowConnectionLost, NATTraversalError, ResourceLimitError, STUNErrorResponse, STUNTimeout
 from ..settings import DEFAULT_STUN_PORT
@@ -346,6 +346,10 @@ class Engine:
 
     def pong(self, record: SocketRecord) -> bool:
         return self.flows.pong(record)
+
+    def networkChanged(self, now: float, localAddresses: Mapping[Any, Optional[HostPort]]) -> None:
+        """The host's network changed (see :meth:`FlowTable.networkChanged`); resolutions are not touched."""
+        self.flows.networkChanged(now, localAddresses)
 
     # -- resolutions (the engine is the sink of their transactions) -------------------------------------------
 

@@ -12,7 +12,12 @@ Rules held here:
 - an answer with unknown comprehension-required attributes (RFC 8489 §6.3.3) is unusable: the next hop
   answered, so the flow is alive, but its mapped address is not taken;
 - a timed-out keepalive transaction is a ``STUNTimeout`` flow failure; a pong not back within
-  ``pongTimeout`` is a ``PongTimeout`` (§4.4.1);
+  ``pongTimeout`` is a ``PongTimeout`` (§4.4.1); with ``udpKeepaliveMethod="auto"``, a timeout toward a hop
+  that never answered STUN on the flow turns it to CRLF keepalives instead (logged once, no failure);
+  while that flow's first transaction still retransmits, a keepalive due meanwhile goes out as a CRLFCRLF
+  datagram beside it (the retransmissions' widening gaps could outlast the NAT binding);
+- ``networkChanged``: a keepalive out of schedule on every flow that expects an answer, judged as usual, and
+  ``FlowConnectionLost`` for a flow whose socket's local address is not the one it started on;
 - the answer memo (:class:`~twisted_sipnat.core.keepalive.AnswerMemo`): an answer identical to the last one
   that confirmed the baseline is taken without decoding.
 
@@ -23,7 +28,7 @@ A failure stops the context completely, then queues a :class:`~twisted_sipnat.co
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any, Deque, Dict, List, Optional, Tuple
+from typing import Any, Deque, Dict, List, Mapping, Optional, Tuple, Union
 
 from ..errors import FlowConnectionLost, FlowFailure, PongTimeout, ResourceLimitError, STUNTimeout
 from . import keepalive as ka
@@ -125,10 +130,14 @@ class FlowTable:
     # -- starting and stopping --------------------------------------------------------------------------------
 
     def refresh(self, sock: Any, observer: Any, settings: Any, base: float, hop: Optional[HostPort],
-                domain: Optional[str], now: float, named: bool) -> ka.FlowKeeper:
-        """Start (or restart) ``observer``'s keepalives; ``named``: ``hop`` is a name to look up first."""
+                domain: Optional[str], now: float, named: bool, local: Optional[HostPort] = None) -> ka.FlowKeeper:
+        """
+        Start (or restart) ``observer``'s keepalives; ``named``: ``hop`` is a name to look up first; ``local``:
+        the socket's local address now (what :meth:`networkChanged` compares with).
+        """
         memory = self.memory.get(observer)
-        kind = ka.PING if sock.stream else (ka.STUN if settings.udpKeepaliveMethod == "stun" else ka.CRLF)
+        method = settings.udpKeepaliveMethod
+        kind = ka.PING if sock.stream else (ka.CRLF if method == "crlf" else ka.STUN)
         baseline = None
         if kind == ka.STUN and memory is not None and memory.viaNextHop and memory.nextHop == hop:
             baseline = memory.resolved
@@ -137,7 +146,8 @@ class FlowTable:
         elif len(self.flows) >= self.maxFlows:
             raise ResourceLimitError("keepalive contexts", self.maxFlows)
         flow = ka.FlowKeeper(kind, base, now, self.rng, pongTimeout=settings.pongTimeout, baseline=baseline,
-                             observer=observer, sock=sock, nextHop=hop, settings=settings)
+                             observer=observer, sock=sock, nextHop=hop, settings=settings, auto=method == "auto",
+                             local=local)
         self.flows[observer] = flow
         sock.flows[flow] = None
         memory = self.remember(observer)
@@ -160,6 +170,10 @@ class FlowTable:
         if flow.held:
             flow.held = False
             self.withdrawals.append((flow.sock.key, flow))
+        bridge = flow.bridgeKey
+        if bridge is not None and bridge.held:
+            bridge.held = False
+            self.withdrawals.append((flow.sock.key, bridge))
         if flow.txn is not None:
             txn = flow.txn
             flow.keepaliveEnded(txn)
@@ -216,6 +230,11 @@ class FlowTable:
             return
         if action == ka.KEEPALIVE:
             self.sendKeepalive(flow, now)
+        elif action == ka.BRIDGE:
+            # Written like any keepalive, under a key of its own: held by the arbitration, it is written when
+            # the socket is free, and nothing waits for it.
+            self.outbox.append((flow.sock.key, flow.bridgeKey, ka.PING_BYTES, flow.nextHop))
+            self.stats["keepalive.bridge"] += 1
         if not flow.done:
             self.timers.schedule(flow, flow.nextTime)
 
@@ -243,8 +262,11 @@ class FlowTable:
             self.events.append(Note("debug", "keepalive ({kind}) due toward {nextHop}", {
                 "kind": kind, "nextHop": hop, "observer": flow.observer, "sipnat_event": "keepalive.sent"}))
 
-    def heldBack(self, flow: ka.FlowKeeper) -> None:
+    def heldBack(self, flow: Union[ka.FlowKeeper, ka.BridgeKey]) -> None:
         """A keepalive just handed out was held by the socket's arbitration."""
+        if isinstance(flow, ka.BridgeKey):
+            flow.held = True
+            return
         if flow.kind == ka.STUN:
             if flow.txn is not None:
                 self.table.heldBack(flow.txn)
@@ -255,8 +277,11 @@ class FlowTable:
             if not flow.done:
                 self.timers.schedule(flow, flow.nextTime)
 
-    def released(self, flow: ka.FlowKeeper, now: float) -> None:
+    def released(self, flow: Union[ka.FlowKeeper, ka.BridgeKey], now: float) -> None:
         """A held keepalive was written at ``now``: its transaction's (or pong's) clock counts from here."""
+        if isinstance(flow, ka.BridgeKey):
+            flow.held = False
+            return
         if flow.kind == ka.STUN:
             txn = flow.txn
             if txn is not None and not flow.done:
@@ -300,6 +325,7 @@ class FlowTable:
         flow.keepaliveEnded(txn)
         if flow.done:
             return False
+        flow.hopAnswered = True
         self.stats["keepalive.answered"] += 1
         self.rtt.observe(now - (txn.startedAt if txn.startedAt is not None else now))
         return True
@@ -351,6 +377,14 @@ class FlowTable:
     def timedOut(self, txn: Txn, now: float) -> None:
         flow: ka.FlowKeeper = txn.owner
         flow.keepaliveEnded(txn)
+        if flow.done:
+            return
+        if flow.fallsBackOnTimeout():
+            self.stats["keepalive.fallback"] += 1
+            self.events.append(Note(
+                "warn", "{nextHop} never answered a STUN keepalive: keeping the flow alive with CRLF keepalives", {
+                    "nextHop": txn.destination, "observer": flow.observer, "sipnat_event": "keepalive.fallback"}))
+            return
         elapsed = now - txn.startedAt if txn.startedAt is not None else None
         self.fail(flow, STUNTimeout((txn.destination,), elapsed), now)
 
@@ -358,3 +392,35 @@ class FlowTable:
         """RFC 8489 §6.3.3: discarded; the next hop did answer, so the flow is alive, but nothing is judged."""
         self.table.end(txn, now)
         txn.owner.keepaliveEnded(txn)
+        txn.owner.hopAnswered = True
+
+    # -- the host's network changed ---------------------------------------------------------------------------
+
+    def networkChanged(self, now: float, localAddresses: Mapping[Any, Optional[HostPort]]) -> None:
+        """
+        The host's addresses or routes changed: a rebinding must show within one round trip, not one interval
+        (RFC 5626 §4.4).  ``localAddresses`` maps a socket key to its local address now (``None``: unbound or
+        gone); a flow whose socket is not on the address it started on fails with ``FlowConnectionLost`` (its
+        NAT binding, and on a stream its connection, belong to the old address).  Every other flow that expects
+        an answer sends one keepalive now -- a STUN Binding, or a ping -- and its schedule restarts from ``now``;
+        a STUN flow with a transaction in flight waits for that one's answer, and a CRLF flow (nothing to
+        judge) keeps its schedule.
+        """
+        for flow in list(self.flows.values()):
+            if flow.done:
+                continue
+            key = flow.sock.key
+            if flow.local is not None and key in localAddresses:
+                current = localAddresses[key]
+                if current != flow.local:
+                    self.fail(flow, FlowConnectionLost(
+                        f"local address changed from {flow.local[0]}:{flow.local[1]} to "
+                        + (f"{current[0]}:{current[1]}" if current is not None else "none")), now)
+                    continue
+            if flow.kind == ka.CRLF or (flow.kind == ka.STUN and flow.stunInFlight):
+                continue
+            self.stats["keepalive.network-changed"] += 1
+            self.sendKeepalive(flow, now)
+            if not flow.done:
+                flow.restartSchedule(now)
+                self.timers.schedule(flow, flow.nextTime)

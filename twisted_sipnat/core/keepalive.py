@@ -38,6 +38,24 @@ from .timers import Timed
 KEEPALIVE = "keepalive"
 #: :meth:`FlowKeeper.fire`: the pong did not arrive in time; the flow failed.
 PONG_TIMEOUT = "pong-timeout"
+#: :meth:`FlowKeeper.fire`: an ``"auto"`` flow's first STUN transaction is still retransmitting toward a hop
+#: that never answered: send a CRLFCRLF datagram beside it so the NAT binding outlives the undecided phase.
+BRIDGE = "bridge"
+
+
+
+class BridgeKey:
+    """
+    The write key of an ``"auto"`` flow's CRLFCRLF datagrams sent beside its undecided STUN transaction (see
+    :data:`BRIDGE`): one per flow, so the socket's arbitration holds at most one of them per flow, toward that
+    flow's hop; ``held`` says whether one is held now (to withdraw it when the flow stops).
+    """
+
+    __slots__ = ("held",)
+
+    def __init__(self) -> None:
+        self.held = False
+
 
 #: Keepalive kinds.
 STUN = "stun"  # UDP, STUN Binding request to the next hop (RFC 5626 §4.4.2)
@@ -100,6 +118,10 @@ class FlowKeeper(Timed):
         "held",
         "pingArmed",
         "memo",
+        "auto",
+        "bridgeKey",
+        "hopAnswered",
+        "local",
     )
 
     def __init__(
@@ -115,6 +137,8 @@ class FlowKeeper(Timed):
         sock: Any = None,
         nextHop: Optional[Tuple[str, int]] = None,
         settings: Any = None,
+        auto: bool = False,
+        local: Optional[Tuple[str, int]] = None,
     ) -> None:
         Timed.__init__(self)
         if kind not in (STUN, CRLF, PING):
@@ -147,6 +171,16 @@ class FlowKeeper(Timed):
         self.pingArmed = False
         #: The last answer that confirmed the baseline (:class:`AnswerMemo`).
         self.memo: Optional[AnswerMemo] = None
+        #: ``udpKeepaliveMethod="auto"``: a STUN flow that turns to CRLF when a hop that never answered is silent.
+        self.auto = auto and kind == STUN
+        #: The write key of this flow's bridge datagrams (``"auto"`` only).
+        self.bridgeKey: Optional[BridgeKey] = BridgeKey() if self.auto else None
+        #: The next hop answered a STUN request on this flow (a baseline from it counts: it answered the
+        #: resolution on this very socket).
+        self.hopAnswered = baseline is not None
+        #: The socket's local ``(host, port)`` when the keepalives started (``None``: unknown), for
+        #: ``networkChanged``.
+        self.local = local
 
     @property
     def nextTime(self) -> float:
@@ -165,9 +199,12 @@ class FlowKeeper(Timed):
         if self.nextKeepaliveAt <= now:  # the shell woke us very late: do not send a burst to catch up
             self.nextKeepaliveAt = nextInstant(now, self.base, self.rng)
         if self.kind == STUN and self.stunInFlight:
-            # The previous Binding is still retransmitting: its retransmissions keep the binding alive, and its
-            # timeout will report the failure.  Two transactions for one flow would only add load.
-            return None
+            # The previous Binding is still retransmitting: its timeout will report the failure, and two
+            # transactions for one flow would only add load.  Its retransmissions are spaced ever wider (RFC
+            # 8489 §6.2.1: up to 16 RTO, 8 s at the default), so on an "auto" flow whose hop never answered --
+            # one that may turn to CRLF keepalives when this transaction times out -- a CRLFCRLF datagram keeps
+            # the NAT binding (and the registrar's view of the flow) alive on schedule meanwhile.
+            return BRIDGE if self.auto and not self.hopAnswered else None
         return KEEPALIVE
 
     def keepaliveStarted(self, txn: Any) -> None:
@@ -213,6 +250,24 @@ class FlowKeeper(Timed):
         self.nextHop = nextHop
         self.baseline = None
         self.memo = None
+        self.hopAnswered = False
+
+    def fallsBackOnTimeout(self) -> bool:
+        """
+        ``"auto"``: a keepalive transaction timed out toward a hop that never answered STUN on this flow (a
+        registrar without RFC 5626 outbound support): the flow turns to CRLF keepalives, which need no answer,
+        instead of failing -- failing would re-register and meet the same silence, in a loop.  ``False`` (a
+        ``STUNTimeout``) when the hop answered before: then the silence means the path is gone.
+        """
+        if not self.auto or self.hopAnswered:
+            return False
+        self.auto = False
+        self.kind = CRLF
+        return True
+
+    def restartSchedule(self, now: float) -> None:
+        """A keepalive was sent out of schedule (``networkChanged``): the next one is 80-100 % from ``now``."""
+        self.nextKeepaliveAt = nextInstant(now, self.base, self.rng)
 
     def judgeMappedAddress(self, mapped: Any) -> Optional[Tuple[Any, Any]]:
         """

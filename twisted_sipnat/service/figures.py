@@ -52,6 +52,7 @@ METRICS: Mapping[str, MetricSpec] = {
     "sipnat_stun_failed_domains": MetricSpec("gauge", "Failed resolutions held by the STUN failure cache."),
     "sipnat_stun_failure_cache_hits_total": MetricSpec("counter", "Resolutions failed at once by the failure cache."),
     "sipnat_connections": MetricSpec("gauge", "Open stream connections (TCP, TLS).", ("transport",)),
+    "sipnat_network_changes_total": MetricSpec("counter", "Changes of the host's addresses or default routes seen."),
     "sipnat_connections_refused_total": MetricSpec(
         "counter", "Stream connections refused or closed by a bound, by reason.", ("reason",)
     ),

@@ -19,7 +19,7 @@ __all__ = ["KEEPALIVE_RESULTS", "FLOW_FAILURE_REASONS", "ControllerFigures"]
 
 #: The ``result`` label of ``sipnat_keepalives_total``: ``answered`` (a STUN success answer or a CRLF pong),
 #: ``timeout`` (a STUN keepalive unanswered after its retransmissions, or a pong not back in time: each also a
-#: flow failure) and ``error`` (a STUN error answer: the path is alive, RFC 5626 §4.4.2, so not a failure).
+#: flow failure, except the timeout that turns an ``"auto"`` flow to CRLF keepalives) and ``error`` (a STUN error answer: the path is alive, RFC 5626 §4.4.2, so not a failure).
 KEEPALIVE_RESULTS = ("answered", "timeout", "error")
 #: The ``reason`` label of ``sipnat_flow_failures_total`` (RFC 5626 §4.4).
 FLOW_FAILURE_REASONS = ("stun_timeout", "mapped_address_changed", "pong_timeout", "connection_lost")
@@ -42,7 +42,8 @@ class ControllerFigures:
         figures.count("sipnat_keepalives_total", stats["keepalive.answered"] - errors + stats["keepalive.pongs"],
                       result="answered")
         figures.count("sipnat_keepalives_total",
-                      stats["flow.failures.stun_timeout"] + stats["flow.failures.pong_timeout"], result="timeout")
+                      stats["flow.failures.stun_timeout"] + stats["flow.failures.pong_timeout"]
+                      + stats["keepalive.fallback"], result="timeout")
         figures.count("sipnat_keepalives_total", errors, result="error")
         for reason in FLOW_FAILURE_REASONS:
             figures.count("sipnat_flow_failures_total", stats["flow.failures." + reason], reason=reason)

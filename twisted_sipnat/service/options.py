@@ -153,7 +153,8 @@ class ClientOptions(usage.Options):
                                 "(or Via keep) then sets the keepalive interval."],
         ["interval", "i", None, "UDP keepalive interval in seconds (keepalives every 80-100% of it; 0 disables). "
                                 "Default: the config's udpKeepaliveInterval, else 25."],
-        ["method", "m", None, "UDP keepalive method: stun (Binding request) or crlf (CRLFCRLF datagram). Default: stun."],
+        ["method", "m", None, "UDP keepalive method: stun (Binding request), crlf (CRLFCRLF datagram) or auto (stun, "
+                              "crlf once a next hop that never answered STUN lets one time out). Default: stun."],
         ["backoff-base", None, None, "Base time in seconds of the RFC 5626 section 4.5 re-registration backoff "
                                      "(retries after 50-100% of base * 2^failures, failures >= 1). Default: 30."],
         ["metrics", None, None, "Serve Prometheus metrics at http://ADDR:PORT/metrics: tcp:PORT[:interface=ADDR]"
