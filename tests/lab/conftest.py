@@ -115,17 +115,13 @@ def labCoturn(lab: NetLab, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         yield peer
 
 
-#: The long-term-credential coturn of the lab (``labSecureCoturn``): its port, realm and one user.
-SECURE_COTURN_PORT = 3490
-SECURE_REALM = "lab.sipnat.test"
-SECURE_USER = ("alice", "lab-s3cret")
 
 
 @pytest.fixture(scope="session")
 def labSecureCoturn(lab: NetLab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningPeer]:
     """
     coturn in ``pub`` on 203.0.113.20:3490 with ``--secure-stun --lt-cred-mech`` (RFC 8489 §9.2 long-term
-    credentials required for Binding), realm :data:`SECURE_REALM` and the user :data:`SECURE_USER`.
+    credentials required for Binding), realm :data:`netlab.SECURE_REALM` and the user :data:`netlab.SECURE_USER`.
     """
     work = tmp_path_factory.mktemp("labsecurecoturn")
     peer = _startInPub(
@@ -134,8 +130,8 @@ def labSecureCoturn(lab: NetLab, tmp_path_factory: pytest.TempPathFactory) -> It
         "coturn",
         workDir=work,
         listen=[netlab.PUB_ADDR],
-        port=SECURE_COTURN_PORT,
-        extra=peerkit.coturnLongTermArguments(work, SECURE_REALM, [SECURE_USER]),
+        port=netlab.SECURE_COTURN_PORT,
+        extra=peerkit.coturnLongTermArguments(work, netlab.SECURE_REALM, [netlab.SECURE_USER]),
     )
     with peer:
         yield peer

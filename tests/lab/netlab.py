@@ -45,6 +45,11 @@ NAT_INSIDE = "192.0.2.1"
 NAT_OUTSIDE = "203.0.113.1"
 PUB_ADDR = "203.0.113.20"
 PUB_ADDR2 = "203.0.113.21"
+#: The long-term-credential coturn of the lab (conftest ``labSecureCoturn``): its port, realm and one user.  Here,
+#: not in conftest, because a test importing ``conftest`` gets whichever directory's conftest was loaded first.
+SECURE_COTURN_PORT = 3490
+SECURE_REALM = "lab.sipnat.test"
+SECURE_USER = ("alice", "lab-s3cret")
 
 REQUIRED_TOOLS = {"ip": "iproute2", "iptables": "iptables", "conntrack": "conntrack", "tc": "iproute2"}
 

@@ -14,8 +14,7 @@ from typing import Any, Callable, Dict
 import netlab
 import peerkit
 import pytest
-from conftest import SECURE_COTURN_PORT, SECURE_USER
-from netlab import Driver, NetLab
+from netlab import SECURE_COTURN_PORT, SECURE_USER, Driver, NetLab
 
 pytestmark = [pytest.mark.lab, pytest.mark.timeout(90)]
 
