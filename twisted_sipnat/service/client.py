@@ -19,14 +19,15 @@ from zope.interface import implementer
 
 from ..controller import NATTraversalController
 from ..core.backoff import Backoff
-from ..errors import InvalidSettingsError
+from ..core.sip.digest import Credentials
+from ..errors import InvalidSettingsError, MappedAddressChanged
 from ..interfaces import IBindingObserver
 from ..protocols import SharedDatagramProtocol
 from ..settings import NATSettings
 from .figures import FigureSources, IFigureSource
 from .flowfigures import ControllerFigures
 from .listeners import UDPListener
-from .sipclient import RegisterClient, registrarKeepalive
+from .sipclient import RegisterClient, registrarKeepalive, routeSource
 
 __all__ = ["ClientRole"]
 
@@ -77,6 +78,9 @@ class ClientRole(service.MultiService, FigureSources):
         random: Optional[Callable[[], float]] = None,
         controller: Any = None,
         backoffBase: Optional[float] = None,
+        credentials: Optional[Credentials] = None,
+        instance: Optional[str] = None,
+        outbound: bool = True,
     ) -> None:
         service.MultiService.__init__(self)
         if domain not in settings:
@@ -87,7 +91,12 @@ class ClientRole(service.MultiService, FigureSources):
         self.controller = controller if controller is not None else NATTraversalController(dict(settings), reactor=reactor)
         self.addFigureSource(ControllerFigures(self.controller))
         self.aor = register
-        self.registerClient = RegisterClient(reactor, register, nextHop) if register is not None else None
+        # The user agent (docs/roles/client.rst, "Authentication", "Outbound"): digest credentials, and RFC 5626
+        # outbound with reg-id 1 when an instance ID is given and outbound is not switched off.
+        self.registerClient = RegisterClient(
+            reactor, register, nextHop, credentials=credentials, instance=instance,
+            regId=1 if outbound and instance is not None else None,
+        ) if register is not None else None
         if self.registerClient is not None:
             self.addFigureSource(self.registerClient)
         self.shared = SharedDatagramProtocol(sipProtocol=self.registerClient, controller=self.controller, clock=reactor)
@@ -102,6 +111,8 @@ class ClientRole(service.MultiService, FigureSources):
         self._retry: Any = None
         self._refresh: Any = None
         self._pending: Optional[defer.Deferred[Any]] = None
+        self._registeredContact: Optional[HostPort] = None
+        self._reboundAllowed = False
         self.ready: defer.Deferred[Any] = defer.Deferred()
 
     @property
@@ -132,6 +143,9 @@ class ClientRole(service.MultiService, FigureSources):
         if not self._mayRetry():
             return
         hop = self.nextHop
+        if self.registerClient is not None and self.registerClient.registration.outbound:
+            self._registerFirst(hop)
+            return
         d = self.controller.resolvePublicAddress(self.domain, self.shared, hop, observer=self.observer)
         self._pending = d
         d.addCallback(self._resolved, hop)
@@ -147,10 +161,53 @@ class ClientRole(service.MultiService, FigureSources):
         if self.registerClient is None:
             self._keepAlive(hop, None)
             return None
-        d = self.registerClient.register((address.host, address.port))
+        self._registeredContact = (address.host, address.port)
+        d = self.registerClient.register(self._registeredContact)
         self._pending = d
         d.addCallback(self._registered, hop)
         return d
+
+    # -- RFC 5626 outbound: register first, then keep the flow alive (§4.2, §4.4) --
+
+    def _registerFirst(self, hop: HostPort) -> None:
+        """
+        With outbound the REGISTER goes first (RFC 5626 §4.2): the Contact's address does not matter (the
+        instance and reg-id identify the flow, §6), and an edge may answer STUN only on a registered flow
+        (ejabberd).  The public address is then the 2xx's Via ``received``/``rport`` (RFC 3581), and the
+        keepalives start on the flow the REGISTER made.
+        """
+        assert self.registerClient is not None
+        self._registeredContact = self._localAddress(hop)
+        d = self.registerClient.register(self._registeredContact)
+        self._pending = d
+        d.addCallback(self._registeredFirst, hop)
+        d.addErrback(self._failed)
+
+    def _registeredFirst(self, response: Any, hop: HostPort) -> None:
+        registered = self.registerClient.registered if self.registerClient is not None else None
+        if registered is not None and registered.reflexive is not None:
+            host, port = registered.reflexive
+            self.publicAddress = (IPv6Address if ":" in host else IPv4Address)("UDP", host, port)
+        if registered is not None:
+            log.info("outbound {state} by the registrar (Require: outbound {present})",
+                     state="honoured" if registered.outbound else "not honoured",
+                     present="present" if registered.outbound else "absent",
+                     sipnat_event="sipnat.client.outbound")
+        self._registered(response, hop)
+
+    def _localAddress(self, hop: HostPort) -> HostPort:
+        """The SIP socket's address toward ``hop``: its bound address, or the route's source for a wildcard."""
+        local = self.shared.transport.getHost() if self.shared.transport is not None else None
+        host = str(getattr(local, "host", "") or "")
+        port = int(getattr(local, "port", 0) or 0)
+        if host in ("", "0.0.0.0", "::"):
+            host = routeSource(hop, "127.0.0.1")
+        return (host, port)
+
+    def _bindingAddress(self) -> HostPort:
+        """The address a refresh binds: the one the last registration bound."""
+        assert self._registeredContact is not None
+        return self._registeredContact
 
     def _granted(self, response: Any) -> int:
         return self.registerClient.grantedExpires(response) if self.registerClient is not None else 3600
@@ -171,9 +228,9 @@ class ClientRole(service.MultiService, FigureSources):
 
     def _refreshRegistration(self, hop: HostPort) -> None:
         self._refresh = None
-        if self.registerClient is None or self.publicAddress is None or not self._mayRetry():
+        if self.registerClient is None or self._registeredContact is None or not self._mayRetry():
             return
-        d = self.registerClient.register((self.publicAddress.host, self.publicAddress.port))
+        d = self.registerClient.register(self._bindingAddress())
         self._pending = d
         d.addCallback(self._refreshed, hop)
         d.addErrback(self._refreshFailed)
@@ -195,8 +252,10 @@ class ClientRole(service.MultiService, FigureSources):
 
     def _keepAlive(self, hop: HostPort, flowTimer: Optional[int]) -> None:
         self._pending = None
-        started = self.controller.refreshNATBinding(self.shared, self.observer, nextHop=hop, flowTimer=flowTimer)
+        started = self.controller.refreshNATBinding(self.shared, self.observer, nextHop=hop, flowTimer=flowTimer,
+                                                    domain=self.domain)
         self.keepalivesStarted += 1
+        self._reboundAllowed = True
         self.backoff.succeeded()
         log.info("keepalives toward {host}:{port}: {state}", host=hop[0], port=hop[1],
                  state="started" if started else "not needed", sipnat_event="sipnat.client.keepalive.started")
@@ -221,8 +280,29 @@ class ClientRole(service.MultiService, FigureSources):
         self.failures += 1
         why = reason.getErrorMessage() if isinstance(reason, Failure) else str(reason)
         log.warn("flow failure: {why}", why=why, sipnat_event="sipnat.client.flowFailure")
+        if self._mayRetry() and self._rebound(reason):
+            return
         if self._mayRetry():
             self._scheduleRetry()
+
+    def _rebound(self, reason: object) -> bool:
+        """
+        The public address really changed (the NAT rebound the flow, RFC 5626 §4.4.2): register the new one at
+        once rather than after the backoff, so the registrar's Contact is right within one round trip.  Only
+        when the address differs from the one registered, and once per successful registration: a NAT changing
+        the mapping again before that waits for the backoff, never a loop.
+        """
+        error = reason.value if isinstance(reason, Failure) else reason
+        if not isinstance(error, MappedAddressChanged) or self.registerClient is None or not self._reboundAllowed:
+            return False
+        new = getattr(error, "new", None)
+        if new is None or (getattr(new, "host", None), getattr(new, "port", None)) == self._registeredContact:
+            return False
+        self._reboundAllowed = False
+        log.info("public address changed to {host}:{port}: registering it now", host=new.host, port=new.port,
+                 sipnat_event="sipnat.client.rebound")
+        self._retry = self.reactor.callLater(0, self._attempt)
+        return True
 
     def _mayRetry(self) -> bool:
         """

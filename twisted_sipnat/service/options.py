@@ -10,7 +10,9 @@ the ``[section] key`` of the config file), which :func:`twisted_sipnat.tap.makeS
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
+from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Tuple
 
 from twisted.python import usage
@@ -138,6 +140,25 @@ def connectionLimitArguments(sub: Mapping[str, Any]) -> Dict[str, Any]:
     return given
 
 
+#: The client role as an RFC 5626 user agent (``docs/roles/client.rst``, "Authentication" and "Outbound"):
+#: digest credentials, the instance ID's state directory, the keepalive method (clientUAArguments).
+CLIENT_UA_PARAMETERS = [
+    ["user", None, None, "Digest user name (RFC 3261 section 22) for --register; default: the user part of the AOR "
+                         "when a password is given."],
+    ["password-file", None, None, "Read the digest password from the first line of this file."],
+    ["password-env", None, None, "Read the digest password from this environment variable."],
+    ["password", None, None, "The digest password itself (visible to every user in ps: prefer --password-file "
+                             "or --password-env)."],
+    ["state-dir", None, None, "Directory of the state file keeping the RFC 5626 instance ID (created 0600). "
+                              "Default: $XDG_STATE_HOME/twisted-sipnat, else ~/.local/state/twisted-sipnat."],
+    ["keepalive", "k", None, "Keepalive method: stun, crlf or auto (STUN until the next hop proves it does not "
+                             "answer it, then CRLF). Same as --method; give one of them."],
+]
+CLIENT_UA_FLAGS = [
+    ["no-outbound", None, "REGISTER without the RFC 5626 outbound parameters (+sip.instance, reg-id, ;ob)."],
+]
+
+
 class ClientOptions(usage.Options):
     synopsis = "--next-hop HOST:PORT [--stun HOST[:PORT]]... [options]"
     longdesc = (
@@ -159,7 +180,8 @@ class ClientOptions(usage.Options):
         ["metrics", None, None, "Serve Prometheus metrics at http://ADDR:PORT/metrics: tcp:PORT[:interface=ADDR]"
                                 "."],
         ["stats-interval", None, None, "Log one info line with the same figures every S seconds."],
-    ]
+    ] + CLIENT_UA_PARAMETERS
+    optFlags = CLIENT_UA_FLAGS
 
     def __init__(self) -> None:
         usage.Options.__init__(self)
@@ -336,18 +358,54 @@ def clientArguments(options: Options, sub: ClientOptions) -> Dict[str, Any]:
     interval = parseNumber("interval", sub["interval"])
     if interval is not None:
         changes["udpKeepaliveInterval"] = interval
+    if sub["method"] is not None and sub["keepalive"] is not None:
+        raise InvalidSettingsError("keepalive", sub["keepalive"], "--method is the same option: give one of them")
+    if sub["keepalive"] is not None:
+        changes["udpKeepaliveMethod"] = sub["keepalive"]
+    named = {**_CLIENT_SETTINGS, "udpKeepaliveMethod": "keepalive" if sub["keepalive"] is not None else "method"}
     if sub["method"] is not None:
         changes["udpKeepaliveMethod"] = sub["method"]
     if changes:
         try:
             settings[domain] = dataclasses.replace(settings[domain], **changes)
         except InvalidSettingsError as e:
-            raise InvalidSettingsError(_CLIENT_SETTINGS.get(e.key, e.key), e.value, e.why) from None
+            raise InvalidSettingsError(named.get(e.key, e.key), e.value, e.why) from None
     backoffBase = parseNumber("backoff-base", sub["backoff-base"])
     if backoffBase is not None and backoffBase == 0:
         raise InvalidSettingsError("backoff-base", sub["backoff-base"], "must be > 0 seconds")
     return {"nextHop": nextHop, "settings": settings, "domain": domain, "listen": listen,
-            "register": sub["register"], "backoffBase": backoffBase}
+            "register": sub["register"], "backoffBase": backoffBase, **clientUAArguments(sub)}
+
+
+def clientUAArguments(sub: ClientOptions, environ: Optional[Mapping[str, str]] = None) -> Dict[str, Any]:
+    """
+    The user agent's keyword arguments of :class:`~twisted_sipnat.service.client.ClientRole`: ``credentials``
+    (RFC 3261 §22), ``instance`` (the RFC 5626 §4.1 URN from the state file, only read or made when there is an
+    AOR to register and outbound is not switched off), ``outbound``.
+    """
+    from ..core.sip.digest import Credentials
+    from .identity import defaultStateDir, loadInstance, readPassword
+
+    env = os.environ if environ is None else environ
+    password = readPassword(sub["password"], sub["password-file"], sub["password-env"], env)
+    if sub["user"] is not None and password is None:
+        raise InvalidSettingsError("user", sub["user"], "needs --password-file, --password-env or --password")
+    credentials = None
+    if password is not None:
+        if sub["register"] is None:
+            raise InvalidSettingsError("password", "...", "credentials are for --register")
+        user = sub["user"]
+        if user is None:
+            from ..core.sip.register import parseAOR
+
+            user = parseAOR(sub["register"]).user
+        credentials = Credentials(str(user), password)
+    outbound = not sub["no-outbound"]
+    instance = None
+    if sub["register"] is not None and outbound:
+        stateDir = Path(sub["state-dir"]) if sub["state-dir"] else defaultStateDir(env)
+        instance = loadInstance(stateDir)
+    return {"credentials": credentials, "instance": instance, "outbound": outbound}
 
 
 def edgeArguments(sub: EdgeOptions, workers: int) -> Dict[str, Any]:

@@ -14,6 +14,7 @@ writes, and the Deferred.
 from __future__ import annotations
 
 import secrets
+import socket
 from collections import Counter
 from typing import Any, Callable, Optional, Tuple, Union
 
@@ -34,7 +35,7 @@ from ..protocols import sendDatagram
 from ..wakeup import Wakeup
 from .figures import Figures, IFigureSource
 
-__all__ = ["REGISTER_RESULTS", "RegisterClient", "grantedExpires", "registrarKeepalive"]
+__all__ = ["REGISTER_RESULTS", "RegisterClient", "grantedExpires", "registrarKeepalive", "routeSource"]
 
 #: The ``result`` label of ``sipnat_register_transactions_total``: a 2xx, a final error response (a 423 that is
 #: retried is not counted: its retry is), no final response by Timer F.
@@ -44,6 +45,20 @@ HostPort = Tuple[str, int]
 NextHop = Union[HostPort, Callable[[], HostPort]]
 
 log = Logger(namespace="twisted_sipnat.client")
+
+
+def routeSource(hop: HostPort, default: str) -> str:
+    """
+    The local address the host's routes use toward ``hop`` (a connected UDP socket's name: no packet is sent),
+    for a Contact when the SIP socket is bound to every interface; ``default`` when there is no route.
+    """
+    family = socket.AF_INET6 if ":" in hop[0] else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_DGRAM) as probe:
+            probe.connect(hop)
+            return str(probe.getsockname()[0])
+    except OSError:
+        return default
 
 
 @implementer(IFigureSource)
