@@ -109,7 +109,12 @@ class RegisterClient(protocol.DatagramProtocol):
 
     @property
     def expires(self) -> int:
+        """The lifetime REGISTERs ask for (RFC 3261 §10.2.1.1); a 423's Min-Expires raises it."""
         return self.registration.expires
+
+    @expires.setter
+    def expires(self, value: int) -> None:
+        self.registration.expires = value
 
     @property
     def cseq(self) -> int:
