@@ -47,6 +47,13 @@ METRICS: Mapping[str, MetricSpec] = {
     "sipnat_register_transactions_total": MetricSpec(
         "counter", "REGISTER transactions of the client role, by result.", ("result",)
     ),
+    "sipnat_client_flows": MetricSpec(
+        "gauge", "The client role's flows by state: registering, up (registered, kept alive), down (backing off).",
+        ("state",)
+    ),
+    "sipnat_client_requests_total": MetricSpec(
+        "counter", "Requests reaching the client role on a flow, by what it did with them.", ("result",)
+    ),
     "sipnat_connections": MetricSpec("gauge", "Open stream connections (TCP, TLS).", ("transport",)),
     "sipnat_connections_refused_total": MetricSpec(
         "counter", "Stream connections refused or closed by a bound, by reason.", ("reason",)

@@ -151,8 +151,20 @@ CLIENT_UA_PARAMETERS = [
                              "or --password-env)."],
     ["state-dir", None, None, "Directory of the state file keeping the RFC 5626 instance ID (created 0600). "
                               "Default: $XDG_STATE_HOME/twisted-sipnat, else ~/.local/state/twisted-sipnat."],
-    ["keepalive", "k", None, "Keepalive method: stun, crlf or auto (STUN until the next hop proves it does not "
-                             "answer it, then CRLF). Same as --method; give one of them."],
+    ["keepalive", "k", None, "Keepalive method: stun, crlf, options (a SIP OPTIONS to the next hop every "
+                             "interval; needs --register) or auto (STUN until the next hop proves it does not "
+                             "answer it, then CRLF). Same as --method for stun and crlf; give one of them."],
+]
+
+#: Several flows (``docs/roles/client.rst``, "Several flows"): SRV next hops, the RFC 5626 section 4.5 backoff.
+CLIENT_FLOW_PARAMETERS = [
+    ["max-flows", None, "2", "Without --next-hop: one flow per SIP SRV record of the AOR's domain "
+                             "(_sip._udp), at most this many. Default: 2."],
+    ["backoff-base-all-failed", None, None, "RFC 5626 section 4.5 base-time when every flow has failed, seconds. "
+                                            "Default: 30 (or --backoff-base)."],
+    ["backoff-base-some-up", None, None, "RFC 5626 section 4.5 base-time while another flow is up, seconds. "
+                                         "Default: 90 (or --backoff-base)."],
+    ["backoff-max", None, None, "RFC 5626 section 4.5 max-time, seconds. Default: 1800."],
 ]
 CLIENT_UA_FLAGS = [
     ["no-outbound", None, "REGISTER without the RFC 5626 outbound parameters (+sip.instance, reg-id, ;ob)."],
@@ -168,7 +180,6 @@ class ClientOptions(usage.Options):
     )
     optParameters = [
         ["listen", "l", "udp:5060", "The SIP socket: udp:PORT[:interface=ADDR]; udp:0 takes any free port."],
-        ["next-hop", "n", None, "HOST:PORT (IP literal) of the next SIP hop to keep the binding alive toward. Required."],
         ["domain", "d", DEFAULT_SECTION, "The SIP domain: the --config section whose NAT settings apply."],
         ["register", "r", None, "Address of record (user@domain) to REGISTER with the next hop; its Flow-Timer "
                                 "(or Via keep) then sets the keepalive interval."],
@@ -180,12 +191,22 @@ class ClientOptions(usage.Options):
         ["metrics", None, None, "Serve Prometheus metrics at http://ADDR:PORT/metrics: tcp:PORT[:interface=ADDR]"
                                 "."],
         ["stats-interval", None, None, "Log one info line with the same figures every S seconds."],
-    ] + CLIENT_UA_PARAMETERS
+    ] + CLIENT_UA_PARAMETERS + CLIENT_FLOW_PARAMETERS
     optFlags = CLIENT_UA_FLAGS
 
     def __init__(self) -> None:
         usage.Options.__init__(self)
         self["stun"] = []
+        self["next-hop"] = None
+        self["next-hops"] = []
+
+    def opt_next_hop(self, hop: str) -> None:
+        """HOST:PORT (IP literal) of a next SIP hop to register with and keep the binding alive toward; repeat for one flow per hop (RFC 5626 section 4.2). Without it: the SRV records of the --register domain."""  # noqa: E501
+        if self["next-hop"] is None:
+            self["next-hop"] = hop
+        self["next-hops"].append(hop)
+
+    opt_n = opt_next_hop
 
     def opt_stun(self, server: str) -> None:
         """STUN server HOST[:PORT] or stun:HOST[:PORT] URI (RFC 7064); repeat for failover, tried in order. Default: the next hop answers STUN itself."""  # noqa: E501
@@ -344,11 +365,16 @@ _CLIENT_SETTINGS = {"stunServers": "stun", "udpKeepaliveInterval": "interval", "
 
 def clientArguments(options: Options, sub: ClientOptions) -> Dict[str, Any]:
     """The keyword arguments of :class:`~twisted_sipnat.service.client.ClientRole` (after ``reactor``)."""
-    if sub["next-hop"] is None:
+    if sub["next-hop"] is None and sub["register"] is None:
         raise InvalidSettingsError("next-hop", None, "required: HOST:PORT of the next SIP hop")
-    nextHop = parseHostPort(sub["next-hop"], "next-hop")
-    if not isIPLiteral(nextHop[0]):
-        raise InvalidSettingsError("next-hop", sub["next-hop"], "must be an IP literal (UDP writes need one)")
+    nextHops = []
+    for text in sub["next-hops"]:
+        hop = parseHostPort(text, "next-hop")
+        if not isIPLiteral(hop[0]):
+            raise InvalidSettingsError("next-hop", text, "must be an IP literal (UDP writes need one)")
+        if hop in nextHops:
+            raise InvalidSettingsError("next-hop", text, "given twice: one flow per next hop")
+        nextHops.append(hop)
     listen = parseUDPDescription(sub["listen"], "listen")
     domain = sub["domain"]
     settings = _settingsFor(options, domain)
@@ -360,7 +386,7 @@ def clientArguments(options: Options, sub: ClientOptions) -> Dict[str, Any]:
         changes["udpKeepaliveInterval"] = interval
     if sub["method"] is not None and sub["keepalive"] is not None:
         raise InvalidSettingsError("keepalive", sub["keepalive"], "--method is the same option: give one of them")
-    if sub["keepalive"] is not None:
+    if sub["keepalive"] is not None and sub["keepalive"] != "options":
         changes["udpKeepaliveMethod"] = sub["keepalive"]
     named = {**_CLIENT_SETTINGS, "udpKeepaliveMethod": "keepalive" if sub["keepalive"] is not None else "method"}
     if sub["method"] is not None:
@@ -369,12 +395,52 @@ def clientArguments(options: Options, sub: ClientOptions) -> Dict[str, Any]:
         try:
             settings[domain] = dataclasses.replace(settings[domain], **changes)
         except InvalidSettingsError as e:
+            if e.key == "udpKeepaliveMethod" and e.value == "auto":
+                raise InvalidSettingsError(named[e.key], e.value, "needs udpKeepaliveMethod=\"auto\" in the "
+                                           "library, which this version does not have: use stun, crlf or "
+                                           "options") from None
             raise InvalidSettingsError(named.get(e.key, e.key), e.value, e.why) from None
     backoffBase = parseNumber("backoff-base", sub["backoff-base"])
     if backoffBase is not None and backoffBase == 0:
         raise InvalidSettingsError("backoff-base", sub["backoff-base"], "must be > 0 seconds")
-    return {"nextHop": nextHop, "settings": settings, "domain": domain, "listen": listen,
-            "register": sub["register"], "backoffBase": backoffBase, **clientUAArguments(sub)}
+    return {"nextHop": nextHops, "settings": settings, "domain": domain, "listen": listen,
+            "register": sub["register"], "backoffBase": backoffBase, **clientUAArguments(sub),
+            **clientFlowArguments(sub, backoffBase)}
+
+
+def clientFlowArguments(sub: ClientOptions, backoffBase: Optional[float] = None) -> Dict[str, Any]:
+    """
+    The keyword arguments of :class:`~twisted_sipnat.service.client.ClientRole` for several flows: ``keepalive``
+    (``"options"``: the role pings with OPTIONS), ``srv`` (the next hops from the AOR domain's SRV records when
+    no ``--next-hop`` is given, RFC 3263 section 4.2) and ``recovery`` (the RFC 5626 section 4.5 figures).
+    """
+    from ..core.recovery import RecoveryPolicy
+    from .siphops import SIPHops
+
+    keepalive = "options" if sub["keepalive"] == "options" else None
+    if keepalive is not None and sub["register"] is None:
+        raise InvalidSettingsError("keepalive", "options", "OPTIONS pings are sent from the AOR: needs --register")
+    maxFlows = int(parseNumber("max-flows", sub["max-flows"], integer=True) or 0)
+    if maxFlows < 1:
+        raise InvalidSettingsError("max-flows", sub["max-flows"], "must be a whole number >= 1")
+    srv = None
+    if not sub["next-hops"]:
+        from ..core.sip.register import parseAOR
+
+        srv = SIPHops(None, parseAOR(sub["register"]).host, maxFlows=maxFlows)
+    figures = {key: parseNumber(key, sub[key]) for key in ("backoff-base-all-failed", "backoff-base-some-up",
+                                                            "backoff-max")}
+    recovery = None
+    if backoffBase is not None or any(value is not None for value in figures.values()):
+        def pick(key: str, default: float) -> float:
+            value = figures[key]
+            return value if value is not None else backoffBase if backoffBase is not None else default
+
+        maxTime = figures["backoff-max"]
+        if maxTime is None:
+            maxTime = max(1800.0, backoffBase or 0.0)
+        recovery = RecoveryPolicy(pick("backoff-base-all-failed", 30.0), pick("backoff-base-some-up", 90.0), maxTime)
+    return {"keepalive": keepalive, "srv": srv, "recovery": recovery}
 
 
 def clientUAArguments(sub: ClientOptions, environ: Optional[Mapping[str, str]] = None) -> Dict[str, Any]:
