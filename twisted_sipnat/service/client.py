@@ -241,10 +241,10 @@ class ClientRole(service.MultiService, FigureSources):
 
     def startService(self) -> None:
         service.MultiService.startService(self)
-        if not self.flows and self.srv is not None:
-            self._lookUp()
-        for flow in self.flows:
+        for flow in list(self.flows):
             flow.start()
+        if not self.flows and self.srv is not None:
+            self._lookUp()  # the flows it finds start as they are added
 
     def _lookUp(self) -> None:
         """The next hops from SRV (RFC 3263 §4.2); a failed look-up is tried again after the §4.5 backoff."""

@@ -1,0 +1,70 @@
+"""The client role's options for several flows: --next-hop repeated, SRV without it, --keepalive options/auto,
+--max-flows, and the RFC 5626 §4.5 backoff figures; each bad value one line naming its option."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from twisted_sipnat.core.recovery import RecoveryPolicy
+from twisted_sipnat.errors import InvalidSettingsError
+from twisted_sipnat.service.options import Options, clientArguments
+from twisted_sipnat.service.siphops import SIPHops
+
+
+def arguments(*args: str, tmp: Path) -> Any:
+    options = Options()
+    options.parseOptions(["client", "--state-dir", str(tmp), *args])
+    return clientArguments(options, options.subOptions)
+
+
+def refused(*args: str, tmp: Path) -> InvalidSettingsError:
+    with pytest.raises(InvalidSettingsError) as info:
+        arguments(*args, tmp=tmp)
+    return info.value
+
+
+def test_nextHopRepeatedIsOneFlowEach(tmp_path: Path) -> None:
+    kw = arguments("--next-hop", "192.0.2.1:5060", "-n", "192.0.2.2:5062", "--register", "alice@example.com",
+                   tmp=tmp_path)
+    assert kw["nextHop"] == [("192.0.2.1", 5060), ("192.0.2.2", 5062)] and kw["srv"] is None
+    assert refused("--next-hop", "192.0.2.1:5060", "--next-hop", "192.0.2.1:5060", tmp=tmp_path).key == "next-hop"
+    assert refused("--next-hop", "192.0.2.1:5060", "--next-hop", "edge.example:5060", tmp=tmp_path).key == "next-hop"
+
+
+def test_withoutNextHopTheAORDomainsSRVRecords(tmp_path: Path) -> None:
+    kw = arguments("--register", "alice@example.com", "--max-flows", "3", tmp=tmp_path)
+    srv = kw["srv"]
+    assert isinstance(srv, SIPHops) and (srv.domain, srv.maxFlows, srv.service) == ("example.com", 3, "_sip._udp")
+    assert kw["nextHop"] == []
+    assert refused(tmp=tmp_path).key == "next-hop", "nothing to register and no next hop"
+    for bad in ("0", "two", "-1"):
+        assert refused("--register", "alice@example.com", "--max-flows", bad, tmp=tmp_path).key == "max-flows"
+
+
+def test_keepaliveOptionsNeedsAnAORAndAutoSaysWhyItIsRefused(tmp_path: Path) -> None:
+    kw = arguments("--next-hop", "192.0.2.1:5060", "--register", "alice@example.com", "--keepalive", "options",
+                   tmp=tmp_path)
+    assert kw["keepalive"] == "options"
+    assert kw["settings"]["default"].udpKeepaliveMethod == "stun", "the controller's method is left alone"
+    assert refused("--next-hop", "192.0.2.1:5060", "--keepalive", "options", tmp=tmp_path).key == "keepalive"
+    try:
+        auto = arguments("--next-hop", "192.0.2.1:5060", "--keepalive", "auto", tmp=tmp_path)
+    except InvalidSettingsError as e:
+        assert e.key == "keepalive" and "library" in e.why and "\n" not in str(e)
+    else:  # the library has "auto": then it is simply the controller's method
+        assert auto["settings"]["default"].udpKeepaliveMethod == "auto"
+
+
+def test_backoffFigures(tmp_path: Path) -> None:
+    base = ["--next-hop", "192.0.2.1:5060"]
+    assert arguments(*base, tmp=tmp_path)["recovery"] is None, "the RFC's figures"
+    assert arguments(*base, "--backoff-base", "2", tmp=tmp_path)["recovery"] == RecoveryPolicy(2.0, 2.0, 1800.0)
+    kw = arguments(*base, "--backoff-base-all-failed", "10", "--backoff-base-some-up", "20", "--backoff-max", "600",
+                   tmp=tmp_path)
+    assert kw["recovery"] == RecoveryPolicy(10.0, 20.0, 600.0)
+    assert refused(*base, "--backoff-max", "60", tmp=tmp_path).key == "backoff-base-some-up", "its 90 s exceed 60"
+    assert refused(*base, "--backoff-base-some-up", "0", tmp=tmp_path).key == "backoff-base-some-up"
+    assert refused(*base, "--backoff-base-all-failed", "x", tmp=tmp_path).key == "backoff-base-all-failed"
