@@ -216,6 +216,9 @@ class ClientFlow:
         if registered is not None and registered.reflexive is not None:
             host, port = registered.reflexive
             self.publicAddress = (IPv6Address if ":" in host else IPv4Address)("UDP", host, port)
+            log.info("public address {host}:{port} (the registrar's received/rport; next hop {nhost}:{nport})",
+                     host=host, port=port, nhost=hop[0], nport=hop[1], flow=self.key,
+                     sipnat_event="sipnat.client.publicAddress")
         if registered is not None:
             log.info("outbound {state} by the registrar (Require: outbound {present})",
                      state="honoured" if registered.outbound else "not honoured",
@@ -237,7 +240,7 @@ class ClientFlow:
         interval = registrarKeepalive(response)
         self.flowTimer = interval
         granted = self._granted(response)
-        log.info("registered {aor} for {expires} s; registrar keepalive interval {flowTimer}", aor=self.owner.aor,
+        log.info("flow {flow}: registered {aor} for {expires} s; registrar keepalive interval {flowTimer}", aor=self.owner.aor,
                  expires=granted, flowTimer=interval, flow=self.key, sipnat_event="sipnat.client.registered")
         self._keepAlive(hop, interval)
         self._scheduleRefresh(granted, hop)
@@ -257,7 +260,7 @@ class ClientFlow:
         self.keepalivesStarted += 1
         self._reboundAllowed = True
         self.up = True
-        log.info("keepalives toward {host}:{port}: {state}", host=hop[0], port=hop[1], flow=self.key,
+        log.info("flow {flow}: keepalives toward {host}:{port}: {state}", host=hop[0], port=hop[1], flow=self.key,
                  state="started" if started else "not needed", sipnat_event="sipnat.client.keepalive.started")
         self.owner.flowUp(self)
 
@@ -332,7 +335,7 @@ class ClientFlow:
         self._halt()
         self.failures += 1
         why = reason.getErrorMessage() if isinstance(reason, Failure) else str(reason)
-        log.warn("flow failure: {why}", why=why, flow=self.key, sipnat_event="sipnat.client.flowFailure")
+        log.warn("flow {flow} failure: {why}", why=why, flow=self.key, sipnat_event="sipnat.client.flowFailure")
         if not self.owner.mayRetry():
             return
         if self._rebound(reason):
@@ -375,7 +378,7 @@ class ClientFlow:
             return
         self.up = False
         delay = self.owner.flowDown(self, reason)
-        log.info("trying again in {delay:.1f} s (RFC 5626 §4.5 backoff)", delay=delay, flow=self.key,
+        log.info("flow {flow}: trying again in {delay:.1f} s (RFC 5626 §4.5 backoff)", delay=delay, flow=self.key,
                  sipnat_event="sipnat.client.retry")
         self._retry = self.owner.reactor.callLater(delay, self.start)
 
