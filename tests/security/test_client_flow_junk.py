@@ -78,3 +78,32 @@ def test_aFloodOfJunkFromTheNextHopAndFromStrangersChangesNothing() -> None:
     assert figures.get("sipnat_client_requests_total", result="options") == 0
     stranger.stopListening()
     stop(net, client)
+
+
+def test_aFloodOfRequestsFromTheNextHopIsAnsweredAtItsRateAndLoggedOncePerInterval() -> None:
+    net = NetReactor()
+    registrar, = edges(net, EDGE_A)
+    client = role(net, [EDGE_A])
+    client.startService()
+    net.run(1)
+    port = client.listener.address()[1]
+    events: List[Dict[str, Any]] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        for n in range(2000):  # 2,000 OPTIONS in 2 s
+            registrar.transport.write(OPTIONS.format(n=n).encode(), ("127.0.0.1", port))
+            net.advance(0.001)
+        net.run(1)
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    stats = client.demux.stats
+    assert stats["requests.options"] <= 20 + 10 * 4, "the burst, then 10/s"
+    assert stats["requests.options"] + stats["requests.rate_limited"] == 2000
+    received = [e for e in events if e.get("sipnat_event") == "sip.request.received"]
+    assert len(received) == stats["requests.options"], "an info line per answered request, none per dropped one"
+    assert len([e for e in events if e.get("sipnat_event") == "sipnat.client.dropped"]) <= 1
+    figures = Figures()
+    client.reportFigures(figures)
+    assert figures.get("sipnat_client_requests_total", result="rate_limited") == stats["requests.rate_limited"]
+    assert client.flows[0].up and client.failures == 0
+    stop(net, client)

@@ -20,7 +20,7 @@ from typing import Any, Callable, List, Optional, Protocol, Tuple
 from twisted.internet import protocol
 from twisted.logger import Logger
 
-from ..core.ratelimit import DropTally
+from ..core.ratelimit import DropTally, RateLimit
 from ..core.sip.error import SIPParseError
 from ..core.sip.message import Request, Response
 from ..core.sip.register import readMessage
@@ -34,8 +34,13 @@ HostPort = Tuple[str, int]
 log = Logger(namespace="twisted_sipnat.client")
 
 #: The ``result`` label of ``sipnat_client_requests_total``: a 200 to OPTIONS, a 480, an ACK (never
-#: answered), a request from an address that is no flow's next hop (dropped).
-RequestOutcome = ("options", "unavailable", "ack", "stranger")
+#: answered), a request from an address that is no flow's next hop (dropped), one over the per-hop rate.
+RequestOutcome = ("options", "unavailable", "ack", "stranger", "rate_limited")
+
+#: Requests a next hop may have answered per second (and in a burst): far above what a registrar sends a UA
+#: (an OPTIONS now and then, a call), low enough that a flood costs one log line per interval, not one each.
+REQUEST_RATE = 10.0
+REQUEST_BURST = 20
 
 
 class DemuxFlow(Protocol):
@@ -67,6 +72,8 @@ class FlowDemux(protocol.DatagramProtocol):
         self.flows: List[DemuxFlow] = []
         self.stats: Counter[str] = Counter()
         self.dropped = DropTally("SIP datagrams", interval=dropInterval)
+        #: Per next hop (only they are answered, so a few sources: the table is bounded by the flows).
+        self.rateLimit = RateLimit(REQUEST_RATE, REQUEST_BURST, maxSources=64)
 
     def add(self, flow: DemuxFlow) -> None:
         self.flows.append(flow)
@@ -120,6 +127,10 @@ class FlowDemux(protocol.DatagramProtocol):
             self.stats["requests.stranger"] += 1
             self._drop(source, f"a {request.method[:16]} request from an address that is no next hop")
             return
+        if not self.rateLimit.allow(source[0], self._clock()):
+            self.stats["requests.rate_limited"] += 1
+            self._drop(source, f"requests over {REQUEST_RATE:g}/s from a next hop")
+            return
         response = answerRequest(request)
         log.info("{method} received from {host}:{port}: {answer}", method=request.method[:32], host=source[0],
                  port=source[1], answer=f"{response.code} {response.reason}" if response is not None else "no answer",
@@ -140,4 +151,5 @@ class FlowDemux(protocol.DatagramProtocol):
         """``(result, count)`` for ``sipnat_client_requests_total``."""
         s = self.stats
         return [("options", s["requests.options"]), ("unavailable", s["requests.unavailable"]),
-                ("ack", s["requests.ack"]), ("stranger", s["requests.stranger"])]
+                ("ack", s["requests.ack"]), ("stranger", s["requests.stranger"]),
+                ("rate_limited", s["requests.rate_limited"])]
