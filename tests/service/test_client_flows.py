@@ -51,8 +51,10 @@ def test_oneEdgeDiesItsFlowBacksOffOn90sAndRecoversWhileTheOtherStaysRegistered(
     assert second.retryAt - failedAt == 90.0, "RFC 5626 §4.5: base 90 s while flow 1 is up, 50 % of 90 x 2^1"
     assert states(client) == {"registering": 0, "up": 1, "down": 1}
     before = len(a.requests)
-    net.listenUDP(EDGE_B[1], b, EDGE_B[0])  # edge B is back
-    net.run(second.retryAt - net.seconds() + 1, step=0.5)
+    net.advance(second.retryAt - net.seconds())
+    assert states(client) == {"registering": 1, "up": 1, "down": 0}, "the retry is under way, edge B still gone"
+    net.listenUDP(EDGE_B[1], b, EDGE_B[0])  # edge B is back: a retransmission of that REGISTER reaches it
+    net.run(8, step=0.5)
     assert second.up and second.keepalivesStarted == 2, "flow 2 is back on its own after the backoff"
     assert first.up and first.failures == 0 and len(a.requests) == before, "flow 1 untouched all along"
     assert regIds(b) == {(f"<{INSTANCE}>", 2)}, "back with the same instance and reg-id"

@@ -180,6 +180,9 @@ class ClientRole(service.MultiService, FigureSources):
     def keepaliveInterval(self) -> float:
         return float(self.settings.udpKeepaliveInterval)
 
+    def flowStarting(self, flow: ClientFlow) -> None:
+        self.recovery.registering(flow.key)
+
     def flowUp(self, flow: ClientFlow) -> None:
         self.recovery.up(flow.key)
         if not self.ready.called:

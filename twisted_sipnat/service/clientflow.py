@@ -97,6 +97,8 @@ class FlowOwner(Protocol):
 
     def keepaliveInterval(self) -> float: ...
 
+    def flowStarting(self, flow: ClientFlow) -> None: ...
+
     def flowUp(self, flow: ClientFlow) -> None: ...
 
     def flowDown(self, flow: ClientFlow, reason: object) -> float: ...
@@ -184,6 +186,7 @@ class ClientFlow:
         self._retry = None
         if not self.owner.mayRetry():
             return
+        self.owner.flowStarting(self)
         hop = self.nextHop
         if self.registerClient is not None and self.registerClient.registration.outbound:
             self._registeredContact = self._localAddress(hop)
