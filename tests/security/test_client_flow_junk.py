@@ -9,6 +9,8 @@ from __future__ import annotations
 import random
 from typing import Any, Dict, List
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.logger import LogLevel, globalLogPublisher
 
 from tests.service.flowkit import EDGE_A, edges, role, stop
@@ -107,3 +109,41 @@ def test_aFloodOfRequestsFromTheNextHopIsAnsweredAtItsRateAndLoggedOncePerInterv
     assert figures.get("sipnat_client_requests_total", result="rate_limited") == stats["requests.rate_limited"]
     assert client.flows[0].up and client.failures == 0
     stop(net, client)
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.binary(max_size=2000), fromHop=st.booleans())
+def test_noDatagramMakesTheDemuxRaise(data: bytes, fromHop: bool) -> None:
+    from twisted_sipnat.service.flowdemux import FlowDemux
+
+    class Flow:
+        nextHop = ("192.0.2.1", 5060)
+
+        def __init__(self) -> None:
+            self.received: List[bytes] = []
+
+        def datagramReceived(self, data: bytes, message: Any, addr: Any) -> None:
+            self.received.append(data)
+
+        def attach(self, transport: Any) -> None:
+            pass
+
+        def detach(self) -> None:
+            pass
+
+    class Transport:
+        def __init__(self) -> None:
+            self.written: List[Any] = []
+
+        def write(self, data: bytes, addr: Any) -> None:
+            self.written.append((data, addr))
+
+    demux = FlowDemux(lambda: 0.0)
+    flow, transport = Flow(), Transport()
+    demux.add(flow)
+    demux.makeConnection(transport)  # type: ignore[arg-type]
+    source = ("192.0.2.1", 5060) if fromHop else ("203.0.113.9", 5060)
+    for prefix in (b"", b"OPTIONS sip:a@b SIP/2.0\r\n", b"SIP/2.0 200 OK\r\n"):
+        demux.datagramReceived(prefix + data, source)
+    if not fromHop:
+        assert transport.written == [] and flow.received == [], "a stranger gets nothing, reaches nothing"

@@ -68,3 +68,27 @@ def test_backoffFigures(tmp_path: Path) -> None:
     assert refused(*base, "--backoff-max", "60", tmp=tmp_path).key == "backoff-base-some-up", "its 90 s exceed 60"
     assert refused(*base, "--backoff-base-some-up", "0", tmp=tmp_path).key == "backoff-base-some-up"
     assert refused(*base, "--backoff-base-all-failed", "x", tmp=tmp_path).key == "backoff-base-all-failed"
+
+
+def test_twistdBuildsOneFlowPerNextHopOrAnSRVRole(tmp_path: Path) -> None:
+    from twisted.internet.task import Clock
+
+    from twisted_sipnat.service.client import ClientRole
+    from twisted_sipnat.tap import buildService
+
+    def build(*args: str) -> ClientRole:
+        options = Options()
+        options.parseOptions(["client", "--listen", "udp:0", "--state-dir", str(tmp_path), *args])
+        role = buildService(options, Clock())
+        assert isinstance(role, ClientRole)
+        return role
+
+    two = build("--next-hop", "192.0.2.1:5060", "--next-hop", "192.0.2.2:5060", "--register", "alice@example.com",
+                "--keepalive", "options", "--backoff-base-some-up", "45")
+    assert [(f.key, f.nextHop, f.registerClient.registration.regId) for f in two.flows  # type: ignore[union-attr]
+            ] == [(1, ("192.0.2.1", 5060), 1), (2, ("192.0.2.2", 5060), 2)]
+    instances = {f.registerClient.registration.instance for f in two.flows}  # type: ignore[union-attr]
+    assert len(instances) == 1 and None not in instances, "one +sip.instance for every flow"
+    assert two.keepalive == "options" and two.recovery.policy == RecoveryPolicy(30.0, 45.0, 1800.0)
+    srv = build("--register", "alice@example.com")
+    assert srv.flows == [] and isinstance(srv.srv, SIPHops) and srv.srv.reactor is srv.reactor
