@@ -101,3 +101,50 @@ def test_aDroppedInRegisterClientCarriesEachFlow() -> None:
     for port in list(net.ports.values()):
         port.stopListening()
     assert all(c.connected is None for c in made) and net.getDelayedCalls() == []
+
+
+class RecordingController:
+    """The controller calls a flow makes, recorded (the socket each is made on is what matters here)."""
+
+    stopped = False
+
+    def __init__(self) -> None:
+        self.keptAlive: List[Any] = []
+        self.stats: Any = {}
+
+    def refreshNATBinding(self, socket: Any, observer: Any, **kw: Any) -> bool:
+        self.keptAlive.append(socket)
+        return True
+
+    def freeResources(self, observer: Any = None) -> None:
+        pass
+
+    def socketClosed(self, socket: Any, reason: Any = None) -> None:
+        pass
+
+    def flowCountByTransport(self) -> Any:
+        return {}
+
+
+def test_aClientWithItsOwnConnectionIsKeptAliveOnIt() -> None:
+    net = NetReactor()
+    connection = object()
+
+    def factory(role: ClientRole, key: int, hop: Any, regId: Optional[int]) -> ScriptedClient:
+        client = ScriptedClient(key, hop, regId)
+        if key == 2:
+            client.keepaliveSocket = connection  # type: ignore[attr-defined]
+        return client
+
+    controller = RecordingController()
+    settings = {"default": NATSettings(udpKeepaliveInterval=10.0)}
+    role = ClientRole(net, HOPS, settings, "default", listen=(0, "127.0.0.1"), register="alice@example.com",
+                      instance=INSTANCE, controller=controller, registerClientFactory=factory)  # type: ignore[arg-type]
+    role.startService()
+    net.run(1)
+    assert controller.keptAlive == [role.shared, connection], "flow 1 on the shared UDP socket, flow 2 on its own"
+    assert role.flows[1].socket is connection
+    role.stopService()
+    for port in list(net.ports.values()):
+        port.stopListening()
+    assert net.getDelayedCalls() == []

@@ -63,6 +63,10 @@ class FlowRegisterClient(Protocol):
     Deferred errbacks ``CancelledError``); ``registered`` is what the last 2xx said; ``grantedExpires`` reads a
     2xx's lifetime for this client's binding; ``makeConnection``/``doStop`` attach it to the UDP socket's SIP
     side and detach it; ``datagramReceived`` takes the datagrams the next hop sent.
+
+    A client with a connection of its own (TCP, TLS) also has ``keepaliveSocket``: the socket the controller
+    resolves on and keeps alive for the flow (its ``transport.getHost()`` gives the Contact's local address with
+    outbound), instead of the role's shared UDP socket; it may ignore ``makeConnection``/``datagramReceived``.
     """
 
     registration: Registration
@@ -151,6 +155,15 @@ class ClientFlow:
         return hop() if callable(hop) else hop
 
     @property
+    def socket(self) -> Any:
+        """
+        The socket whose NAT binding this flow keeps alive (the controller's ``socket``): the REGISTER client's
+        ``keepaliveSocket`` when it has its own (a TCP or TLS connection), else the role's shared UDP socket.
+        """
+        own = getattr(self.registerClient, "keepaliveSocket", None)
+        return own if own is not None else self.owner.shared
+
+    @property
     def retryAt(self) -> Optional[float]:
         """When the next attempt after a failure is due (reactor seconds), or ``None``."""
         return float(self._retry.getTime()) if self._retry is not None and self._retry.active() else None
@@ -195,7 +208,7 @@ class ClientFlow:
             d.addCallback(self._registeredFirst, hop)
             d.addErrback(self._attemptFailed)
             return
-        resolved = self.owner.controller.resolvePublicAddress(self.owner.domain, self.owner.shared, hop,
+        resolved = self.owner.controller.resolvePublicAddress(self.owner.domain, self.socket, hop,
                                                               observer=self.observer)
         self._pending = resolved
         resolved.addCallback(self._resolved, hop)
@@ -231,7 +244,7 @@ class ClientFlow:
 
     def _localAddress(self, hop: HostPort) -> HostPort:
         """The SIP socket's address toward ``hop``: its bound address, or the route's source for a wildcard."""
-        transport = self.owner.shared.transport
+        transport = getattr(self.socket, "transport", None)
         local = transport.getHost() if transport is not None else None
         host = str(getattr(local, "host", "") or "")
         port = int(getattr(local, "port", 0) or 0)
@@ -258,7 +271,7 @@ class ClientFlow:
         if self.owner.keepalive == "options":
             started = self._startPings(hop, flowTimer)
         else:
-            started = self.owner.controller.refreshNATBinding(self.owner.shared, self.observer, nextHop=hop,
+            started = self.owner.controller.refreshNATBinding(self.socket, self.observer, nextHop=hop,
                                                               flowTimer=flowTimer, domain=self.owner.domain)
         self.keepalivesStarted += 1
         self._reboundAllowed = True
@@ -313,7 +326,7 @@ class ClientFlow:
             if self.owner.keepalive == "options":
                 self._startPings(hop, interval)
             else:
-                self.owner.controller.refreshNATBinding(self.owner.shared, self.observer, nextHop=hop,
+                self.owner.controller.refreshNATBinding(self.socket, self.observer, nextHop=hop,
                                                         flowTimer=interval)
         self._scheduleRefresh(self._granted(response), hop)
 
