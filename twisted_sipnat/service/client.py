@@ -90,6 +90,8 @@ class ClientRole(service.MultiService, FigureSources):
     of the controller's STUN/CRLF keepalives.  ``registerClientFactory`` makes each flow's REGISTER client
     (default: the UDP :class:`~.sipclient.RegisterClient` on the shared socket).
 
+    A ``registerClientFactory`` reads ``reactor``, ``aor``, ``credentials`` and ``instance`` off the role.
+
     What a test or an operator reads: ``flows`` (the :class:`~.clientflow.ClientFlow` objects), ``recovery``,
     ``ready`` (a Deferred fired with the public address once a flow's keepalives first started); and, for the
     first flow, ``publicAddress``, ``flowTimer``, ``registerClient``, ``observer``, ``retryAt``, ``refreshAt``;
@@ -132,8 +134,8 @@ class ClientRole(service.MultiService, FigureSources):
         self.controller = controller if controller is not None else NATTraversalController(dict(settings), reactor=reactor)
         self.addFigureSource(ControllerFigures(self.controller))
         self.aor = register
-        self._credentials = credentials
-        self._instance = instance
+        self.credentials = credentials
+        self.instance = instance
         self._outbound = outbound and instance is not None
         self._factory = registerClientFactory or _udpRegisterClient
         self.srv = srv
@@ -290,5 +292,5 @@ class ClientRole(service.MultiService, FigureSources):
 def _udpRegisterClient(role: ClientRole, key: int, hop: NextHop, regId: Optional[int]) -> FlowRegisterClient:
     """The default: an RFC 3261 UDP REGISTER client writing through the shared socket (:mod:`.sipclient`)."""
     assert role.aor is not None
-    return RegisterClient(role.reactor, role.aor, hop, credentials=role._credentials, instance=role._instance,
+    return RegisterClient(role.reactor, role.aor, hop, credentials=role.credentials, instance=role.instance,
                           regId=regId)
