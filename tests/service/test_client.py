@@ -63,7 +63,7 @@ def test_flowFailureResolvesAgainAfterBackoff() -> None:
     net.drop = False
     net.run(31)
     assert client.keepalivesStarted == 2, "resolved again and resumed"
-    assert client.backoff.failures == 0, "a success resets the backoff"
+    assert client.recovery.failures[1] == 0, "a success resets the backoff"
     client.stopService()
     server.stopService()
     assert net.getDelayedCalls() == []

@@ -51,6 +51,13 @@ METRICS: Mapping[str, MetricSpec] = {
     "sipnat_stun_auth_total": MetricSpec("counter", "STUN long-term challenges (401, 438), by result.", ("result",)),
     "sipnat_stun_failed_domains": MetricSpec("gauge", "Failed resolutions held by the STUN failure cache."),
     "sipnat_stun_failure_cache_hits_total": MetricSpec("counter", "Resolutions failed at once by the failure cache."),
+    "sipnat_client_flows": MetricSpec(
+        "gauge", "The client role's flows by state: registering, up (registered, kept alive), down (backing off).",
+        ("state",)
+    ),
+    "sipnat_client_requests_total": MetricSpec(
+        "counter", "Requests reaching the client role on a flow, by what it did with them.", ("result",)
+    ),
     "sipnat_connections": MetricSpec("gauge", "Open stream connections (TCP, TLS).", ("transport",)),
     "sipnat_network_changes_total": MetricSpec("counter", "Changes of the host's addresses or default routes seen."),
     "sipnat_connections_refused_total": MetricSpec(

@@ -10,7 +10,9 @@ the ``[section] key`` of the config file), which :func:`twisted_sipnat.tap.makeS
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
+from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Tuple
 
 from twisted.python import usage
@@ -138,6 +140,40 @@ def connectionLimitArguments(sub: Mapping[str, Any]) -> Dict[str, Any]:
     return given
 
 
+#: The client role as an RFC 5626 user agent (``docs/roles/client.rst``, "Authentication" and "Outbound"):
+#: digest credentials, the instance ID's state directory, the keepalive method (clientUAArguments).
+CLIENT_UA_PARAMETERS = [
+    ["user", None, None, "Digest user name (RFC 3261 section 22) for --register; default: the user part of the AOR "
+                         "when a password is given."],
+    ["password-file", None, None, "Read the digest password from the first line of this file."],
+    ["password-env", None, None, "Read the digest password from this environment variable."],
+    ["password", None, None, "The digest password itself (visible to every user in ps: prefer --password-file "
+                             "or --password-env)."],
+    ["state-dir", None, None, "Directory of the state file keeping the RFC 5626 instance ID (created 0600). "
+                              "Default: $XDG_STATE_HOME/twisted-sipnat, else ~/.local/state/twisted-sipnat."],
+    ["keepalive", "k", None, "Keepalive method: stun, crlf, options (a SIP OPTIONS to the next hop every "
+                             "interval; needs --register) or auto (STUN until the next hop proves it does not "
+                             "answer it, then CRLF). Same as --method for stun and crlf; give one of them."],
+]
+
+#: Several flows (``docs/roles/client.rst``, "Several flows"): SRV next hops, the RFC 5626 section 4.5 backoff.
+CLIENT_FLOW_PARAMETERS = [
+    ["max-flows", None, "2", "Without --next-hop: one flow per SIP SRV record of the AOR's domain "
+                             "(_sip._udp), at most this many. Default: 2."],
+    ["backoff-base-all-failed", None, None, "RFC 5626 section 4.5 base-time when every flow has failed, seconds. "
+                                            "Default: 30 (or --backoff-base)."],
+    ["backoff-base-some-up", None, None, "RFC 5626 section 4.5 base-time while another flow is up, seconds. "
+                                         "Default: 90 (or --backoff-base)."],
+    ["backoff-max", None, None, "RFC 5626 section 4.5 max-time, seconds. Default: 1800."],
+    ["network-poll", None, "2", "Seconds between two looks at the host's addresses and default routes "
+                                "(/proc/net); a change makes every flow send a keepalive at once, so a rebinding "
+                                "or a lost address is found within a round trip. 0 turns it off. Default: 2."],
+]
+CLIENT_UA_FLAGS = [
+    ["no-outbound", None, "REGISTER without the RFC 5626 outbound parameters (+sip.instance, reg-id, ;ob)."],
+]
+
+
 class ClientOptions(usage.Options):
     synopsis = "--next-hop HOST:PORT [--stun HOST[:PORT]]... [options]"
     longdesc = (
@@ -147,7 +183,6 @@ class ClientOptions(usage.Options):
     )
     optParameters = [
         ["listen", "l", "udp:5060", "The SIP socket: udp:PORT[:interface=ADDR]; udp:0 takes any free port."],
-        ["next-hop", "n", None, "HOST:PORT (IP literal) of the next SIP hop to keep the binding alive toward. Required."],
         ["domain", "d", DEFAULT_SECTION, "The SIP domain: the --config section whose NAT settings apply."],
         ["register", "r", None, "Address of record (user@domain) to REGISTER with the next hop; its Flow-Timer "
                                 "(or Via keep) then sets the keepalive interval."],
@@ -160,11 +195,22 @@ class ClientOptions(usage.Options):
         ["metrics", None, None, "Serve Prometheus metrics at http://ADDR:PORT/metrics: tcp:PORT[:interface=ADDR]"
                                 "."],
         ["stats-interval", None, None, "Log one info line with the same figures every S seconds."],
-    ]
+    ] + CLIENT_UA_PARAMETERS + CLIENT_FLOW_PARAMETERS
+    optFlags = CLIENT_UA_FLAGS
 
     def __init__(self) -> None:
         usage.Options.__init__(self)
         self["stun"] = []
+        self["next-hop"] = None
+        self["next-hops"] = []
+
+    def opt_next_hop(self, hop: str) -> None:
+        """HOST:PORT (IP literal) of a next SIP hop to register with and keep the binding alive toward; repeat for one flow per hop (RFC 5626 section 4.2). Without it: the SRV records of the --register domain."""  # noqa: E501
+        if self["next-hop"] is None:
+            self["next-hop"] = hop
+        self["next-hops"].append(hop)
+
+    opt_n = opt_next_hop
 
     def opt_stun(self, server: str) -> None:
         """STUN server HOST[:PORT] or stun:HOST[:PORT] URI (RFC 7064); repeat for failover, tried in order. Default: the next hop answers STUN itself."""  # noqa: E501
@@ -323,11 +369,16 @@ _CLIENT_SETTINGS = {"stunServers": "stun", "udpKeepaliveInterval": "interval", "
 
 def clientArguments(options: Options, sub: ClientOptions) -> Dict[str, Any]:
     """The keyword arguments of :class:`~twisted_sipnat.service.client.ClientRole` (after ``reactor``)."""
-    if sub["next-hop"] is None:
+    if sub["next-hop"] is None and sub["register"] is None:
         raise InvalidSettingsError("next-hop", None, "required: HOST:PORT of the next SIP hop")
-    nextHop = parseHostPort(sub["next-hop"], "next-hop")
-    if not isIPLiteral(nextHop[0]):
-        raise InvalidSettingsError("next-hop", sub["next-hop"], "must be an IP literal (UDP writes need one)")
+    nextHops = []
+    for text in sub["next-hops"]:
+        hop = parseHostPort(text, "next-hop")
+        if not isIPLiteral(hop[0]):
+            raise InvalidSettingsError("next-hop", text, "must be an IP literal (UDP writes need one)")
+        if hop in nextHops:
+            raise InvalidSettingsError("next-hop", text, "given twice: one flow per next hop")
+        nextHops.append(hop)
     listen = parseUDPDescription(sub["listen"], "listen")
     domain = sub["domain"]
     settings = _settingsFor(options, domain)
@@ -337,18 +388,93 @@ def clientArguments(options: Options, sub: ClientOptions) -> Dict[str, Any]:
     interval = parseNumber("interval", sub["interval"])
     if interval is not None:
         changes["udpKeepaliveInterval"] = interval
+    if sub["method"] is not None and sub["keepalive"] is not None:
+        raise InvalidSettingsError("keepalive", sub["keepalive"], "--method is the same option: give one of them")
+    if sub["keepalive"] is not None and sub["keepalive"] != "options":
+        changes["udpKeepaliveMethod"] = sub["keepalive"]
+    named = {**_CLIENT_SETTINGS, "udpKeepaliveMethod": "keepalive" if sub["keepalive"] is not None else "method"}
     if sub["method"] is not None:
         changes["udpKeepaliveMethod"] = sub["method"]
     if changes:
         try:
             settings[domain] = dataclasses.replace(settings[domain], **changes)
         except InvalidSettingsError as e:
-            raise InvalidSettingsError(_CLIENT_SETTINGS.get(e.key, e.key), e.value, e.why) from None
+            raise InvalidSettingsError(named.get(e.key, e.key), e.value, e.why) from None
     backoffBase = parseNumber("backoff-base", sub["backoff-base"])
     if backoffBase is not None and backoffBase == 0:
         raise InvalidSettingsError("backoff-base", sub["backoff-base"], "must be > 0 seconds")
-    return {"nextHop": nextHop, "settings": settings, "domain": domain, "listen": listen,
-            "register": sub["register"], "backoffBase": backoffBase}
+    return {"nextHop": nextHops, "settings": settings, "domain": domain, "listen": listen,
+            "register": sub["register"], "backoffBase": backoffBase, **clientUAArguments(sub),
+            **clientFlowArguments(sub, backoffBase)}
+
+
+def clientFlowArguments(sub: ClientOptions, backoffBase: Optional[float] = None) -> Dict[str, Any]:
+    """
+    The keyword arguments of :class:`~twisted_sipnat.service.client.ClientRole` for several flows: ``keepalive``
+    (``"options"``: the role pings with OPTIONS), ``srv`` (the next hops from the AOR domain's SRV records when
+    no ``--next-hop`` is given, RFC 3263 section 4.2) and ``recovery`` (the RFC 5626 section 4.5 figures).
+    """
+    from ..core.recovery import RecoveryPolicy
+    from .siphops import SIPHops
+
+    keepalive = "options" if sub["keepalive"] == "options" else None
+    if keepalive is not None and sub["register"] is None:
+        raise InvalidSettingsError("keepalive", "options", "OPTIONS pings are sent from the AOR: needs --register")
+    maxFlows = int(parseNumber("max-flows", sub["max-flows"], integer=True) or 0)
+    if maxFlows < 1:
+        raise InvalidSettingsError("max-flows", sub["max-flows"], "must be a whole number >= 1")
+    srv = None
+    if not sub["next-hops"]:
+        from ..core.sip.register import parseAOR
+
+        srv = SIPHops(None, parseAOR(sub["register"]).host, maxFlows=maxFlows)
+    figures = {key: parseNumber(key, sub[key]) for key in ("backoff-base-all-failed", "backoff-base-some-up",
+                                                            "backoff-max")}
+    recovery = None
+    if backoffBase is not None or any(value is not None for value in figures.values()):
+        def pick(key: str, default: float) -> float:
+            value = figures[key]
+            return value if value is not None else backoffBase if backoffBase is not None else default
+
+        maxTime = figures["backoff-max"]
+        if maxTime is None:
+            maxTime = max(1800.0, backoffBase or 0.0)
+        recovery = RecoveryPolicy(pick("backoff-base-all-failed", 30.0), pick("backoff-base-some-up", 90.0), maxTime)
+    networkPoll = parseNumber("network-poll", sub["network-poll"])
+    if networkPoll is not None and networkPoll < 0:
+        raise InvalidSettingsError("network-poll", sub["network-poll"], "must be >= 0 seconds (0: off)")
+    return {"keepalive": keepalive, "srv": srv, "recovery": recovery, "networkPoll": networkPoll or None}
+
+
+def clientUAArguments(sub: ClientOptions, environ: Optional[Mapping[str, str]] = None) -> Dict[str, Any]:
+    """
+    The user agent's keyword arguments of :class:`~twisted_sipnat.service.client.ClientRole`: ``credentials``
+    (RFC 3261 §22), ``instance`` (the RFC 5626 §4.1 URN from the state file, only read or made when there is an
+    AOR to register and outbound is not switched off), ``outbound``.
+    """
+    from ..core.sip.digest import Credentials
+    from .identity import defaultStateDir, loadInstance, readPassword
+
+    env = os.environ if environ is None else environ
+    password = readPassword(sub["password"], sub["password-file"], sub["password-env"], env)
+    if sub["user"] is not None and password is None:
+        raise InvalidSettingsError("user", sub["user"], "needs --password-file, --password-env or --password")
+    credentials = None
+    if password is not None:
+        if sub["register"] is None:
+            raise InvalidSettingsError("password", "...", "credentials are for --register")
+        user = sub["user"]
+        if user is None:
+            from ..core.sip.register import parseAOR
+
+            user = parseAOR(sub["register"]).user
+        credentials = Credentials(str(user), password)
+    outbound = not sub["no-outbound"]
+    instance = None
+    if sub["register"] is not None and outbound:
+        stateDir = Path(sub["state-dir"]) if sub["state-dir"] else defaultStateDir(env)
+        instance = loadInstance(stateDir)
+    return {"credentials": credentials, "instance": instance, "outbound": outbound}
 
 
 def edgeArguments(sub: EdgeOptions, workers: int) -> Dict[str, Any]:

@@ -14,6 +14,7 @@ writes, and the Deferred.
 from __future__ import annotations
 
 import secrets
+import socket
 from collections import Counter
 from typing import Any, Callable, Optional, Tuple, Union
 
@@ -23,24 +24,18 @@ from zope.interface import implementer
 
 from ..core.ratelimit import DropTally
 from ..core.sip.clienttransaction import T1, T2, TIMER_F, NonInviteClientTransaction, Retransmit, TimedOut
+from ..core.sip.digest import Credentials
 from ..core.sip.error import SIPParseError
 from ..core.sip.message import Response
-from ..core.sip.register import (
-    buildRegister,
-    contactOf,
-    grantedExpires,
-    minExpires,
-    parseAOR,
-    readMessage,
-    registrarKeepalive,
-)
+from ..core.sip.register import grantedExpires, parseAOR, readMessage, registrarKeepalive
+from ..core.sip.registration import Registered, Registration, Retry
 from ..core.sip.uri import SIPURI
 from ..errors import RegistrationError
 from ..protocols import sendDatagram
 from ..wakeup import Wakeup
 from .figures import Figures, IFigureSource
 
-__all__ = ["REGISTER_RESULTS", "RegisterClient", "grantedExpires", "registrarKeepalive"]
+__all__ = ["REGISTER_RESULTS", "RegisterClient", "grantedExpires", "registrarKeepalive", "routeSource"]
 
 #: The ``result`` label of ``sipnat_register_transactions_total``: a 2xx, a final error response (a 423 that is
 #: retried is not counted: its retry is), no final response by Timer F.
@@ -50,6 +45,20 @@ HostPort = Tuple[str, int]
 NextHop = Union[HostPort, Callable[[], HostPort]]
 
 log = Logger(namespace="twisted_sipnat.client")
+
+
+def routeSource(hop: HostPort, default: str) -> str:
+    """
+    The local address the host's routes use toward ``hop`` (a connected UDP socket's name: no packet is sent),
+    for a Contact when the SIP socket is bound to every interface; ``default`` when there is no route.
+    """
+    family = socket.AF_INET6 if ":" in hop[0] else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_DGRAM) as probe:
+            probe.connect(hop)
+            return str(probe.getsockname()[0])
+    except OSError:
+        return default
 
 
 @implementer(IFigureSource)
@@ -77,24 +86,44 @@ class RegisterClient(protocol.DatagramProtocol):
     TIMER_F = TIMER_F
 
     def __init__(self, reactor: Any, aor: str, nextHop: NextHop, expires: int = 3600,
-                 dropInterval: float = 10.0) -> None:
+                 dropInterval: float = 10.0, credentials: Optional[Credentials] = None,
+                 instance: Optional[str] = None, regId: Optional[int] = None) -> None:
         self.reactor = reactor
         self.aorURI = parseAOR(aor)
         self.aor = str(self.aorURI)
         self._nextHop = nextHop
-        self.expires = expires
-        #: RFC 3261 §10.2.4: one Call-ID for every REGISTER this client sends; the CSeq counts up.
-        self.callId = secrets.token_hex(8)
-        self.cseq = 0
-        #: The Contact URI of the last REGISTER: the binding whose ``expires`` a 2xx's lifetime is read from.
-        self.contact: Optional[SIPURI] = None
+        #: The flow's registration rules (:mod:`twisted_sipnat.core.sip.registration`).  RFC 3261 §10.2.4:
+        #: one Call-ID for every REGISTER this client sends; the CSeq counts up.
+        self.registration = Registration(
+            self.aorURI, expires=expires, callId=secrets.token_hex(8), fromTag=secrets.token_hex(4),
+            token=lambda: secrets.token_hex(8), credentials=credentials, instance=instance, regId=regId,
+        )
+        self.callId = self.registration.callId
         self.stats: Counter[str] = Counter()
         self.dropped = DropTally("SIP datagrams", interval=dropInterval)
         self._txn: Optional[NonInviteClientTransaction] = None
         self._deferred: Optional[defer.Deferred[Response]] = None
         self._wakeup = Wakeup(reactor, self._wake)
-        self._retried = False
-        self._contactAddress: Optional[HostPort] = None
+        #: What the last 2xx said (``None`` before one), read by the role: outbound honoured, the reflexive address.
+        self.registered: Optional[Registered] = None
+
+    @property
+    def expires(self) -> int:
+        """The lifetime REGISTERs ask for (RFC 3261 §10.2.1.1); a 423's Min-Expires raises it."""
+        return self.registration.expires
+
+    @expires.setter
+    def expires(self, value: int) -> None:
+        self.registration.expires = value
+
+    @property
+    def cseq(self) -> int:
+        return self.registration.cseq
+
+    @property
+    def contact(self) -> Optional[SIPURI]:
+        """The Contact URI of the last REGISTER: the binding whose ``expires`` a 2xx's lifetime is read from."""
+        return self.registration.contact
 
     @property
     def nextHop(self) -> HostPort:
@@ -109,25 +138,18 @@ class RegisterClient(protocol.DatagramProtocol):
     def register(self, contact: HostPort) -> defer.Deferred[Response]:
         """Send one REGISTER binding ``contact`` (the public address) to the AOR; cancels an earlier one."""
         self.stop()
-        self._retried = False
+        self.registration.begin()
         d: defer.Deferred[Response] = defer.Deferred(self._cancelled)
         self._deferred = d
         self._send(contact)
         return d
 
     def _send(self, contact: HostPort) -> None:
-        self.cseq += 1
         local = self.transport.getHost() if self.transport is not None else None
         localHost = str(getattr(local, "host", ""))
         localPort = getattr(local, "port", None)
         viaHost = localHost if localHost and localHost not in ("0.0.0.0", "::") else contact[0]
-        request = buildRegister(
-            self.aorURI, contact, (viaHost, localPort if localPort is not None else contact[1]),
-            callId=self.callId, cseq=self.cseq, branch=secrets.token_hex(8), fromTag=secrets.token_hex(4),
-            expires=self.expires,
-        )
-        self.contact = contactOf(request)
-        self._contactAddress = contact
+        request = self.registration.request(contact, (viaHost, localPort if localPort is not None else contact[1]))
         self._txn = NonInviteClientTransaction(request, self._now(), t1=self.T1, t2=self.T2, timerF=self.TIMER_F)
         hop = self.nextHop
         self._write(self._txn.data)
@@ -221,24 +243,21 @@ class RegisterClient(protocol.DatagramProtocol):
             if txn is None or not txn.matches(response):
                 self.stats["dropped.unmatched"] += 1
             return
-        retry = minExpires(final)
-        if retry is not None and retry > self.expires and not self._retried and self._contactAddress:
-            # RFC 3261 §10.2.8: ask again with at least Min-Expires (once: a registrar raising it again is refused).
-            self._retried = True
-            self.expires = retry
+        decision = self.registration.final(final)
+        if isinstance(decision, Retry):
             self.stats["register.retried"] += 1
-            log.info("registrar wants at least {expires} s (423); asking again", expires=retry,
+            log.info("REGISTER {aor}: {why}; sending it again", aor=self.aor, why=decision.why,
                      sipnat_event="sipnat.client.register.retry")
-            self._send(self._contactAddress)
-            return
-        if final.code < 300:
+            self._send(decision.contact)
+        elif isinstance(decision, Registered):
             self.stats["register.succeeded"] += 1
+            self.registered = decision
             d = self._finish()
             if d is not None:
                 d.callback(final)
         else:
             self.stats["register.refused"] += 1
-            self._fail(RegistrationError(final.code, final.reason))
+            self._fail(RegistrationError(decision.code, decision.why))
 
     def reportFigures(self, figures: Figures) -> None:
         stats = self.stats
@@ -247,5 +266,5 @@ class RegisterClient(protocol.DatagramProtocol):
             figures.count("sipnat_register_transactions_total", stats[key], result=result)
 
     def grantedExpires(self, response: Response) -> int:
-        """The lifetime ``response`` granted to this client's binding (RFC 3261 §10.2.4)."""
-        return grantedExpires(response, self.expires, self.contact)
+        """The lifetime ``response`` granted to this client's binding (RFC 3261 §10.2.4, RFC 5626 §6)."""
+        return self.registration.grantedExpires(response)

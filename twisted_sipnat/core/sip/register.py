@@ -22,7 +22,7 @@ rules; sans-IO they are tested on their own (with hypothesis), and the shell
 
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Optional, Sequence, Tuple
 
 from twisted_sipnat.errors import InvalidHeaderError, InvalidSettingsError
 
@@ -80,11 +80,18 @@ def buildRegister(
     branch: str,
     fromTag: str,
     expires: int,
+    instance: Optional[str] = None,
+    regId: Optional[int] = None,
+    extraHeaders: Sequence[Tuple[str, str]] = (),
 ) -> Request:
     """
     One REGISTER binding ``contact`` (the public address) to ``aor``, as RFC 3261 §10.2 builds it (module
     docstring).  ``sentBy`` is the address the top Via names (RFC 3261 §18.1.1: where responses are to go,
     before ``rport`` corrects it); ``branch`` is the part after the magic cookie ``z9hG4bK``.
+
+    RFC 5626 outbound: ``instance`` (a ``urn:uuid:...``) is the Contact's ``+sip.instance`` (§4.1); with
+    ``regId`` as well the Contact carries ``reg-id`` and its URI ``;ob`` (§4.2, §5.4), and the request says
+    ``Supported: outbound, path`` (§4.2.1).  ``extraHeaders`` (credentials, RFC 3261 §22.4) go after CSeq.
     """
     if not 0 <= cseq < 2**31:
         raise ValueError(f"a CSeq number is below 2**31 (RFC 3261 §8.1.1.5), not {cseq}")
@@ -93,7 +100,13 @@ def buildRegister(
     domain = SIPURI(aor.scheme, aor.host, port=aor.port)
     address = SIPURI(aor.scheme, aor.host, user=aor.user, port=aor.port)
     via = Via("UDP", sentBy[0], sentBy[1], (("branch", "z9hG4bK" + branch), ("rport", None), ("keep", None)))
-    ours = SIPURI("sip", contact[0], user=aor.user, port=contact[1])
+    outbound = instance is not None and regId is not None
+    ours = SIPURI("sip", contact[0], user=aor.user, port=contact[1], params=(("ob", None),) if outbound else ())
+    contactParams = ""
+    if outbound:
+        contactParams += f";reg-id={regId:d}"
+    if instance is not None:
+        contactParams += f';+sip.instance="<{instance}>"'
     headers = Headers()
     headers.add("Via", str(via))
     headers.add("Max-Forwards", "70")
@@ -101,7 +114,11 @@ def buildRegister(
     headers.add("From", f"<{address}>;tag={fromTag}")
     headers.add("Call-ID", callId)
     headers.add("CSeq", f"{cseq} REGISTER")
-    headers.add("Contact", f"<{ours}>")
+    for name, value in extraHeaders:
+        headers.add(name, value)
+    if outbound:
+        headers.add("Supported", "outbound, path")
+    headers.add("Contact", f"<{ours}>{contactParams}")
     headers.add("Expires", str(expires))
     headers.add("Content-Length", "0")
     return Request("REGISTER", str(domain), headers)
