@@ -131,8 +131,12 @@ class KeepaliveMachine(RuleBasedStateMachine):
         return self.udpObservers + [self.tcpObserver]
 
     def tcpOutput(self) -> Tuple[bytes, int]:
-        events = IncomingSplitter(role="server").feed(self.tcpTransport.value())
-        sip = b"".join(e.data for e in events if type(e) is SIPData)
+        written = self.tcpTransport.value()
+        splitter = IncomingSplitter(role="server")
+        events = splitter.feed(written)
+        # an unfinished header block (the stream's tail) is held by the splitter, not handed out yet
+        held = written[len(written) - splitter.buffered :] if splitter.buffered else b""
+        sip = b"".join(e.data for e in events if type(e) is SIPData) + held
         return sip, sum(1 for e in events if type(e) is Ping)
 
     def notePings(self) -> None:
