@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any, Callable, Mapping, Optional, Tuple, Union
 
 from twisted.application import service
+from twisted.application.service import IService
 from twisted.internet import defer
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.logger import Logger
@@ -26,6 +27,7 @@ from ..protocols import SharedDatagramProtocol
 from ..settings import NATSettings
 from .figures import FigureSources, IFigureSource
 from .flowfigures import ControllerFigures
+from .flowtransport import FlowTransport, openRegisterClient
 from .listeners import UDPListener
 from .sipclient import RegisterClient, registrarKeepalive, routeSource
 
@@ -81,6 +83,7 @@ class ClientRole(service.MultiService, FigureSources):
         credentials: Optional[Credentials] = None,
         instance: Optional[str] = None,
         outbound: bool = True,
+        transport: Optional[FlowTransport] = None,
     ) -> None:
         service.MultiService.__init__(self)
         if domain not in settings:
@@ -93,13 +96,21 @@ class ClientRole(service.MultiService, FigureSources):
         self.aor = register
         # The user agent (docs/roles/client.rst, "Authentication", "Outbound"): digest credentials, and RFC 5626
         # outbound with reg-id 1 when an instance ID is given and outbound is not switched off.
-        self.registerClient = RegisterClient(
-            reactor, register, nextHop, credentials=credentials, instance=instance,
-            regId=1 if outbound and instance is not None else None,
+        # The flow's transport (docs/roles/client.rst, "Transports"): UDP on the shared socket, or a TCP/TLS
+        # connection of the REGISTER client's own, which the keepalives then run on.
+        self.flowTransport = transport if transport is not None else FlowTransport()
+        if self.flowTransport.stream and register is None:
+            raise InvalidSettingsError("transport", self.flowTransport.name, "a TCP or TLS flow is made by --register")
+        self.registerClient = openRegisterClient(
+            reactor, self.flowTransport, register, nextHop, self.controller, credentials=credentials,
+            instance=instance, regId=1 if outbound and instance is not None else None,
         ) if register is not None else None
         if self.registerClient is not None:
             self.addFigureSource(self.registerClient)
-        self.shared = SharedDatagramProtocol(sipProtocol=self.registerClient, controller=self.controller, clock=reactor)
+        if IService.providedBy(self.registerClient):
+            self.registerClient.setServiceParent(self)  # type: ignore[union-attr]
+        udpClient = self.registerClient if isinstance(self.registerClient, RegisterClient) else None
+        self.shared = SharedDatagramProtocol(sipProtocol=udpClient, controller=self.controller, clock=reactor)
         self.listener = UDPListener(reactor, listen[0], self.shared, listen[1], option="listen")
         self.listener.setServiceParent(self)
         self.observer = _RoleObserver(self)
@@ -143,8 +154,8 @@ class ClientRole(service.MultiService, FigureSources):
         if not self._mayRetry():
             return
         hop = self.nextHop
-        if self.registerClient is not None and self.registerClient.registration.outbound:
-            self._registerFirst(hop)
+        if self.registerClient is not None and (self.registerClient.registration.outbound or self.flowTransport.stream):
+            self._registerFirst(hop)  # a stream flow registers first in any case: no STUN inside a SIP stream
             return
         d = self.controller.resolvePublicAddress(self.domain, self.shared, hop, observer=self.observer)
         self._pending = d
@@ -240,7 +251,7 @@ class ClientRole(service.MultiService, FigureSources):
         interval = registrarKeepalive(response)
         if interval != self.flowTimer:
             self.flowTimer = interval
-            self.controller.refreshNATBinding(self.shared, self.observer, nextHop=hop, flowTimer=interval)
+            self.controller.refreshNATBinding(self._flowSocket(), self.observer, nextHop=hop, flowTimer=interval)
         self._scheduleRefresh(self._granted(response), hop)
 
     def _refreshFailed(self, reason: Failure) -> None:
@@ -252,8 +263,8 @@ class ClientRole(service.MultiService, FigureSources):
 
     def _keepAlive(self, hop: HostPort, flowTimer: Optional[int]) -> None:
         self._pending = None
-        started = self.controller.refreshNATBinding(self.shared, self.observer, nextHop=hop, flowTimer=flowTimer,
-                                                    domain=self.domain)
+        started = self.controller.refreshNATBinding(self._flowSocket(), self.observer, nextHop=hop,
+                                                    flowTimer=flowTimer, domain=self.domain)
         self.keepalivesStarted += 1
         self._reboundAllowed = True
         self.backoff.succeeded()
@@ -261,6 +272,12 @@ class ClientRole(service.MultiService, FigureSources):
                  state="started" if started else "not needed", sipnat_event="sipnat.client.keepalive.started")
         if not self.ready.called:
             self.ready.callback(self.publicAddress)
+
+    def _flowSocket(self) -> Any:
+        """What the flow's keepalives run on: the shared UDP socket, or the stream flow's connection."""
+        if self.flowTransport.stream and self.registerClient is not None:
+            return self.registerClient.socket
+        return self.shared
 
     def _failed(self, reason: Failure) -> None:
         self._pending = None
@@ -277,6 +294,7 @@ class ClientRole(service.MultiService, FigureSources):
             pending.cancel()
         if self.registerClient is not None:
             self.registerClient.stop()
+            self.registerClient.dropFlow()  # a stream flow's connection goes: the next attempt makes a new flow
         self.failures += 1
         why = reason.getErrorMessage() if isinstance(reason, Failure) else str(reason)
         log.warn("flow failure: {why}", why=why, sipnat_event="sipnat.client.flowFailure")
