@@ -233,6 +233,21 @@ def test_dropFlow_aborts_the_connection(clock: Clock) -> None:
     assert conn.closed and client.socket is None
 
 
+def test_a_dropped_connection_lost_late_does_not_fail_the_REGISTER_waiting_for_the_next(clock: Clock) -> None:
+    client, endpoint, _ = streamClient(clock)
+    client.register()
+    old = endpoint.last.accept()
+    old.receive(answer(old.requests()[0]))
+    client.dropFlow()  # aborted: a real transport reports the loss a moment later
+    got = results(client.register())
+    assert len(endpoint.connections) == 2
+    old.lose()
+    assert got == []
+    new = endpoint.last.accept(("10.0.0.2", 40001))
+    new.receive(answer(new.requests()[0]))
+    assert isinstance(got[0], Response)
+
+
 def test_stopping_closes_the_connection_and_waits_for_it_at_most_CLOSE_TIMEOUT(clock: Clock) -> None:
     client, endpoint, _ = streamClient(clock)
     client.startService()

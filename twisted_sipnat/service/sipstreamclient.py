@@ -310,7 +310,7 @@ class StreamRegisterClient(RegisterTransactions, service.Service):
         if stream is self._stream:
             self._stream = None
             self.stats["connections.lost"] += 1
-            if self._deferred is not None:
+            if self._deferred is not None and self._txn is not None:  # sent on this connection: it failed with it
                 self._fail(self._lossError(reason))
             self._sayDrops()
         timer, self._closeTimer = self._closeTimer, None
