@@ -8,7 +8,9 @@ socket arbitration.
 This is the shell: the request, the matching of responses, the figures read from them
 (:mod:`twisted_sipnat.core.sip.register`) and the RFC 3261 §17.1.2 transaction with its Timers E and F
 (:mod:`twisted_sipnat.core.sip.clienttransaction`) are sans-IO; what is left here is one delayed call, the
-writes, and the Deferred.
+writes, and the Deferred.  :class:`RegisterTransactions` is that part, whatever the transport;
+:class:`RegisterClient` puts it on the UDP socket, and
+:class:`~twisted_sipnat.service.sipstreamclient.StreamRegisterClient` on a TCP or TLS connection.
 """
 
 from __future__ import annotations
