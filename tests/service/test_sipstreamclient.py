@@ -284,3 +284,40 @@ def test_a_controller_of_its_own_is_not_needed_for_the_figures(clock: Clock) -> 
     controller = NATTraversalController(NATSettings(), reactor=clock)
     client, _, _ = streamClient(clock, controller=controller)
     assert client.controller is controller
+
+
+def test_the_per_flow_REGISTER_client_interface(clock: Clock) -> None:
+    # What a role with one REGISTER client per flow asks of it, besides register/stop/registered/grantedExpires:
+    # keepaliveSocket (its own connection), makeConnection/datagramReceived (the shared UDP socket: unused) and
+    # doStop (the role stops: the connection closes).
+    client, endpoint, _ = streamClient(clock)
+    client.makeConnection(object())
+    assert client.keepaliveSocket is None
+    client.register()
+    conn = endpoint.last.accept()
+    conn.receive(answer(conn.requests()[0]))
+    assert client.keepaliveSocket is client.socket is conn.protocol
+    client.datagramReceived(b"SIP/2.0 200 OK\r\n\r\n", REGISTRAR)
+    assert client.stats["dropped.datagram"] == 1 and client.registered is not None
+    client.doStop()
+    assert conn.closed
+    conn.lose()
+    assert clock.getDelayedCalls() == []
+
+
+def test_registerClientFactory_makes_each_flows_client_from_the_role(clock: Clock) -> None:
+    from types import SimpleNamespace
+
+    from twisted_sipnat.core.sip.digest import Credentials
+    from twisted_sipnat.service.flowtransport import FlowTransport, registerClientFactory
+    from twisted_sipnat.service.sipclient import RegisterClient
+    from twisted_sipnat.service.sipstreamclient import StreamRegisterClient
+
+    controller = NATTraversalController(NATSettings(), reactor=clock)
+    role = SimpleNamespace(reactor=clock, aor="alice@example.com", controller=controller,
+                           credentials=Credentials("alice", "pw"), instance=INSTANCE)
+    tls = registerClientFactory(FlowTransport("tls", verify=False))(role, 2, REGISTRAR, 2)
+    assert isinstance(tls, StreamRegisterClient) and tls.transportName == "TLS" and tls.controller is controller
+    assert (tls.registration.regId, tls.registration.instance, tls.nextHop) == (2, INSTANCE, REGISTRAR)
+    udp = registerClientFactory(FlowTransport())(role, 1, REGISTRAR, 1)
+    assert isinstance(udp, RegisterClient) and udp.registration.regId == 1

@@ -29,7 +29,8 @@ from ..errors import InvalidSettingsError
 from .sipclient import RegisterClient
 from .sipstreamclient import DEFAULT_CONNECT_TIMEOUT, StreamRegisterClient
 
-__all__ = ["TRANSPORTS", "FlowTransport", "clientTLSCreator", "openRegisterClient", "serverIdentity", "streamEndpoint"]
+__all__ = ["TRANSPORTS", "FlowTransport", "clientTLSCreator", "openRegisterClient", "registerClientFactory",
+           "serverIdentity", "streamEndpoint"]
 
 HostPort = Tuple[str, int]
 NextHop = Union[HostPort, Callable[[], HostPort]]
@@ -152,3 +153,18 @@ def openRegisterClient(reactor: Any, transport: FlowTransport, aor: str, nextHop
         endpointFor = streamEndpoint(reactor, transport, serverIdentity(hop, aor))
     return StreamRegisterClient(reactor, aor, nextHop, endpointFor, controller, transport=transport.name,
                                 credentials=credentials, instance=instance, regId=regId)
+
+
+def registerClientFactory(transport: FlowTransport) -> Callable[[Any, int, NextHop, Optional[int]], AnyRegisterClient]:
+    """
+    :func:`openRegisterClient` as a role with one REGISTER client per flow calls it: ``factory(role, key, nextHop,
+    regId)``, reading ``reactor``, ``aor``, ``controller``, ``credentials`` and ``instance`` off the role (``key``,
+    the flow's name, does not change the client).
+    """
+
+    def factory(role: Any, key: int, nextHop: NextHop, regId: Optional[int]) -> AnyRegisterClient:
+        return openRegisterClient(role.reactor, transport, role.aor, nextHop, role.controller,
+                                  credentials=getattr(role, "credentials", None),
+                                  instance=getattr(role, "instance", None), regId=regId)
+
+    return factory

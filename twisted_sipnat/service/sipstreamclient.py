@@ -205,9 +205,25 @@ class StreamRegisterClient(RegisterTransactions, service.Service):
         stream = self._stream
         return stream.transport if stream is not None and not stream.closing else None
 
+    #: The same, under the name a per-flow role asks a REGISTER client with a connection of its own for.
+    keepaliveSocket = socket
+
     @property
     def connected(self) -> bool:
         return self.socket is not None
+
+    # -- the UDP client's attachment to the shared socket: a stream client reads its own connection --
+
+    def makeConnection(self, transport: Any) -> None:
+        """The role's shared UDP socket is up: nothing of it is used by a stream flow."""
+
+    def datagramReceived(self, data: bytes, addr: Any) -> None:
+        """A datagram from the next hop on the UDP socket: not this flow's (its responses come on the connection)."""
+        self.stats["dropped.datagram"] += 1
+
+    def doStop(self) -> None:
+        """The role's SIP socket stopped (the role is stopping): the REGISTER is forgotten, the connection closed."""
+        self.stopService()
 
     def register(self, contact: Optional[HostPort] = None) -> defer.Deferred[Response]:
         """
@@ -358,8 +374,9 @@ class StreamRegisterClient(RegisterTransactions, service.Service):
     # -- the service --
 
     def stopService(self) -> defer.Deferred[None]:
-        """Forget the REGISTER in progress, close the connection; fires once it is closed."""
-        service.Service.stopService(self)
+        """Forget the REGISTER in progress, close the connection; fires once it is closed (at once if it is)."""
+        if self.running:
+            service.Service.stopService(self)
         self.stop()
         connecting, self._connecting = self._connecting, None
         if connecting is not None:
@@ -369,9 +386,10 @@ class StreamRegisterClient(RegisterTransactions, service.Service):
             return defer.succeed(None)
         d: defer.Deferred[None] = defer.Deferred()
         self._closed.append(d)
-        stream.close()
-        if self._closed and self._closeTimer is None:  # not closed at once: bounded, a peer may never answer
-            self._closeTimer = self.reactor.callLater(CLOSE_TIMEOUT, self._abortClose, stream)
+        if self._closeTimer is None:  # not already closing: close, bounded, as a peer may never answer
+            stream.close()
+            if self._closed:
+                self._closeTimer = self.reactor.callLater(CLOSE_TIMEOUT, self._abortClose, stream)
         return d
 
     def _abortClose(self, stream: _SIPStream) -> None:
