@@ -321,3 +321,50 @@ def test_registerClientFactory_makes_each_flows_client_from_the_role(clock: Cloc
     assert (tls.registration.regId, tls.registration.instance, tls.nextHop) == (2, INSTANCE, REGISTRAR)
     udp = registerClientFactory(FlowTransport())(role, 1, REGISTRAR, 1)
     assert isinstance(udp, RegisterClient) and udp.registration.regId == 1
+
+
+OPTIONS = (b"OPTIONS sip:alice@10.0.0.2:40000;transport=tcp SIP/2.0\r\n"
+           b"Via: SIP/2.0/TCP 192.0.2.1:5060;branch=z9hG4bKopt%d\r\n"
+           b"From: <sip:edge@example.com>;tag=e1\r\nTo: <sip:alice@example.com>\r\nCall-ID: opt%d\r\n"
+           b"CSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n")
+
+
+def test_a_request_over_the_flow_is_answered_on_the_connection_when_an_answer_is_given(clock: Clock) -> None:
+    from twisted_sipnat.core.sip import Request, parse, responseTo
+
+    client, endpoint, _ = streamClient(clock)
+    client.answer = lambda request: responseTo(request, 200 if request.method == "OPTIONS" else 480)
+    client.register()
+    conn = endpoint.last.accept()
+    conn.receive(answer(conn.requests()[0]))
+    conn.receive(OPTIONS % (1, 1))
+    [written] = conn.buffer.feed(conn.written())
+    response = parse(written, stream=True)
+    assert not isinstance(response, Request) and response.startLine == "SIP/2.0 200 OK"
+    assert response.headers.get("Call-ID") == "opt1" and client.stats["requests.answered"] == 1
+
+
+def test_requests_over_the_flow_are_answered_within_the_rate(clock: Clock) -> None:
+    from twisted_sipnat.core.sip import responseTo
+
+    client, endpoint, _ = streamClient(clock)
+    client.answer = lambda request: responseTo(request, 200)
+    client.register()
+    conn = endpoint.last.accept()
+    conn.receive(answer(conn.requests()[0]))
+    conn.receive(b"".join(OPTIONS % (n, n) for n in range(200)))
+    assert client.stats["requests.received"] == 200
+    assert client.stats["requests.answered"] == 20 and client.stats["requests.rate_limited"] == 180  # the burst
+    clock.advance(1.0)
+    conn.receive(OPTIONS % (300, 300))
+    assert client.stats["requests.answered"] == 21
+
+
+def test_without_an_answer_requests_are_dropped_as_on_udp(clock: Clock) -> None:
+    client, endpoint, _ = streamClient(clock)
+    client.register()
+    conn = endpoint.last.accept()
+    conn.requests()
+    conn.receive(OPTIONS % (1, 1))
+    assert client.stats["dropped.request"] == 1 and conn.written() == b""
+    client.stop()

@@ -28,7 +28,7 @@ from ..core.ratelimit import DropTally
 from ..core.sip.clienttransaction import T1, T2, TIMER_F, NonInviteClientTransaction, Retransmit, TimedOut
 from ..core.sip.digest import Credentials
 from ..core.sip.error import SIPParseError
-from ..core.sip.message import Response
+from ..core.sip.message import Request, Response
 from ..core.sip.register import grantedExpires, parseAOR, readMessage, registrarKeepalive
 from ..core.sip.registration import Registered, Registration, Retry
 from ..core.sip.uri import SIPURI
@@ -227,9 +227,13 @@ class RegisterTransactions:
             self._dropped(source, e.reason)
             return
         if not isinstance(message, Response):
-            self.stats["dropped.request"] += 1  # RFC 3261 §8.2 would answer it; this UA only registers
+            self._requestReceived(message)
             return
         self._response(message)
+
+    def _requestReceived(self, request: Request) -> None:
+        """A request: dropped here (a transport whose requests come from its next hop only may answer it)."""
+        self.stats["dropped.request"] += 1  # RFC 3261 §8.2 would answer it; this UA only registers
 
     def _dropped(self, addr: Any, why: str) -> None:
         host = str(addr[0]) if isinstance(addr, tuple) and addr else str(addr)

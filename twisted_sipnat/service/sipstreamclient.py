@@ -39,8 +39,9 @@ from zope.interface import implementer
 
 from ..core.addresses import hostPortOf
 from ..core.messagebuffer import MessageBuffer
+from ..core.ratelimit import RateLimit
 from ..core.sip.digest import Credentials
-from ..core.sip.message import Response
+from ..core.sip.message import Request, Response
 from ..core.sipframing import DEFAULT_MAX_MESSAGE_SIZE, SIPFramingError
 from ..errors import FlowConnectError, RegistrationConnectionLost, RegistrationError, TLSVerificationError
 from ..protocols import SharedStreamFactory
@@ -56,6 +57,10 @@ EndpointFor = Callable[[HostPort], Any]
 #: Seconds a connection (TLS handshake excluded: the REGISTER's Timer F covers it) may take to be made: Timer F,
 #: the time a REGISTER over UDP would have had to be answered.
 DEFAULT_CONNECT_TIMEOUT = 32.0
+#: Requests the next hop may have answered per second on the connection, and in a burst (``answer``): far above
+#: what a registrar sends a UA (an OPTIONS now and then, a call), low enough that a flood costs little.
+REQUEST_RATE = 10.0
+REQUEST_BURST = 20
 #: Seconds a stop waits for the connection to close (TLS: the peer's close_notify) before it aborts it.
 CLOSE_TIMEOUT = 2.0
 
@@ -196,6 +201,11 @@ class StreamRegisterClient(RegisterTransactions, service.Service):
         self._closeTimer: Any = None
         #: Connections made so far (each one a new flow).
         self.connections = 0
+        #: ``answer(request)``: the response to a request the next hop sent over the flow (RFC 3261 §8.2: an
+        #: OPTIONS, a call for the AOR), written back on the connection, or ``None`` to send nothing; unset,
+        #: requests are counted and dropped as on UDP.  At most :data:`REQUEST_RATE` a second are answered.
+        self.answer: Optional[Callable[[Request], Optional[Response]]] = None
+        self._requestRate = RateLimit(REQUEST_RATE, REQUEST_BURST, maxSources=1)
 
     # -- what the role uses --
 
@@ -314,6 +324,25 @@ class StreamRegisterClient(RegisterTransactions, service.Service):
     def _streamMessage(self, stream: _SIPStream, data: bytes) -> None:
         if stream is self._stream:
             self._messageReceived(data, self.nextHop, stream=True)
+
+    def _requestReceived(self, request: Request) -> None:
+        """
+        A request over the flow: only the next hop can send one on this connection (no spoofed source to
+        reflect to), so it is answered when :attr:`answer` is set, within the request rate.
+        """
+        self.stats["requests.received"] += 1
+        if self.answer is None:
+            RegisterTransactions._requestReceived(self, request)
+            return
+        if not self._requestRate.allow("next hop", self._now()):
+            self.stats["requests.rate_limited"] += 1
+            return
+        response = self.answer(request)
+        stream = self._stream
+        if response is None or stream is None or stream.transport is None or stream.closing:
+            return
+        stream.transport.write(response.toBytes())
+        self.stats["requests.answered"] += 1
 
     def _unframed(self, stream: _SIPStream, why: str) -> None:
         """The SIP bytes of the connection cannot be cut into messages any more: it is of no use, close it."""
