@@ -162,6 +162,34 @@ class RegistrationError(NATTraversalError):
         self.phrase = phrase
 
 
+class FlowConnectError(RegistrationError):
+    """
+    A REGISTER over TCP or TLS could not be sent: the connection to the next hop was not made (refused,
+    unreachable, not within the connect timeout).  ``code`` is ``None``.
+    """
+
+    def __init__(self, phrase: str) -> None:
+        super().__init__(None, phrase)
+
+
+class TLSVerificationError(FlowConnectError):
+    """
+    The next hop's TLS certificate was refused (RFC 5922 §7): not signed by a trusted CA, expired, or not naming
+    the server identity the client expects.  Nothing was sent over the connection.
+    """
+
+
+class RegistrationConnectionLost(RegistrationError, FlowConnectionLost):
+    """
+    The TCP/TLS connection of a REGISTER in progress was closed or reset before its final response: both a
+    failed registration (``code`` ``None``) and a lost flow.
+    """
+
+    def __init__(self, phrase: str) -> None:
+        RegistrationError.__init__(self, None, phrase)
+        self.why = phrase
+
+
 # -- errors of the sans-IO core, raised on bad bytes or values (re-exported by the modules that raise them) --
 
 

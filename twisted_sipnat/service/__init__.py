@@ -6,7 +6,8 @@ and :mod:`twisted_sipnat.protocols`), never below it: nothing in the core or the
 
 - :mod:`.options`: the ``twistd sipnat`` command line (``usage.Options``) and the checking of its values.
 - :mod:`.listeners`: the services that own ports (UDP, including ``SO_REUSEPORT`` binding, and stream endpoints).
-- :mod:`.sipclient`: the RFC 3261 REGISTER client of the client role, on :mod:`twisted_sipnat.core.sip`.
+- :mod:`.sipclient`: the RFC 3261 REGISTER client of the client role, on :mod:`twisted_sipnat.core.sip`;
+  :mod:`.sipstreamclient`: the same over TCP/TLS; :mod:`.flowtransport`: which of them a flow gets (``--transport``).
 - :mod:`.sipedge`: the edge's SIP side (UDP and stream protocols driving the sans-IO registrar and proxy of
   :mod:`twisted_sipnat.core.registrar` and :mod:`twisted_sipnat.core.proxy`).
 - :mod:`.stunstream`: STUN over TCP (RFC 8489 §6.2.2), framed by :class:`twisted_sipnat.core.stun.StreamFramer`.

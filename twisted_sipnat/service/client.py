@@ -24,6 +24,7 @@ from zope.interface import implementer
 from ..controller import NATTraversalController
 from ..core.recovery import STATES, FlowRecovery, RecoveryPolicy
 from ..core.sip.digest import Credentials
+from ..core.sip.uas import answerRequest
 from ..errors import InvalidSettingsError
 from ..protocols import SharedDatagramProtocol
 from ..settings import NATSettings
@@ -31,6 +32,7 @@ from .clientflow import REFRESH_AT, ClientFlow, FlowRegisterClient
 from .figures import Figures, FigureSources, IFigureSource
 from .flowdemux import FlowDemux
 from .flowfigures import ControllerFigures
+from .flowtransport import FlowTransport, registerClientFactory
 from .listeners import UDPListener
 from .netwatch import NetworkWatcher
 from .resolutionfigures import ResolutionFigures
@@ -119,6 +121,7 @@ class ClientRole(service.MultiService, FigureSources):
         recovery: Optional[RecoveryPolicy] = None,
         registerClientFactory: Optional[RegisterClientFactory] = None,
         networkPoll: Optional[float] = None,
+        transport: Optional[FlowTransport] = None,
     ) -> None:
         service.MultiService.__init__(self)
         if domain not in settings:
@@ -148,7 +151,13 @@ class ClientRole(service.MultiService, FigureSources):
         self.credentials = credentials
         self.instance = instance
         self._outbound = outbound and instance is not None
-        self._factory = registerClientFactory or _udpRegisterClient
+        # The flows' transport (docs/roles/client.rst, "Transports"): UDP on the shared socket, or a TCP/TLS
+        # connection of each flow's REGISTER client, which that flow's keepalives then run on.
+        self.flowTransport = transport if transport is not None else FlowTransport()
+        if self.flowTransport.stream and register is None:
+            raise InvalidSettingsError("transport", self.flowTransport.name, "a TCP or TLS flow is made by --register")
+        self._factory = registerClientFactory or (_streamRegisterClient if self.flowTransport.stream
+                                                  else _udpRegisterClient)
         self.srv = srv
         if srv is not None and getattr(srv, "reactor", True) is None:
             srv.reactor = reactor  # made by the options, before there was a reactor
@@ -305,3 +314,10 @@ def _udpRegisterClient(role: ClientRole, key: int, hop: NextHop, regId: Optional
     assert role.aor is not None
     return RegisterClient(role.reactor, role.aor, hop, credentials=role.credentials, instance=role.instance,
                           regId=regId)
+
+
+def _streamRegisterClient(role: ClientRole, key: int, hop: NextHop, regId: Optional[int]) -> FlowRegisterClient:
+    """A TCP or TLS flow's REGISTER client (:mod:`.sipstreamclient`), answering requests over its connection."""
+    client = registerClientFactory(role.flowTransport)(role, key, hop, regId)
+    client.answer = answerRequest  # type: ignore[union-attr]
+    return cast(FlowRegisterClient, client)

@@ -201,7 +201,9 @@ class ClientFlow:
             return
         self.owner.flowStarting(self)
         hop = self.nextHop
-        if self.registerClient is not None and self.registerClient.registration.outbound:
+        # a stream flow (its client has its own reliable connection) registers first in any case: no STUN in a SIP stream
+        if self.registerClient is not None and (self.registerClient.registration.outbound
+                                                or getattr(self.registerClient, "reliable", False)):
             self._registeredContact = self._localAddress(hop)
             d = self.registerClient.register(self._registeredContact)
             self._pending = d
@@ -367,6 +369,9 @@ class ClientFlow:
             pending.cancel()
         if self.registerClient is not None:
             self.registerClient.stop()
+            dropFlow = getattr(self.registerClient, "dropFlow", None)
+            if dropFlow is not None:
+                dropFlow()  # a stream flow's connection goes: the next attempt makes a new flow (RFC 5626 §4.4.1)
         self.owner.controller.freeResources(self.observer)
         self.up = False
 

@@ -173,6 +173,17 @@ CLIENT_UA_FLAGS = [
     ["no-outbound", None, "REGISTER without the RFC 5626 outbound parameters (+sip.instance, reg-id, ;ob)."],
 ]
 
+#: The client's flow transport (``docs/roles/client.rst``, "Transports"; clientTransportArguments).
+CLIENT_TRANSPORT_PARAMETERS = [
+    ["transport", None, "udp", "udp, tcp or tls: what REGISTER and the keepalives go out on (tcp, tls: one "
+                               "connection to --next-hop, kept alive with CRLF pings; needs --register)."],
+    ["ca-certs", None, None, "--transport tls: PEM file of the CAs to verify the next hop's certificate with "
+                             "(default: the system's trust store)."],
+]
+CLIENT_TRANSPORT_FLAGS = [
+    ["no-verify", None, "--transport tls without verifying the next hop's certificate (logged as a warning)."],
+]
+
 
 class ClientOptions(usage.Options):
     synopsis = "--next-hop HOST:PORT [--stun HOST[:PORT]]... [options]"
@@ -195,8 +206,8 @@ class ClientOptions(usage.Options):
         ["metrics", None, None, "Serve Prometheus metrics at http://ADDR:PORT/metrics: tcp:PORT[:interface=ADDR]"
                                 "."],
         ["stats-interval", None, None, "Log one info line with the same figures every S seconds."],
-    ] + CLIENT_UA_PARAMETERS + CLIENT_FLOW_PARAMETERS
-    optFlags = CLIENT_UA_FLAGS
+    ] + CLIENT_UA_PARAMETERS + CLIENT_FLOW_PARAMETERS + CLIENT_TRANSPORT_PARAMETERS
+    optFlags = CLIENT_UA_FLAGS + CLIENT_TRANSPORT_FLAGS
 
     def __init__(self) -> None:
         usage.Options.__init__(self)
@@ -405,7 +416,7 @@ def clientArguments(options: Options, sub: ClientOptions) -> Dict[str, Any]:
         raise InvalidSettingsError("backoff-base", sub["backoff-base"], "must be > 0 seconds")
     return {"nextHop": nextHops, "settings": settings, "domain": domain, "listen": listen,
             "register": sub["register"], "backoffBase": backoffBase, **clientUAArguments(sub),
-            **clientFlowArguments(sub, backoffBase)}
+            **clientFlowArguments(sub, backoffBase), **clientTransportArguments(sub)}
 
 
 def clientFlowArguments(sub: ClientOptions, backoffBase: Optional[float] = None) -> Dict[str, Any]:
@@ -444,6 +455,14 @@ def clientFlowArguments(sub: ClientOptions, backoffBase: Optional[float] = None)
     if networkPoll is not None and networkPoll < 0:
         raise InvalidSettingsError("network-poll", sub["network-poll"], "must be >= 0 seconds (0: off)")
     return {"keepalive": keepalive, "srv": srv, "recovery": recovery, "networkPoll": networkPoll or None}
+
+
+def clientTransportArguments(sub: ClientOptions) -> Dict[str, Any]:
+    """The ``transport`` of :class:`~twisted_sipnat.service.client.ClientRole`: a ``FlowTransport``, checked."""
+    from .flowtransport import FlowTransport
+
+    name = str(sub["transport"]).lower()
+    return {"transport": FlowTransport(name, sub["ca-certs"], not sub["no-verify"])}
 
 
 def clientUAArguments(sub: ClientOptions, environ: Optional[Mapping[str, str]] = None) -> Dict[str, Any]:

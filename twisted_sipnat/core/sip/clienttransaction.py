@@ -1,5 +1,6 @@
 """
-The RFC 3261 §17.1.2 non-INVITE client transaction over an unreliable transport (UDP), sans-IO.
+The RFC 3261 §17.1.2 non-INVITE client transaction, sans-IO: over an unreliable transport (UDP) with its
+retransmissions, over a reliable one (TCP, TLS) with none.
 
 Why a state machine of its own: the REGISTER client must retransmit on its own timers, stop at the first final
 response, and never mistake someone else's response for its own.  Kept pure, the rules are tested against
@@ -11,6 +12,10 @@ The rules (RFC 3261 §17.1.2.2, figure 6):
 - **Trying**: the request is sent at once; Timer E fires first after T1 (0.5 s), then after twice the last
   interval, up to T2 (4 s); each firing retransmits.
 - **Proceeding** (a 1xx arrived): Timer E keeps firing, every T2.
+- Over a reliable transport (``reliable=True``: TCP, TLS) Timer E is not set: RFC 3261 §17.1.2.2 has it only
+  for unreliable transports, since the transport itself delivers the request or fails (§18: the connection's
+  loss is the shell's to report).  Timer F still runs, 64 x T1, so a registrar that never answers ends the
+  transaction all the same.
 - Timer F (64 x T1 = 32 s) ends the transaction with a timeout, in either state.  When Timer E and F fall
   due together, F wins: nothing is sent at the instant the transaction gives up.
 - A final response (200-699) ends the transaction.  RFC 3261 has it wait in *Completed* for Timer K (T4, 5 s
@@ -66,19 +71,20 @@ def _topBranch(message: Union[Request, Response]) -> Optional[str]:
 
 class NonInviteClientTransaction:
     """
-    One non-INVITE request on UDP, from its first send to its final response or timeout.
+    One non-INVITE request, from its first send to its final response or timeout.
 
     Construct it with the request and ``now``; send :attr:`data` at once.  Then call :meth:`timerDue` when
     :meth:`nextWake` is reached and :meth:`responseReceived` with each response; :attr:`state` is
     ``"trying"``, ``"proceeding"`` or ``"terminated"``, and :attr:`final` the response that ended it.
     ``t1``, ``t2`` and ``timerF`` replace the RFC 3261 defaults (a network known to be slower, RFC 3261 §17.1.1.1).
+    ``reliable`` (TCP, TLS): sent once, never retransmitted (RFC 3261 §17.1.2.2); only Timer F is left.
     """
 
     __slots__ = ("request", "data", "branch", "cseq", "callId", "state", "final", "sends",
-                 "_interval", "_retransmitAt", "_giveUpAt", "_t2", "_timerF")
+                 "reliable", "_interval", "_retransmitAt", "_giveUpAt", "_t2", "_timerF")
 
     def __init__(self, request: Request, now: float, *, t1: float = T1, t2: float = T2,
-                 timerF: Optional[float] = None) -> None:
+                 timerF: Optional[float] = None, reliable: bool = False) -> None:
         if not 0 < t1 <= t2:
             raise ValueError(f"need 0 < T1 <= T2, not T1={t1!r}, T2={t2!r}")
         branch = _topBranch(request)
@@ -92,10 +98,11 @@ class NonInviteClientTransaction:
         self.state = "trying"
         self.final: Optional[Response] = None
         self.sends = 1
+        self.reliable = reliable
         self._t2 = t2
         self._timerF = 64 * t1 if timerF is None else timerF
         self._interval = t1
-        self._retransmitAt = now + t1
+        self._retransmitAt = float("inf") if reliable else now + t1
         self._giveUpAt = now + self._timerF
 
     @property

@@ -22,7 +22,7 @@ rules; sans-IO they are tested on their own (with hypothesis), and the shell
 
 from __future__ import annotations
 
-from typing import Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 from twisted_sipnat.errors import InvalidHeaderError, InvalidSettingsError
 
@@ -34,6 +34,7 @@ from .message import DEFAULT_MAX_MESSAGE_SIZE, Message, Request, Response, parse
 from .uri import SIPURI
 
 __all__ = [
+    "CONTACT_TRANSPORTS",
     "MAX_EXPIRES",
     "buildRegister",
     "grantedExpires",
@@ -48,6 +49,13 @@ __all__ = [
 MAX_EXPIRES = 2**32 - 1
 
 HostPort = Tuple[str, int]
+
+#: The Contact URI's scheme and parameters for each transport a REGISTER goes out on (:func:`buildRegister`).
+CONTACT_TRANSPORTS: Dict[str, Tuple[str, Tuple[Tuple[str, Optional[str]], ...]]] = {
+    "UDP": ("sip", ()),
+    "TCP": ("sip", (("transport", "tcp"),)),
+    "TLS": ("sips", ()),
+}
 
 
 def parseAOR(text: str) -> SIPURI:
@@ -83,6 +91,7 @@ def buildRegister(
     instance: Optional[str] = None,
     regId: Optional[int] = None,
     extraHeaders: Sequence[Tuple[str, str]] = (),
+    transport: str = "UDP",
 ) -> Request:
     """
     One REGISTER binding ``contact`` (the public address) to ``aor``, as RFC 3261 §10.2 builds it (module
@@ -92,16 +101,26 @@ def buildRegister(
     RFC 5626 outbound: ``instance`` (a ``urn:uuid:...``) is the Contact's ``+sip.instance`` (§4.1); with
     ``regId`` as well the Contact carries ``reg-id`` and its URI ``;ob`` (§4.2, §5.4), and the request says
     ``Supported: outbound, path`` (§4.2.1).  ``extraHeaders`` (credentials, RFC 3261 §22.4) go after CSeq.
+
+    ``transport`` (``UDP``, ``TCP``, ``TLS``) is the top Via's (RFC 3261 §18.1.1: the transport the request
+    goes out on) and says how the Contact is reached: ``;transport=tcp`` on a TCP flow (§19.1.1: without it a
+    ``sip:`` URI means UDP), a ``sips:`` URI on a TLS flow (§19.1: SIPS is how a URI asks for TLS; RFC 5630 §3.1.3
+    deprecates ``;transport=tls``).
     """
+    transport = transport.upper()
+    if transport not in CONTACT_TRANSPORTS:
+        raise ValueError(f"transport must be one of {', '.join(CONTACT_TRANSPORTS)}, not {transport!r}")
     if not 0 <= cseq < 2**31:
         raise ValueError(f"a CSeq number is below 2**31 (RFC 3261 §8.1.1.5), not {cseq}")
     if not 0 <= expires <= MAX_EXPIRES:
         raise ValueError(f"expires must be 0..{MAX_EXPIRES}, not {expires}")
     domain = SIPURI(aor.scheme, aor.host, port=aor.port)
     address = SIPURI(aor.scheme, aor.host, user=aor.user, port=aor.port)
-    via = Via("UDP", sentBy[0], sentBy[1], (("branch", "z9hG4bK" + branch), ("rport", None), ("keep", None)))
+    via = Via(transport, sentBy[0], sentBy[1], (("branch", "z9hG4bK" + branch), ("rport", None), ("keep", None)))
     outbound = instance is not None and regId is not None
-    ours = SIPURI("sip", contact[0], user=aor.user, port=contact[1], params=(("ob", None),) if outbound else ())
+    scheme, uriParams = CONTACT_TRANSPORTS[transport]
+    ours = SIPURI(scheme, contact[0], user=aor.user, port=contact[1],
+                  params=uriParams + ((("ob", None),) if outbound else ()))
     contactParams = ""
     if outbound:
         contactParams += f";reg-id={regId:d}"
@@ -137,12 +156,13 @@ def _utf8(text: str) -> bool:
     return True
 
 
-def readMessage(data: bytes, maxSize: int = DEFAULT_MAX_MESSAGE_SIZE) -> Message:
+def readMessage(data: bytes, maxSize: int = DEFAULT_MAX_MESSAGE_SIZE, stream: bool = False) -> Message:
     """
-    One datagram as a SIP message (RFC 3261 §18.3: a datagram is one message).  Raises
-    :class:`SIPParseError`, and only that, when it is malformed or its start line or headers are not UTF-8.
+    One datagram as a SIP message (RFC 3261 §18.3: a datagram is one message), or with ``stream`` one message a
+    stream framer cut out (Content-Length then mandatory, §18.3).  Raises :class:`SIPParseError`, and only
+    that, when it is malformed or its start line or headers are not UTF-8.
     """
-    message = parse(data, maxSize=maxSize)
+    message = parse(data, maxSize=maxSize, stream=stream)
     startLine = message.startLine
     if not _utf8(startLine) or not all(_utf8(name) and _utf8(value) for name, value in message.headers):
         raise SIPParseError("not UTF-8 (RFC 3261 §7.3.1)")

@@ -105,8 +105,10 @@ class Registration:
 
     def __init__(self, aor: SIPURI, *, expires: int, callId: str, fromTag: str, token: Callable[[], str],
                  credentials: Optional[Credentials] = None, instance: Optional[str] = None,
-                 regId: Optional[int] = None) -> None:
+                 regId: Optional[int] = None, transport: str = "UDP") -> None:
         self.aor = aor
+        #: The flow's transport (``UDP``, ``TCP``, ``TLS``): the top Via's and the Contact's (:func:`buildRegister`).
+        self.transport = transport
         self.expires = expires
         self.callId = callId
         self.fromTag = fromTag
@@ -152,7 +154,7 @@ class Registration:
         request = buildRegister(
             self.aor, contact, sentBy, callId=self.callId, cseq=self.cseq, branch=self._token(),
             fromTag=self.fromTag, expires=self.expires, instance=self.instance,
-            regId=self.regId if self.outbound else None,
+            regId=self.regId if self.outbound else None, transport=self.transport,
         )
         for name, value in self.authenticator.headers(request):
             request.headers.add(name, value)
