@@ -9,7 +9,11 @@ The tests' own data, kept in the repository so a plain clone runs the whole suit
   PASSWORD-ALGORITHM and a MAC that does not verify), with the values it was built from.
 - ``kamailio/edge.cfg``: Kamailio as an RFC 5626-style edge (registrar, CRLF pongs, STUN on the SIP port); a
   template whose ``@HOST@``, ``@PORT@`` and ``@MODULES@`` the interop helpers fill in.
+- ``kamailio/registrar.cfg``: Kamailio as a registrar with digest authentication (one plain-text user),
+  usrloc in memory and RFC 5626 outbound, relaying requests to a registered AOR over its flow; with or
+  without its stun module, with UDP, TCP and TLS listeners (the lab's Kamailio user agent tests).
 - ``sipp/register.xml``: a SIPp scenario sending one REGISTER and expecting 200.
+- ``sipp/kamailio-options.xml``: an OPTIONS to a user through the registrar, ending at its final response.
 - ``sipp/edge-*.xml``: SIPp user agents for the edge role's interop test: REGISTER (checking the granted
   expiry), de-REGISTER with ``Expires: 0``, a MESSAGE expecting 200 or 404, and the registered UA receiving the
   proxied MESSAGE (checking its Request-URI, Max-Forwards and branch) and answering 200.

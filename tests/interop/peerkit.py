@@ -534,6 +534,116 @@ def startKamailio(
     return _whenReady(process, (host, port), ready, startDeadline)
 
 
+# --------------------------------------------------------------------------------------------------------------
+# Kamailio as a registrar with digest authentication (tests/data/kamailio/registrar.cfg)
+
+#: Kamailio as a single-box RFC 5626 edge and registrar that challenges every REGISTER (RFC 3261 §22) and checks
+#: the answer against one plain-text user; see the template's header for its placeholders and defines.
+KAMAILIO_REGISTRAR_TEMPLATE = dataPath("kamailio/registrar.cfg")
+
+
+@dataclass(frozen=True)
+class RegistrarSettings:
+    """What one Kamailio registrar is made of: where it listens, its one user, and whether it answers STUN."""
+
+    host: str
+    port: int
+    domain: str = "example.com"
+    user: str = "alice"
+    password: str = "wonderland"
+    flowTimer: int = 2
+    stun: bool = True
+    tlsPort: Optional[int] = None
+    certificate: Optional[Path] = None
+    key: Optional[Path] = None
+    tcpLifetime: int = 30
+
+    @property
+    def defines(self) -> List[str]:
+        """The ``kamailio -A`` defines the template's ``#!ifdef`` blocks test."""
+        names = (["WITH_STUN"] if self.stun else []) + (["WITH_TLS"] if self.tlsPort is not None else [])
+        return [arg for name in names for arg in ("-A", name)]
+
+
+def writeKamailioRegistrarConfig(directory: Path, settings: RegistrarSettings) -> Path:
+    """Write the registrar config into ``directory`` and check it with ``kamailio -c`` (fails with its output)."""
+    binary = requireTool("kamailio", "kamailio")
+    if settings.tlsPort is not None and (settings.certificate is None or settings.key is None):
+        raise PeerError("a TLS listener needs a certificate and its key")
+    cfg = directory / "registrar.cfg"
+    values = {
+        "@HOST@": settings.host, "@PORT@": str(settings.port), "@TLSPORT@": str(settings.tlsPort or 0),
+        "@MODULES@": kamailioModules(), "@DOMAIN@": settings.domain, "@USER@": settings.user,
+        "@PASSWORD@": settings.password, "@FLOWTIMER@": str(settings.flowTimer),
+        "@TCPLIFETIME@": str(settings.tcpLifetime), "@CERT@": str(settings.certificate or ""),
+        "@KEY@": str(settings.key or ""),
+    }
+    text = KAMAILIO_REGISTRAR_TEMPLATE.read_text(encoding="utf-8")
+    for placeholder, value in values.items():
+        text = text.replace(placeholder, value)
+    cfg.write_text(text)
+    check = subprocess.run([binary, "-c", "-f", str(cfg), *settings.defines], capture_output=True, text=True,
+                           timeout=30)
+    if check.returncode != 0:
+        raise PeerError(f"kamailio -c rejected {cfg}:\n{check.stdout}{check.stderr}")
+    return cfg
+
+
+def sipOptionsRequest(target: HostPort, local: HostPort) -> Tuple[str, bytes]:
+    """``(branch, datagram)``: an OPTIONS to the server itself (RFC 3261 §11), hand-built like the STUN above."""
+    branch = "z9hG4bK" + os.urandom(6).hex()
+    tag = os.urandom(4).hex()
+    lines = [
+        f"OPTIONS sip:{target[0]}:{target[1]} SIP/2.0",
+        f"Via: SIP/2.0/UDP {local[0]}:{local[1]};branch={branch};rport",
+        "Max-Forwards: 70",
+        f"From: <sip:probe@{local[0]}>;tag={tag}",
+        f"To: <sip:{target[0]}:{target[1]}>",
+        f"Call-ID: {os.urandom(8).hex()}@{local[0]}",
+        "CSeq: 1 OPTIONS",
+        "Content-Length: 0",
+    ]
+    return branch, ("\r\n".join(lines) + "\r\n\r\n").encode("ascii")
+
+
+def sipOptionsUDP(server: HostPort, sock: socket.socket, timeout: float) -> str:
+    """
+    Send one OPTIONS from ``sock`` and return the status line of the response carrying its branch; raises
+    :class:`PeerError` on silence.  The readiness check of a registrar that does not answer STUN.
+    """
+    local = sock.getsockname()
+    branch, request = sipOptionsRequest(server, (local[0], local[1]))
+    sock.sendto(request, server)
+    deadline = time.monotonic() + timeout
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise PeerError(f"no SIP answer from {server[0]}:{server[1]} within {timeout:g} s")
+        sock.settimeout(remaining)
+        try:
+            data, source = sock.recvfrom(65535)
+        except TimeoutError:
+            continue
+        text = data.decode("utf-8", "replace")
+        if source[:2] == server and text.startswith("SIP/2.0 ") and branch in text:
+            return text.split("\r\n", 1)[0]
+
+
+def startKamailioRegistrar(
+    workDir: Path,
+    settings: RegistrarSettings,
+    ready: ReadyCheck,
+    prefix: Sequence[str] = (),
+    startDeadline: float = 10.0,
+) -> RunningPeer:
+    """Kamailio as a registrar with digest auth; ``ready`` polls it (STUN, or SIP OPTIONS without the stun module)."""
+    workDir.mkdir(parents=True, exist_ok=True)
+    cfg = writeKamailioRegistrarConfig(workDir, settings)
+    argv = kamailioArgv(cfg, workDir / "run", prefix) + settings.defines
+    process = PeerProcess("kamailio registrar", argv, workDir / "kamailio.log")
+    return _whenReady(process, (settings.host, settings.port), ready, startDeadline)
+
+
 def _main(argv: Sequence[str]) -> int:
     import argparse
 
@@ -544,7 +654,13 @@ def _main(argv: Sequence[str]) -> int:
     probe.add_argument("port", type=int)
     probe.add_argument("--deadline", type=float, default=5.0)
     probe.add_argument("--bind", default=None, help="HOST:PORT to send from")
+    sipProbe = sub.add_parser("probe-sip", help="poll with SIP OPTIONS (a registrar that does not answer STUN)")
+    sipProbe.add_argument("host")
+    sipProbe.add_argument("port", type=int)
+    sipProbe.add_argument("--deadline", type=float, default=5.0)
     args = parser.parse_args(argv)
+    if args.command == "probe-sip":
+        return _probeSIP(args.host, args.port, args.deadline)
     sock = socket.socket(family(args.host), socket.SOCK_DGRAM)
     if args.bind:
         host, _, port = args.bind.rpartition(":")
@@ -559,6 +675,28 @@ def _main(argv: Sequence[str]) -> int:
             continue
         print(json.dumps({"event": "answer", "local": list(local), **answer.asDict()}), flush=True)
         return 0
+    print(json.dumps({"event": "timeout", "error": last}), flush=True)
+    return 1
+
+
+def _probeSIP(host: str, port: int, budget: float) -> int:
+    """``probe-sip``: one JSON line with the status line of the first answered OPTIONS (exit 0), or exit 1."""
+    deadline = time.monotonic() + budget
+    last = ""
+    with socket.socket(family(host), socket.SOCK_DGRAM) as route:
+        route.connect((host, port))  # no packet: the name of the address the route uses, for the Via
+        source = route.getsockname()[0]
+    with socket.socket(family(host), socket.SOCK_DGRAM) as sock:
+        sock.bind((source, 0))
+        while time.monotonic() < deadline:
+            try:
+                status = sipOptionsUDP((host, port), sock, timeout=0.25)
+            except (PeerError, OSError) as e:
+                last = str(e)
+                continue
+            print(json.dumps({"event": "answer", "status": status, "type": 0, "mapped": None, "software": None}),
+                  flush=True)
+            return 0
     print(json.dumps({"event": "timeout", "error": last}), flush=True)
     return 1
 

@@ -222,3 +222,57 @@ def natClient(lab: NetLab, runDriver: RunDriver) -> Callable[..., Driver]:
 def responder(lab: NetLab, runDriver: RunDriver) -> Driver:
     """Our own STUN responder role (``SharedDatagramProtocol(stunResponder=True)``) in ``pub``."""
     return runDriver(lab.pub, "responder.py", ["--listen", f"{netlab.PUB_ADDR}:{RESPONDER_PORT}"])
+
+
+def namespaceSIPReady(lab: NetLab, ns: str) -> peerkit.ReadyCheck:
+    """
+    A ReadyCheck polling with hand-built SIP OPTIONS from inside ``ns`` (``peerkit.py probe-sip``): for a
+    registrar that does not answer STUN (Kamailio without its stun module), where :func:`namespaceReady` would
+    wait in vain.  The answer it returns carries no mapped address.
+    """
+
+    def ready(process: PeerProcess, server: peerkit.HostPort, deadline: float) -> peerkit.BindingAnswer:
+        budget = max(0.5, deadline - time.monotonic())
+        result = lab.run(
+            ns,
+            [sys.executable, str(HERE.parent / "interop" / "peerkit.py"), "probe-sip", server[0], str(server[1]),
+             "--deadline", f"{budget:.1f}"],
+            check=False,
+            timeout=budget + 10,
+        )
+        if result.returncode != 0:
+            raise PeerError(
+                f"{process.name} did not answer OPTIONS at {server[0]}:{server[1]} in {ns}: "
+                f"{result.stdout.strip()} {result.stderr.strip()}\n{process.deadReason() or process.logTail()}"
+            )
+        answer = peerkit.BindingAnswer(0, b"", None)
+        answer.software = json.loads(result.stdout.strip().splitlines()[-1])["status"]
+        return answer
+
+    return ready
+
+
+@pytest.fixture
+def labRegistrarFactory(lab: NetLab, tmp_path: Path) -> Iterator[Callable[..., RunningPeer]]:
+    """
+    ``make(settings)``: Kamailio as a registrar with digest auth (tests/data/kamailio/registrar.cfg) in ``pub``,
+    ready once it answers STUN (``settings.stun``) or else SIP OPTIONS; every one started is stopped at teardown.
+    """
+    started: List[RunningPeer] = []
+
+    def make(settings: peerkit.RegistrarSettings) -> RunningPeer:
+        ready = namespaceReady(lab, lab.pub) if settings.stun else namespaceSIPReady(lab, lab.pub)
+        try:
+            peer = peerkit.startKamailioRegistrar(tmp_path / f"registrar{len(started)}", settings, ready,
+                                                  prefix=lab.prefixFor(lab.pub))
+        except PeerError as e:
+            pytest.fail(f"Kamailio (registrar) is needed for this lab test: {e}", pytrace=False)
+        lab.track(peer.process.process)
+        started.append(peer)
+        return peer
+
+    try:
+        yield make
+    finally:
+        for peer in started:
+            peer.stop()
