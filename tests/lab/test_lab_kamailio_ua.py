@@ -11,18 +11,17 @@ read from three places that must agree: the role's structured log, Kamailio's lo
 per REGISTER and per relayed request), and the router's conntrack table; a request sent from the public side
 (SIPp) is also counted where it arrives, by an iptables rule in ``lan`` on the user agent's own port.
 
-Over UDP: the role has no ``--transport`` yet on this branch (the registrar listens on UDP, TCP and TLS already);
-:func:`clientCommandLine` is where the transport goes once it has.
+Over UDP, TCP and TLS (``--transport``; TLS verifies Kamailio's certificate, made here, against the AOR's domain
+with ``--ca-certs``); for the streams the router's timeout for established TCP connections is cut to 3 s too.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import re
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import netlab
 import peerkit
@@ -46,11 +45,6 @@ SIPP = (netlab.PUB_ADDR2, 5090)
 FLOW_TIMER = 2
 #: How long after registering the request from the public side is sent (the issue's "60 s after registering").
 REACHABLE_AFTER = 60.0
-
-#: Whether the role answers requests that reach it on a flow (RFC 3261 §8.2: OPTIONS 200, others 480).  The
-#: request's arrival at the user agent's port is proven either way; with answering, SIPp must get the user
-#: agent's 200 through Kamailio, without it Kamailio's own 408 (the relay's Timer F, 5 s in registrar.cfg).
-ROLE_ANSWERS_REQUESTS = importlib.util.find_spec("twisted_sipnat.core.sip.uas") is not None
 
 RoleEvent = Dict[str, Any]
 
@@ -134,40 +128,68 @@ class RegistrarLog:
 # -- the client role ------------------------------------------------------------------------------------------
 
 
-def clientCommandLine(registrar: Tuple[str, int], passwordFile: Path, stateDir: Path, *extra: str) -> List[str]:
-    """
-    ``twistd sipnat client`` registering alice with ``registrar`` over UDP.  The one place a transport goes:
-    once the role has ``--transport tcp|tls``, the TCP and TLS cases add it here (and use the registrar's TLS
-    port, :data:`REGISTRAR_TLS_PORT`, for TLS).
-    """
-    return [
+def clientCommandLine(registrar: Tuple[str, int], passwordFile: Path, stateDir: Path, *extra: str,
+                      transport: str = "udp", caCerts: Optional[Path] = None) -> List[str]:
+    """``twistd sipnat client`` registering alice with ``registrar`` over ``transport``."""
+    argv = [
         "client", "--listen", f"udp:{CLIENT[1]}:interface={CLIENT[0]}",
         "--next-hop", f"{registrar[0]}:{registrar[1]}", "--register", AOR, "--user", USER,
-        "--password-file", str(passwordFile), "--state-dir", str(stateDir), *extra,
+        "--password-file", str(passwordFile), "--state-dir", str(stateDir), "--transport", transport, *extra,
     ]
+    if caCerts is not None:
+        argv += ["--ca-certs", str(caCerts)]
+    return argv
 
 
 def startClient(runDriver: Callable[..., Driver], lab: NetLab, tmp: Path, registrar: Tuple[str, int],
-                password: str, *extra: str) -> Driver:
-    """The client role in ``lan``, its password in a 0600 file and its instance ID in a state dir of its own."""
+                password: str, *extra: str, transport: str = "udp", caCerts: Optional[Path] = None,
+                config: Optional[Path] = None) -> Driver:
+    """
+    The client role in ``lan``, its password in a 0600 file and its instance ID in a state dir of its own;
+    ``config`` is the plugin's ``--config`` (NATSettings), which comes before the role's name.
+    """
     passwordFile = tmp / "password"
     passwordFile.write_text(password + "\n")
     passwordFile.chmod(0o600)
-    return runDriver(lab.lan, "twistdrole.py", clientCommandLine(registrar, passwordFile, tmp / "state", *extra),
-                     name="twistd sipnat client")
+    argv = clientCommandLine(registrar, passwordFile, tmp / "state", *extra, transport=transport, caCerts=caCerts)
+    if config is not None:
+        argv = ["--config", str(config), *argv]
+    return runDriver(lab.lan, "twistdrole.py", argv, name="twistd sipnat client")
+
+
+class Flow:
+    """
+    Where the role's flow to the registrar is: its local address (the UDP socket, or the connection the role
+    logged as ``sipnat.client.connected``), conntrack's protocol for it, and the Contact the role registers.
+    """
+
+    def __init__(self, client: Driver, transport: str) -> None:
+        self.transport = transport
+        self.proto = "udp" if transport == "udp" else "tcp"
+        if transport == "udp":
+            self.local = CLIENT
+        else:
+            connected = client.expect(named("sipnat.client.connected"), 10.0, "the flow's connection")
+            host, _, port = connected["fields"]["local"].rpartition(":")
+            self.local = (host.strip("[]"), int(port))
+            assert self.local[0] == CLIENT[0], connected
+        scheme = "sips" if transport == "tls" else "sip"
+        parameter = ";transport=tcp" if transport == "tcp" else ""
+        self.contact = f"{scheme}:{USER}@{self.local[0]}:{self.local[1]}{parameter};ob"
 
 
 def registered(client: Driver, log: RegistrarLog, lab: NetLab, registrar: Tuple[str, int],
-               timeout: float = 10.0) -> Tuple[str, int]:
+               timeout: float = 10.0, transport: str = "udp") -> Tuple[Flow, Tuple[str, int]]:
     """
     One authenticated outbound registration as the role, Kamailio and the router tell it; returns the public
-    address (the 200's ``received``/``rport``, which is conntrack's mapping of the flow).
+    address (the 200's ``received``/``rport``, which is conntrack's mapping of the flow), with the flow.
 
     The role: a REGISTER, Kamailio's 401 answered, a second REGISTER, "outbound honoured" (``Require:
     outbound`` in the 200), registered with the registrar's Flow-Timer, keepalives started.  Kamailio: the
     first REGISTER challenged for want of credentials, the second saved with our
     ``;ob``, ``reg-id=1`` and ``+sip.instance``, from the NAT's public address.
     """
+    flow = Flow(client, transport)
     done = client.expect(named("sipnat.client.registered"), timeout, "the REGISTER 200")
     assert done["fields"]["flowTimer"] == FLOW_TIMER, done
     # (the first REGISTER may be logged before the driver's "ready": read the whole history)
@@ -178,24 +200,25 @@ def registered(client: Driver, log: RegistrarLog, lab: NetLab, registrar: Tuple[
     outbound = [e for e in history if e.get("event") == "sipnat.client.outbound"]
     assert [e["fields"]["state"] for e in outbound] == ["honoured"], outbound
     client.expect(named("sipnat.client.keepalive.started"), 2.0, "keepalives started")
-    entry = lab.mappingFor(CLIENT, registrar)
+    entry = lab.mappingFor(flow.local, registrar, proto=flow.proto)
     assert entry is not None and entry.publicAddress[0] == netlab.NAT_OUTSIDE, lab.snapshot()
     public = entry.publicAddress
     registers = log.registers()
     assert len(registers) == 2, registers
     assert "cseq 1: challenged (no credentials)" in registers[0], registers
-    source = f"from {public[0]}:{public[1]} cseq 2: saved <sip:{USER}@{CLIENT[0]}:{CLIENT[1]};ob>;reg-id=1;"
+    source = f"from {public[0]}:{public[1]} cseq 2: saved <{flow.contact}>;reg-id=1;"
     assert source in registers[1] and "+sip.instance=\"<urn:uuid:" in registers[1], registers
-    return public
+    return flow, public
 
 
 def flowKeptUp(client: Driver, lab: NetLab, registrar: Tuple[str, int], public: Tuple[str, int], duration: float,
-               kind: str) -> int:
+               kind: str, flow: Optional[Flow] = None) -> int:
     """
     ``duration`` seconds of SIP silence: keepalives of ``kind`` go out, nothing fails or retries, and the router
     keeps the very same mapping (it would expire after ``lab.udpTimeout`` without them).  Returns how many
-    keepalives were sent.
+    keepalives were sent.  On a stream the keepalives are CRLF pings, answered by pongs that carry no address.
     """
+    local, proto = (flow.local, flow.proto) if flow is not None else (CLIENT, "udp")
     sent = 0
     end = time.monotonic() + duration
     while time.monotonic() < end:
@@ -205,9 +228,9 @@ def flowKeptUp(client: Driver, lab: NetLab, registrar: Tuple[str, int], public: 
             if event.get("event") == "keepalive.sent":
                 assert event["fields"]["kind"] == kind, event
                 sent += 1
-            elif event.get("event") == "keepalive.answered":
+            elif event.get("event") == "keepalive.answered" and proto == "udp":
                 assert hostPort(event) == public, event
-        entry = lab.mappingFor(CLIENT, registrar)
+        entry = lab.mappingFor(local, registrar, proto=proto)
         assert entry is not None and entry.publicAddress == public, lab.snapshot()
     return sent
 
@@ -227,9 +250,9 @@ class ArrivalCounter:
     it.  A rule without a target only counts.
     """
 
-    def __init__(self, lab: NetLab, needle: str) -> None:
+    def __init__(self, lab: NetLab, needle: str, local: Tuple[str, int] = CLIENT, proto: str = "udp") -> None:
         self.lab = lab
-        self.rule = ["INPUT", "-p", "udp", "-d", CLIENT[0], "--dport", str(CLIENT[1]), "-m", "string",
+        self.rule = ["INPUT", "-p", proto, "-d", local[0], "--dport", str(local[1]), "-m", "string",
                      "--string", needle, "--algo", "bm", "-m", "comment", "--comment", "kamlab-arrivals"]
         lab.run(lab.lan, ["iptables", "-I", *self.rule])
 
@@ -263,28 +286,32 @@ def optionsToAlice(lab: NetLab, registrar: Tuple[str, int], tmp: Path) -> str:
 
 
 def reachedTheUserAgent(client: Driver, lab: NetLab, registrar: Tuple[str, int], public: Tuple[str, int],
-                        log: RegistrarLog, tmp: Path) -> str:
+                        log: RegistrarLog, tmp: Path, flow: Optional[Flow] = None) -> str:
     """
     A request from the public side reaches the user agent behind the NAT: Kamailio looks alice up and relays
-    the OPTIONS to the flow's public address, the datagram arrives at 192.0.2.10:5060 in ``lan``, and SIPp gets
-    the user agent's 200 (or, where the role does not answer requests, Kamailio's 408).  Returns the status.
+    the OPTIONS to the flow's public address, the request arrives at the user agent's port in ``lan`` (counted
+    there by iptables where it can be read: not inside TLS), the role answers it, and SIPp gets the user agent's
+    200 back through Kamailio.  Returns the status.
     """
-    arrivals = ArrivalCounter(lab, f"OPTIONS sip:{USER}@")  # the Request-URI is the Contact by now
+    flow = flow if flow is not None else Flow(client, "udp")
+    arrivals = None if flow.transport == "tls" else ArrivalCounter(lab, f"OPTIONS {flow.contact.split(';')[0]}",
+                                                                    flow.local, flow.proto)
     try:
         status = optionsToAlice(lab, registrar, tmp)
-        arrived = arrivals.count()
+        arrived = arrivals.count() if arrivals is not None else None
     finally:
-        arrivals.remove()
+        if arrivals is not None:
+            arrivals.remove()
     relayed = log.relayed()
-    contact = f"sip:{USER}@{CLIENT[0]}:{CLIENT[1]};ob"
-    assert relayed == [f"OPTIONS for {AOR} relayed to {contact} via sip:{public[0]}:{public[1]}"], relayed
-    assert arrived >= 1, f"the OPTIONS never reached the user agent's port; router: {lab.snapshot()}"
-    if ROLE_ANSWERS_REQUESTS:
-        assert status == "SIP/2.0 200 OK", status
-        seen = client.expect(named("sip.request.received"), 5.0, "the role's answer to the OPTIONS")
+    assert len(relayed) == 1 and relayed[0].startswith(f"OPTIONS for {AOR} relayed to {flow.contact} via "), relayed
+    assert f"{public[0]}:{public[1]}" in relayed[0], (relayed, public)
+    if arrived is not None:
+        assert arrived >= 1, f"the OPTIONS never reached the user agent's port; router: {lab.snapshot()}"
+    assert status == "SIP/2.0 200 OK", status
+    seen = client.expect(named("sip.request.received"), 5.0, "the role's answer to the OPTIONS")
+    assert seen["fields"]["method"] == "OPTIONS", seen
+    if flow.transport == "udp":
         assert seen["fields"]["source"] == f"{registrar[0]}:{registrar[1]}", seen
-    else:
-        assert status.startswith("SIP/2.0 408"), status
     return status
 
 
@@ -297,25 +324,37 @@ def registrar(labRegistrarFactory: Callable[[RegistrarSettings], RunningPeer], t
     return labRegistrarFactory(registrarSettings(REGISTRAR, True, tmp_path / "tls"))
 
 
+@pytest.mark.parametrize("transport", ["udp", "tcp", "tls"])
 def test_registersWithDigestAuthAndIsReachable60SecondsLater(
-    lab: NetLab, runDriver: Callable[..., Driver], registrar: RunningPeer, tmp_path: Path, record_property: Any
+    lab: NetLab, runDriver: Callable[..., Driver], registrar: RunningPeer, tmp_path: Path, record_property: Any,
+    transport: str
 ) -> None:
     """
-    (a) Kamailio challenges, the role answers the 401 and registers with outbound; for 60 s (20 conntrack
-    timeouts) its STUN keepalives every 1.6-2 s (the 200's Flow-Timer: 2) are answered by Kamailio's stun
-    module with the same mapped address and the router keeps the same mapping; then an OPTIONS to the AOR sent
-    from the public side is relayed by Kamailio over that flow and reaches the user agent behind the NAT.
+    (a) Kamailio challenges, the role answers the 401 and registers with outbound over ``transport``; for 60 s
+    (20 conntrack timeouts) its keepalives every 1.6-2 s (the 200's Flow-Timer: 2) keep the flow: STUN answered
+    by Kamailio's stun module with the same mapped address on UDP, CRLF pings (``ping``) answered by pongs on TCP and TLS;
+    the router keeps the same mapping; then an OPTIONS to the AOR sent from the public side is relayed by
+    Kamailio over that flow, reaches the user agent behind the NAT and is answered 200.
     """
-    log = RegistrarLog(registrar)
-    client = startClient(runDriver, lab, tmp_path, REGISTRAR, PASSWORD)
-    public = registered(client, log, lab, REGISTRAR)
-    registeredAt = time.monotonic()
-    sent = flowKeptUp(client, lab, REGISTRAR, public, REACHABLE_AFTER, "stun")
-    assert sent >= atLeast(REACHABLE_AFTER), f"{sent} keepalives in {REACHABLE_AFTER:g} s"
-    assert log.registers()[2:] == [], "no REGISTER beyond the first registration"
-    status = reachedTheUserAgent(client, lab, REGISTRAR, public, log, tmp_path)
-    record_property("kamailioReachableAfter", round(time.monotonic() - registeredAt, 1))
-    record_property("kamailioOptionsStatus", status)
+    stream = transport != "udp"
+    hop = (REGISTRAR[0], REGISTRAR_TLS_PORT) if transport == "tls" else REGISTRAR
+    caCerts = tmp_path / "tls" / "registrar.crt" if transport == "tls" else None
+    if stream:
+        lab.setTcpEstablishedTimeout(lab.udpTimeout)
+    try:
+        log = RegistrarLog(registrar)
+        client = startClient(runDriver, lab, tmp_path, hop, PASSWORD, transport=transport, caCerts=caCerts)
+        flow, public = registered(client, log, lab, hop, transport=transport)
+        registeredAt = time.monotonic()
+        sent = flowKeptUp(client, lab, hop, public, REACHABLE_AFTER, "ping" if stream else "stun", flow)
+        assert sent >= atLeast(REACHABLE_AFTER), f"{sent} keepalives in {REACHABLE_AFTER:g} s"
+        assert log.registers()[2:] == [], "no REGISTER beyond the first registration"
+        status = reachedTheUserAgent(client, lab, REGISTRAR, public, log, tmp_path, flow)  # SIPp: over UDP
+    finally:
+        if stream:
+            lab.setTcpEstablishedTimeout(None)
+    record_property(f"kamailioReachableAfter_{transport}", round(time.monotonic() - registeredAt, 1))
+    record_property(f"kamailioOptionsStatus_{transport}", status)
 
 
 def test_aWrongPasswordFailsOnceAndDoesNotLoop(
@@ -343,23 +382,44 @@ def test_aWrongPasswordFailsOnceAndDoesNotLoop(
     assert "cseq 2: challenged (auth check -2)" in registers[1], registers
 
 
+@pytest.mark.parametrize("keepalive", ["crlf", "auto"])
 def test_noFlowFailureLoopWithARegistrarThatDoesNotAnswerSTUN(
     lab: NetLab, runDriver: Callable[..., Driver], labRegistrarFactory: Callable[[RegistrarSettings], RunningPeer],
-    tmp_path: Path
+    tmp_path: Path, keepalive: str, record_property: Any
 ) -> None:
     """
-    (c) Kamailio without its stun module (it answers no STUN at all) and ``--keepalive crlf``: the role
-    registers (outbound first: it needs no STUN answer to start), keeps the flow up on CRLF keepalives across
+    (c) Kamailio without its stun module (it answers no STUN at all), ``--keepalive crlf`` or ``auto``: the role
+    registers (outbound first: it needs no STUN answer to start) and keeps the flow up on CRLF keepalives across
     five conntrack timeouts with no flow failure and no second registration, and the AOR is still reachable.
+    With ``auto`` the first STUN keepalive times out toward a hop that never answered one (``rto`` 0.1 from a
+    config file: 7.9 s instead of 39.5 s), the flow goes on with CRLF, said once, and no failure is reported
+    meanwhile (the CRLF datagrams sent beside the unanswered STUN keep the mapping).
     """
     plain = labRegistrarFactory(registrarSettings(PLAIN_REGISTRAR, False, tmp_path / "tls"))
     probe = lab.run(lab.pub, [sys.executable, str(Path(peerkit.__file__)), "probe", PLAIN_REGISTRAR[0],
                               str(PLAIN_REGISTRAR[1]), "--deadline", "1"], check=False)
     assert probe.returncode == 1, f"this registrar must not answer STUN: {probe.stdout}"
     log = RegistrarLog(plain)
-    client = startClient(runDriver, lab, tmp_path, PLAIN_REGISTRAR, PASSWORD, "--keepalive", "crlf")
-    public = registered(client, log, lab, PLAIN_REGISTRAR)
+    config = None
+    if keepalive == "auto":
+        config = tmp_path / "sipnat.ini"
+        config.write_text("[default]\nrto = 0.1\n")
+    client = startClient(runDriver, lab, tmp_path, PLAIN_REGISTRAR, PASSWORD, "--keepalive", keepalive,
+                         config=config)
+    flow, public = registered(client, log, lab, PLAIN_REGISTRAR)
+    if keepalive == "auto":
+        startedAt = time.monotonic()
+        before: List[RoleEvent] = []
+        while not any(e.get("event") == "keepalive.fallback" for e in before):
+            assert time.monotonic() - startedAt < 20.0, f"no fallback to CRLF within 20 s: {before}"
+            before += client.collect(1.0)
+            assert failuresIn(before) == [], before
+            entry = lab.mappingFor(CLIENT, PLAIN_REGISTRAR)
+            assert entry is not None and entry.publicAddress == public, lab.snapshot()
+        record_property("autoFallbackAfter", round(time.monotonic() - startedAt, 1))
     sent = flowKeptUp(client, lab, PLAIN_REGISTRAR, public, 5 * lab.udpTimeout, "crlf")
     assert sent >= atLeast(5 * lab.udpTimeout), sent
+    fallbacks = [e for e in client.history if e.get("event") == "keepalive.fallback"]
+    assert len(fallbacks) == (1 if keepalive == "auto" else 0), fallbacks
     assert log.registers()[2:] == [], "no REGISTER beyond the first registration"
     reachedTheUserAgent(client, lab, PLAIN_REGISTRAR, public, log, tmp_path)

@@ -338,6 +338,11 @@ class StreamRegisterClient(RegisterTransactions, service.Service):
             self.stats["requests.rate_limited"] += 1
             return
         response = self.answer(request)
+        host, port = self.nextHop
+        # The same line as a UDP flow's (service.flowdemux): what reached the user agent, and what it answered.
+        log.info("{method} received from {host}:{port}: {answer}", method=request.method[:32], host=host, port=port,
+                 answer=f"{response.code} {response.reason}" if response is not None else "no answer",
+                 source=f"{host}:{port}", sipnat_event="sip.request.received")
         stream = self._stream
         if response is None or stream is None or stream.transport is None or stream.closing:
             return
