@@ -423,3 +423,70 @@ def test_noFlowFailureLoopWithARegistrarThatDoesNotAnswerSTUN(
     assert len(fallbacks) == (1 if keepalive == "auto" else 0), fallbacks
     assert log.registers()[2:] == [], "no REGISTER beyond the first registration"
     reachedTheUserAgent(client, lab, PLAIN_REGISTRAR, public, log, tmp_path)
+
+
+# -- two edges ------------------------------------------------------------------------------------------------
+
+#: The project's own edge role beside Kamailio, on the other public address's neighbour port.
+EDGE = (netlab.PUB_ADDR, 5066)
+
+
+def startEdge(runDriver: Callable[..., Driver], lab: NetLab) -> Driver:
+    return runDriver(lab.pub, "twistdrole.py",
+                     ["edge", "--udp", f"udp:{EDGE[1]}:interface={EDGE[0]}", "--tcp", "none", "--domain", DOMAIN,
+                      "--flow-timer", str(FLOW_TIMER)], name="twistd sipnat edge")
+
+
+def flowEvent(name: str, flow: int) -> Callable[[RoleEvent], bool]:
+    return lambda e: e.get("event") == name and e.get("fields", {}).get("flow") == flow
+
+
+def answeredThrough(client: Driver, lab: NetLab, target: Tuple[str, int], tmp: Path) -> None:
+    """An OPTIONS to alice sent by SIPp from the public side to ``target`` is answered 200 by the user agent."""
+    status = optionsToAlice(lab, target, tmp)
+    assert status == "SIP/2.0 200 OK", (target, status)
+    client.expect(named("sip.request.received"), 5.0, f"the OPTIONS through {target[0]}:{target[1]}")
+
+
+def test_twoEdgesKeepTheAORReachableWhenOneStops(
+    lab: NetLab, runDriver: Callable[..., Driver], registrar: RunningPeer, tmp_path: Path, record_property: Any
+) -> None:
+    """
+    (d) Two flows (RFC 5626 §4.2: ``--next-hop`` twice, reg-id 1 and 2, one instance): Kamailio (digest auth)
+    and the project's edge role.  Both register, and the AOR is reachable through each.  Stop the edge: its flow
+    fails on its unanswered STUN keepalives (``rto`` 0.1 from a config file: 7.9 s) while Kamailio's stays up,
+    and the AOR stays reachable through Kamailio meanwhile.  Start the edge again: the failed flow is back on its
+    own within the §4.5 backoff (``--backoff-base 2``: 2-4 s after its first failure, 90 s without the option)
+    and the AOR is reachable through the edge again.
+    """
+    config = tmp_path / "sipnat.ini"
+    config.write_text("[default]\nrto = 0.1\n")
+    edge = startEdge(runDriver, lab)
+    client = startClient(runDriver, lab, tmp_path, REGISTRAR, PASSWORD, "--next-hop", f"{EDGE[0]}:{EDGE[1]}",
+                         "--backoff-base", "2", config=config)
+    for flow in (1, 2):  # in whichever order they come: one already read while waiting for the other is history
+        predicate = flowEvent("sipnat.client.registered", flow)
+        done = next((e for e in client.history if predicate(e)), None) or client.expect(
+            predicate, 10.0, f"flow {flow} registered")
+        assert done["fields"]["flowTimer"] == FLOW_TIMER, done
+    stored = next((e for e in edge.history if named("sipnat.edge.registered")(e)), None) or edge.expect(
+        named("sipnat.edge.registered"), 2.0, "the edge's binding")
+    assert stored["fields"]["aor"] == AOR, stored
+    answeredThrough(client, lab, REGISTRAR, tmp_path)
+    answeredThrough(client, lab, EDGE, tmp_path)
+
+    edge.stop()
+    stoppedAt = time.monotonic()
+    failed = client.expect(flowEvent("sipnat.client.flowFailure", 2), 15.0, "the edge's flow failure")
+    record_property("twoEdgesFailureAfter", round(time.monotonic() - stoppedAt, 1))
+    assert [e for e in client.history if flowEvent("sipnat.client.flowFailure", 1)(e)] == [], "flow 1 is untouched"
+    answeredThrough(client, lab, REGISTRAR, tmp_path)  # reachable through the other flow meanwhile
+    assert failed["level"] == "warn", failed
+
+    startEdge(runDriver, lab)
+    restartedAt = time.monotonic()
+    back = client.expect(flowEvent("sipnat.client.registered", 2), 20.0, "the edge's flow back")
+    record_property("twoEdgesBackAfterRestart", round(time.monotonic() - restartedAt, 1))
+    assert back["fields"]["flowTimer"] == FLOW_TIMER, back
+    assert [e for e in client.history if flowEvent("sipnat.client.flowFailure", 1)(e)] == [], "flow 1 is untouched"
+    answeredThrough(client, lab, EDGE, tmp_path)
