@@ -189,13 +189,19 @@ class NATTraversalController(EngineDriver):
     # -- keepalives -------------------------------------------------------------------------------------------
 
     def refreshNATBinding(self, socket: Any, observer: Any, nextHop: Any = None, flowTimer: Optional[float] = None,
-                          domain: Optional[str] = None) -> bool:
+                          domain: Optional[str] = None, publicAddress: Any = None) -> bool:
         """
         Keep the NAT binding of ``socket`` alive toward ``nextHop`` (or the one given at resolve), after the
         REGISTER 200 OK (RFC 5626 §4.4).  ``flowTimer`` (the registrar's Flow-Timer or Via ``keep``) replaces
         the configured interval; every keepalive goes out after a fresh 80-100 % of it.  Returns ``True`` when a
         periodic keepalive was started, ``False`` when the transport's configured interval is ``0``.  A second
         call for the same observer restarts its keepalives.
+
+        ``publicAddress`` (``(host, port)`` or an ``IAddress``): the flow's public address as the next hop
+        already saw it, e.g. the ``received``/``rport`` of the REGISTER 200 (RFC 3581 §4) when a user agent
+        registered before any STUN (RFC 5626 outbound).  It is the baseline of the STUN keepalives, so a
+        rebinding before the first keepalive answer is a ``MappedAddressChanged`` too; without it the first
+        answer is the baseline (the contract's rule).
         """
         engine = self._engine
         memory = engine.flows.remembered(observer)
@@ -223,9 +229,15 @@ class NATTraversalController(EngineDriver):
         else:
             raise NATTraversalError("refreshNATBinding needs a nextHop (none was given at resolve either)")
         base = float(flowTimer) if flowTimer is not None else configured
+        known: Optional[HostPort] = None
+        if publicAddress is not None:
+            host, port = ((publicAddress.host, publicAddress.port) if hasattr(publicAddress, "host")
+                          else publicAddress)
+            known = checkNextHop((host, port))
         try:
             engine.flows.refresh(self._record(state), observer, settings, base, hop, domain, now,
-                                 named=hop is not None and not isIPLiteral(hop[0]), local=localHostPort(state.adapter))
+                                 named=hop is not None and not isIPLiteral(hop[0]), local=localHostPort(state.adapter),
+                                 baseline=known)
         finally:
             self._flush()
         return True

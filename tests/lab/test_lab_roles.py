@@ -15,6 +15,7 @@ would be retried after 2-4 s instead of the RFC 5626 §4.5 30-60 s.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any, Callable, Dict, List, Tuple
 
 import netlab
@@ -194,3 +195,52 @@ def test_clientRoleRegistersKeepsAliveAndReregistersAfterRebinding(
     assert reregisteredAfter <= FLOW_TIMER + 2.0, "registered again within the detection and one round trip"
     # Keepalives resume from the new mapping: answered with it, and conntrack holds it.
     assert keepalivesAnswered(client, lab, second, duration=2.5) >= 2
+
+
+#: The second address the host gets in ``test_clientRoleHearsANetworkChange`` (the "network change").
+NEW_ADDRESS = "192.0.2.13"
+
+
+def test_clientRoleHearsANetworkChangeAndRegistersTheRebindingAtOnce(
+    lab: NetLab, runDriver: Callable[..., Driver], tmp_path: Path, record_property: Any
+) -> None:
+    """
+    Issue 14: "a rebinding is noticed only at the next keepalive, up to 25 s later".  The client role with
+    outbound (the default) and ``--network-poll 0.5`` against the edge role with ``--flow-timer 20`` (keepalives
+    every 16-20 s).  The host's network changes (an address is added in ``lan``) while the router rebinds
+    (``conntrack -F`` with random ports): the watcher calls ``networkChanged()``, the flow's STUN keepalive goes
+    out at once, its answer shows the new mapping, and the role registers the new flow at once: within the poll
+    and a few round trips, not at the next scheduled keepalive.
+    """
+    lab.setMode("random")
+    runDriver(lab.pub, "twistdrole.py",
+                     ["edge", "--udp", f"udp:{EDGE[1]}:interface={EDGE[0]}", "--tcp", "none", "--domain", DOMAIN,
+                      "--flow-timer", "20"], name="twistd sipnat edge")
+    client = runDriver(lab.lan, "twistdrole.py",
+                       ["client", "--listen", f"udp:{CLIENT[1]}:interface={CLIENT[0]}", "--next-hop",
+                        f"{EDGE[0]}:{EDGE[1]}", "--register", AOR, "--state-dir", str(tmp_path / "state"),
+                        "--network-poll", "0.5"], name="twistd sipnat client")
+    first = client.expect(named("sipnat.client.registered"), 5.0, "the REGISTER 200")
+    assert first["fields"]["flowTimer"] == 20, first
+    client.expect(named("sipnat.client.keepalive.started"), 2.0, "keepalives started")
+    before = lab.mappingFor(CLIENT, EDGE)
+    assert before is not None, lab.snapshot()
+    time.sleep(1.0)  # well inside the 16-20 s until the next scheduled keepalive
+    lab.flushConntrack()
+    lab.run(lab.lan, ["ip", "addr", "add", f"{NEW_ADDRESS}/24", "dev", lab.lanIf])
+    changedAt = time.monotonic()
+    try:
+        heard = client.expect(named("sipnat.netwatch.changed"), 2.0, "the watcher's change")
+        changed = client.expect(named("public.address.changed"), 2.0, "the rebinding, seen at once")
+        client.expect(named("sipnat.client.rebound"), 1.0, "the new flow registered at once")
+        again = client.expect(named("sipnat.client.registered"), 2.0, "the REGISTER 200 of the new flow")
+        reregisteredAfter = time.monotonic() - changedAt
+    finally:
+        lab.run(lab.lan, ["ip", "addr", "del", f"{NEW_ADDRESS}/24", "dev", lab.lanIf], check=False)
+    record_property("rolesNetworkChangeHeardAfter", round(heard["t"] - changedAt, 3))
+    record_property("rolesNetworkChangeReregisteredAfter", round(reregisteredAfter, 2))
+    assert tuple(changed["fields"]["old"]) == before.publicAddress, (changed, before)
+    assert tuple(changed["fields"]["new"]) != before.publicAddress, changed
+    assert again["fields"]["flow"] == 1 and reregisteredAfter < 3.0, (again, reregisteredAfter)
+    after = lab.mappingFor(CLIENT, EDGE)
+    assert after is not None and after.publicAddress == tuple(changed["fields"]["new"]), lab.snapshot()

@@ -28,16 +28,20 @@ class DigestRegistrar(protocol.DatagramProtocol):
     Answers REGISTER: without credentials (or with a wrong response) a 401 carrying ``challenge``; with a
     right MD5 ``qop=auth`` response a 200 with ``Require: outbound`` (when the Contact asked for it and
     ``outbound``), ``Flow-Timer``, the Contact echoed with ``expires``, and the top Via stamped with
-    ``received``/``rport`` as a NAT in front of the UA would have it (``nat``, else the real source).
+    ``received``/``rport`` as a NAT in front of the UA would have it (``nat``, else the real source), which is
+    also the mapped address of its STUN answers unless ``stunShowsNat`` is false (a STUN answer that disagrees
+    with the REGISTER's Via, as from an address-dependent NAT).
     ``refuseOutbound`` answers an outbound REGISTER with 439.  Each CRLF ping is counted.
     """
 
     def __init__(self, password: str = "secret", realm: str = "example.com", flowTimer: int = 15,
-                 nat: Optional[HostPort] = None, refuseOutbound: bool = False, outbound: bool = True) -> None:
+                 nat: Optional[HostPort] = None, refuseOutbound: bool = False, outbound: bool = True,
+                 stunShowsNat: bool = True) -> None:
         self.password = password
         self.realm = realm
         self.flowTimer = flowTimer
         self.nat = nat
+        self.stunShowsNat = stunShowsNat
         self.refuseOutbound = refuseOutbound
         self.outbound = outbound
         self.requests: List[Request] = []
@@ -86,7 +90,9 @@ class DigestRegistrar(protocol.DatagramProtocol):
     def datagramReceived(self, data: bytes, addr: Any) -> None:
         if stun.isSTUN(data):
             self.stunRequests += 1
-            reply = self.responder.respond(data, addr) if self.answersSTUN else None
+            # the mapped address is what the NAT in front of the UA shows, as in the REGISTER's received/rport
+            mapped = self.nat if self.nat is not None and self.stunShowsNat else addr
+            reply = self.responder.respond(data, mapped) if self.answersSTUN else None
             if reply is not None:
                 self.transport.write(reply.data, addr)
             return

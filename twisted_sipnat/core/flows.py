@@ -130,16 +130,20 @@ class FlowTable:
     # -- starting and stopping --------------------------------------------------------------------------------
 
     def refresh(self, sock: Any, observer: Any, settings: Any, base: float, hop: Optional[HostPort],
-                domain: Optional[str], now: float, named: bool, local: Optional[HostPort] = None) -> ka.FlowKeeper:
+                domain: Optional[str], now: float, named: bool, local: Optional[HostPort] = None,
+                baseline: Optional[HostPort] = None) -> ka.FlowKeeper:
         """
         Start (or restart) ``observer``'s keepalives; ``named``: ``hop`` is a name to look up first; ``local``:
-        the socket's local address now (what :meth:`networkChanged` compares with).
+        the socket's local address now (what :meth:`networkChanged` compares with); ``baseline``: the flow's
+        public address as the next hop saw it (the registrar's ``received``/``rport``), else the resolution's
+        when the next hop answered it, else the first keepalive answer's.
         """
         memory = self.memory.get(observer)
         method = settings.udpKeepaliveMethod
         kind = ka.PING if sock.stream else (ka.CRLF if method == "crlf" else ka.STUN)
-        baseline = None
-        if kind == ka.STUN and memory is not None and memory.viaNextHop and memory.nextHop == hop:
+        if kind != ka.STUN:
+            baseline = None
+        elif baseline is None and memory is not None and memory.viaNextHop and memory.nextHop == hop:
             baseline = memory.resolved
         if observer in self.flows:
             self.stop(observer, now)

@@ -136,6 +136,10 @@ class ClientFlow:
         self.registerClient = registerClient
         self.observer = _FlowObserver(self)
         self.publicAddress: Optional[Address] = None
+        #: The public address the registrar's 200 reported (received/rport) when the flow registered before any
+        #: STUN: the keepalives' baseline.  Not a STUN server's answer: toward another server an address-dependent
+        #: NAT maps the flow elsewhere (the contract takes that only when the next hop answered it).
+        self._registrarSaw: Optional[Tuple[str, int]] = None
         self.flowTimer: Optional[int] = None
         self.failures = 0
         self.keepalivesStarted = 0
@@ -218,6 +222,7 @@ class ClientFlow:
 
     def _resolved(self, address: Address, hop: HostPort) -> Any:
         self.publicAddress = address
+        self._registrarSaw = None
         log.info("public address {host}:{port} (next hop {nhost}:{nport})", host=address.host, port=address.port,
                  nhost=hop[0], nport=hop[1], flow=self.key, sipnat_event="sipnat.client.publicAddress")
         if self.registerClient is None:
@@ -231,8 +236,10 @@ class ClientFlow:
 
     def _registeredFirst(self, response: Response, hop: HostPort) -> None:
         registered = self.registerClient.registered if self.registerClient is not None else None
+        self._registrarSaw = None
         if registered is not None and registered.reflexive is not None:
             host, port = registered.reflexive
+            self._registrarSaw = (host, port)
             self.publicAddress = (IPv6Address if ":" in host else IPv4Address)("UDP", host, port)
             log.info("public address {host}:{port} (the registrar's received/rport; next hop {nhost}:{nport})",
                      host=host, port=port, nhost=hop[0], nport=hop[1], flow=self.key,
@@ -273,8 +280,11 @@ class ClientFlow:
         if self.owner.keepalive == "options":
             started = self._startPings(hop, flowTimer)
         else:
+            # With outbound the 200's received/rport is the flow's public address: the keepalives' baseline, so
+            # a rebinding before their first answer is seen too.
             started = self.owner.controller.refreshNATBinding(self.socket, self.observer, nextHop=hop,
-                                                              flowTimer=flowTimer, domain=self.owner.domain)
+                                                              flowTimer=flowTimer, domain=self.owner.domain,
+                                                              publicAddress=self._registrarSaw)
         self.keepalivesStarted += 1
         self._reboundAllowed = True
         self.up = True
