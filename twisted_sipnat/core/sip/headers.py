@@ -25,6 +25,7 @@ __all__ = [
     "Headers",
     "canonicalName",
     "isToken",
+    "requestHeaders",
     "splitTopLevel",
 ]
 
@@ -267,3 +268,23 @@ class Headers:
         removed = len(self._items) - len(kept)
         self._items = kept
         return removed
+
+
+def requestHeaders(method: str, via: str, to: str, fromAddress: str, fromTag: str, callId: str,
+                   cseq: int) -> Headers:
+    """
+    The header fields that open every request a user agent starts outside a dialog (RFC 3261 §8.1.1), in that
+    order: the top Via, Max-Forwards 70 (§8.1.1.6), To, From with its tag, Call-ID and CSeq.  ``to`` and
+    ``fromAddress`` are URIs (put in angle brackets here).  Raises ``ValueError`` for a CSeq number of 2**31 or
+    more (§8.1.1.5).
+    """
+    if not 0 <= cseq < 2**31:
+        raise ValueError(f"a CSeq number is below 2**31 (RFC 3261 §8.1.1.5), not {cseq}")
+    headers = Headers()
+    headers.add("Via", via)
+    headers.add("Max-Forwards", "70")
+    headers.add("To", f"<{to}>")
+    headers.add("From", f"<{fromAddress}>;tag={fromTag}")
+    headers.add("Call-ID", callId)
+    headers.add("CSeq", f"{cseq} {method}")
+    return headers

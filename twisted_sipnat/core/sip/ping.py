@@ -17,7 +17,7 @@ from __future__ import annotations
 from typing import Tuple
 
 from .fields import Via
-from .headers import Headers
+from .headers import requestHeaders
 from .message import Request, Response
 from .uri import SIPURI
 
@@ -33,18 +33,10 @@ def _host(host: str) -> str:
 def buildOptions(aor: SIPURI, hop: HostPort, sentBy: HostPort, *, callId: str, cseq: int, branch: str,
                  fromTag: str) -> Request:
     """One OPTIONS ping from ``aor`` to the next hop ``hop``; ``sentBy`` is the top Via's address (RFC 3581 rport)."""
-    if not 0 <= cseq < 2**31:
-        raise ValueError(f"a CSeq number is below 2**31 (RFC 3261 §8.1.1.5), not {cseq}")
     target = SIPURI("sip", hop[0], port=hop[1])
     address = SIPURI(aor.scheme, aor.host, user=aor.user, port=aor.port)
     via = Via("UDP", sentBy[0], sentBy[1], (("branch", "z9hG4bK" + branch), ("rport", None)))
-    headers = Headers()
-    headers.add("Via", str(via))
-    headers.add("Max-Forwards", "70")
-    headers.add("To", f"<{target}>")
-    headers.add("From", f"<{address}>;tag={fromTag}")
-    headers.add("Call-ID", callId)
-    headers.add("CSeq", f"{cseq} OPTIONS")
+    headers = requestHeaders("OPTIONS", str(via), str(target), str(address), fromTag, callId, cseq)
     headers.add("Accept", "application/sdp")
     headers.add("Content-Length", "0")
     return Request("OPTIONS", str(target), headers)

@@ -29,7 +29,7 @@ from twisted_sipnat.errors import InvalidHeaderError, InvalidSettingsError
 from ..sipheaders import parseFlowTimer, parseKeepParameter
 from .error import SIPParseError
 from .fields import NameAddress, Via
-from .headers import Headers
+from .headers import requestHeaders
 from .message import DEFAULT_MAX_MESSAGE_SIZE, Message, Request, Response, parse
 from .uri import SIPURI
 
@@ -110,8 +110,6 @@ def buildRegister(
     transport = transport.upper()
     if transport not in CONTACT_TRANSPORTS:
         raise ValueError(f"transport must be one of {', '.join(CONTACT_TRANSPORTS)}, not {transport!r}")
-    if not 0 <= cseq < 2**31:
-        raise ValueError(f"a CSeq number is below 2**31 (RFC 3261 §8.1.1.5), not {cseq}")
     if not 0 <= expires <= MAX_EXPIRES:
         raise ValueError(f"expires must be 0..{MAX_EXPIRES}, not {expires}")
     domain = SIPURI(aor.scheme, aor.host, port=aor.port)
@@ -126,13 +124,7 @@ def buildRegister(
         contactParams += f";reg-id={regId:d}"
     if instance is not None:
         contactParams += f';+sip.instance="<{instance}>"'
-    headers = Headers()
-    headers.add("Via", str(via))
-    headers.add("Max-Forwards", "70")
-    headers.add("To", f"<{address}>")
-    headers.add("From", f"<{address}>;tag={fromTag}")
-    headers.add("Call-ID", callId)
-    headers.add("CSeq", f"{cseq} REGISTER")
+    headers = requestHeaders("REGISTER", str(via), str(address), str(address), fromTag, callId, cseq)
     for name, value in extraHeaders:
         headers.add(name, value)
     if outbound:
