@@ -29,7 +29,7 @@ import time
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 MAGIC_COOKIE = 0x2112A442
 BINDING_REQUEST = 0x0001
@@ -703,3 +703,14 @@ def _probeSIP(host: str, port: int, budget: float) -> int:
 
 if __name__ == "__main__":
     sys.exit(_main(sys.argv[1:]))
+
+
+async def waitUntil(condition: Callable[[], Any], timeout: float = 15.0) -> None:
+    """In a pytest-twisted test: let the reactor run until ``condition()`` is true, failing after ``timeout`` s."""
+    from twisted.internet import reactor, task
+
+    waited = 0.0
+    while not condition():
+        await task.deferLater(reactor, 0.05, lambda: None)  # type: ignore[arg-type]
+        waited += 0.05
+        assert waited < timeout, "condition never became true"

@@ -6,23 +6,12 @@ matched by branch and CSeq, and the lifetime Kamailio granted is read from our o
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 import pytest_twisted
-from peerkit import RunningPeer
+from peerkit import RunningPeer, waitUntil
 
 pytestmark = [pytest.mark.interop, pytest.mark.timeout(60)]
 
-
-async def waitUntil(condition: Any, timeout: float = 10.0) -> None:
-    from twisted.internet import reactor, task
-
-    waited = 0.0
-    while not condition():
-        await task.deferLater(reactor, 0.05, lambda: None)
-        waited += 0.05
-        assert waited < timeout, "condition never became true"
 
 
 @pytest_twisted.ensureDeferred
