@@ -78,3 +78,16 @@ def test_a_crlf_flow_has_no_baseline_and_a_bad_address_is_one_error() -> None:
     with pytest.raises(NATTraversalError):
         controller.refreshNATBinding(shared, observer, HOP, publicAddress=("203.0.113.1", 0))
     controller.freeResources()
+
+
+def test_an_auto_flow_with_a_known_address_still_falls_back_on_a_hop_that_never_answered_stun() -> None:
+    """The registrar's received/rport says nothing about STUN: a silent hop is still the "auto" fallback."""
+    clock, observer = Clock(), RecordingObserver()
+    controller = NATTraversalController(NATSettings(udpKeepaliveMethod="auto", rto=0.1), reactor=clock)
+    shared, transport = sharedDatagramSocket(controller)
+    controller.refreshNATBinding(shared, observer, HOP, publicAddress=SEEN)
+    for _ in range(400):
+        clock.advance(0.1)
+    assert observer.failures == [] and controller.isKeepingAlive(observer)
+    assert controller.stats["keepalive.fallback"] == 1
+    controller.freeResources()

@@ -141,17 +141,19 @@ class FlowTable:
         memory = self.memory.get(observer)
         method = settings.udpKeepaliveMethod
         kind = ka.PING if sock.stream else (ka.CRLF if method == "crlf" else ka.STUN)
+        stunAnswered = False  # a given baseline came from SIP (received/rport): the hop may not answer STUN
         if kind != ka.STUN:
             baseline = None
         elif baseline is None and memory is not None and memory.viaNextHop and memory.nextHop == hop:
             baseline = memory.resolved
+            stunAnswered = baseline is not None
         if observer in self.flows:
             self.stop(observer, now)
         elif len(self.flows) >= self.maxFlows:
             raise ResourceLimitError("keepalive contexts", self.maxFlows)
         flow = ka.FlowKeeper(kind, base, now, self.rng, pongTimeout=settings.pongTimeout, baseline=baseline,
                              observer=observer, sock=sock, nextHop=hop, settings=settings, auto=method == "auto",
-                             local=local)
+                             local=local, stunAnswered=stunAnswered)
         self.flows[observer] = flow
         sock.flows[flow] = None
         memory = self.remember(observer)

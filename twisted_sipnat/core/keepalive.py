@@ -139,6 +139,7 @@ class FlowKeeper(Timed):
         settings: Any = None,
         auto: bool = False,
         local: Optional[Tuple[str, int]] = None,
+        stunAnswered: Optional[bool] = None,
     ) -> None:
         Timed.__init__(self)
         if kind not in (STUN, CRLF, PING):
@@ -176,8 +177,9 @@ class FlowKeeper(Timed):
         #: The write key of this flow's bridge datagrams (``"auto"`` only).
         self.bridgeKey: Optional[BridgeKey] = BridgeKey() if self.auto else None
         #: The next hop answered a STUN request on this flow (a baseline from it counts: it answered the
-        #: resolution on this very socket).
-        self.hopAnswered = baseline is not None
+        #: resolution on this very socket; ``stunAnswered`` says otherwise for a baseline that came from
+        #: elsewhere, such as the registrar's received/rport, which proves nothing about STUN).
+        self.hopAnswered = baseline is not None if stunAnswered is None else stunAnswered
         #: The socket's local ``(host, port)`` when the keepalives started (``None``: unknown), for
         #: ``networkChanged``.
         self.local = local
