@@ -27,7 +27,7 @@ from ..core.sip.register import readMessage
 from ..core.sip.uas import answerRequest
 from ..protocols import sendDatagram
 
-__all__ = ["FlowDemux", "RequestOutcome"]
+__all__ = ["REQUEST_BURST", "REQUEST_RATE", "FlowDemux", "RequestOutcome", "logRequest"]
 
 HostPort = Tuple[str, int]
 
@@ -37,8 +37,9 @@ log = Logger(namespace="twisted_sipnat.client")
 #: answered), a request from an address that is no flow's next hop (dropped), one over the per-hop rate.
 RequestOutcome = ("options", "unavailable", "ack", "stranger", "rate_limited")
 
-#: Requests a next hop may have answered per second (and in a burst): far above what a registrar sends a UA
-#: (an OPTIONS now and then, a call), low enough that a flood costs one log line per interval, not one each.
+#: Requests a next hop may have answered per second (and in a burst), on any flow: far above what a registrar
+#: sends a UA (an OPTIONS now and then, a call), low enough that a flood costs one log line per interval, not one
+#: each.
 REQUEST_RATE = 10.0
 REQUEST_BURST = 20
 
@@ -54,6 +55,17 @@ class DemuxFlow(Protocol):
     def attach(self, transport: Any) -> None: ...
 
     def detach(self) -> None: ...
+
+
+def logRequest(request: Request, source: HostPort, response: Optional[Response]) -> None:
+    """
+    The info line of a request that reached the user agent on a flow (UDP here, TCP/TLS in
+    :mod:`~twisted_sipnat.service.sipstreamclient`) and what it was answered: ``sip.request.received``.
+    """
+    host, port = source
+    log.info("{method} received from {host}:{port}: {answer}", method=request.method[:32], host=host, port=port,
+             answer=f"{response.code} {response.reason}" if response is not None else "no answer",
+             source=f"{host}:{port}", sipnat_event="sip.request.received")
 
 
 def _hostPort(addr: Any) -> Optional[HostPort]:
@@ -132,9 +144,7 @@ class FlowDemux(protocol.DatagramProtocol):
             self._drop(source, f"requests over {REQUEST_RATE:g}/s from a next hop")
             return
         response = answerRequest(request)
-        log.info("{method} received from {host}:{port}: {answer}", method=request.method[:32], host=source[0],
-                 port=source[1], answer=f"{response.code} {response.reason}" if response is not None else "no answer",
-                 source=f"{source[0]}:{source[1]}", sipnat_event="sip.request.received")
+        logRequest(request, source, response)
         if response is None:
             self.stats["requests.ack" if request.method == "ACK" else "requests.unanswerable"] += 1
             return

@@ -46,6 +46,7 @@ from ..core.sipframing import DEFAULT_MAX_MESSAGE_SIZE, SIPFramingError
 from ..errors import FlowConnectError, RegistrationConnectionLost, RegistrationError, TLSVerificationError
 from ..protocols import SharedStreamFactory
 from .figures import IFigureSource
+from .flowdemux import REQUEST_BURST, REQUEST_RATE, logRequest
 from .sipclient import NextHop, RegisterTransactions
 
 __all__ = ["DEFAULT_CONNECT_TIMEOUT", "StreamRegisterClient", "tlsRefusal"]
@@ -57,10 +58,6 @@ EndpointFor = Callable[[HostPort], Any]
 #: Seconds a connection (TLS handshake excluded: the REGISTER's Timer F covers it) may take to be made: Timer F,
 #: the time a REGISTER over UDP would have had to be answered.
 DEFAULT_CONNECT_TIMEOUT = 32.0
-#: Requests the next hop may have answered per second on the connection, and in a burst (``answer``): far above
-#: what a registrar sends a UA (an OPTIONS now and then, a call), low enough that a flood costs little.
-REQUEST_RATE = 10.0
-REQUEST_BURST = 20
 #: Seconds a stop waits for the connection to close (TLS: the peer's close_notify) before it aborts it.
 CLOSE_TIMEOUT = 2.0
 
@@ -203,7 +200,8 @@ class StreamRegisterClient(RegisterTransactions, service.Service):
         self.connections = 0
         #: ``answer(request)``: the response to a request the next hop sent over the flow (RFC 3261 §8.2: an
         #: OPTIONS, a call for the AOR), written back on the connection, or ``None`` to send nothing; unset,
-        #: requests are counted and dropped as on UDP.  At most :data:`REQUEST_RATE` a second are answered.
+        #: requests are counted and dropped as on UDP.  At most
+        #: :data:`~twisted_sipnat.service.flowdemux.REQUEST_RATE` a second are answered, as on UDP.
         self.answer: Optional[Callable[[Request], Optional[Response]]] = None
         self._requestRate = RateLimit(REQUEST_RATE, REQUEST_BURST, maxSources=1)
 
@@ -338,11 +336,7 @@ class StreamRegisterClient(RegisterTransactions, service.Service):
             self.stats["requests.rate_limited"] += 1
             return
         response = self.answer(request)
-        host, port = self.nextHop
-        # The same line as a UDP flow's (service.flowdemux): what reached the user agent, and what it answered.
-        log.info("{method} received from {host}:{port}: {answer}", method=request.method[:32], host=host, port=port,
-                 answer=f"{response.code} {response.reason}" if response is not None else "no answer",
-                 source=f"{host}:{port}", sipnat_event="sip.request.received")
+        logRequest(request, self.nextHop, response)
         stream = self._stream
         if response is None or stream is None or stream.transport is None or stream.closing:
             return
