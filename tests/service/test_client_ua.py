@@ -120,3 +120,26 @@ def test_withoutOutboundTheContactIsTheReflexiveAddressOnceAndRefreshesKeepIt() 
     assert len(registrar.requests) == 4 and "203.0.113.7:41000" in (registrar.requests[-1].headers.get("Contact")
                                                                       or ""), "a refresh: no second rewrite"
     stop(net, role)
+
+
+def test_aRefreshThatChangesTheFlowTimerKeepsTheRegistrarsAddressAsTheBaseline() -> None:
+    """
+    The keepalives restart at a refresh's new Flow-Timer with the same baseline (the 200's received/rport), so
+    a rebinding between that refresh and the next keepalive answer is still seen and registered at once.
+    """
+    net = NetReactor()
+    registrar = DigestRegistrar(nat=("203.0.113.7", 41000))
+    role = roleWith(net, registrar, instance=INSTANCE, method="stun")
+    role.startService()
+    net.run(1)
+    registered = len(registrar.requests)
+    registrar.flowTimer = 20
+    while len(registrar.requests) == registered:  # up to the refresh at 90 % of the 600 s granted
+        net.run(5, step=0.5)
+    net.run(0.5)
+    assert role.flowTimer == 20 and role.failures == 0
+    registrar.nat = ("203.0.113.7", 41001)  # the NAT rebinds before the first keepalive at the new interval
+    net.run(25, step=0.5)
+    assert role.failures == 1, "the new mapping is a MappedAddressChanged, not a new baseline"
+    assert len(registrar.requests) > registered + 1, "the rebound flow registered again at once"
+    stop(net, role)

@@ -277,20 +277,25 @@ class ClientFlow:
 
     def _keepAlive(self, hop: HostPort, flowTimer: Optional[int]) -> None:
         self._pending = None
-        if self.owner.keepalive == "options":
-            started = self._startPings(hop, flowTimer)
-        else:
-            # With outbound the 200's received/rport is the flow's public address: the keepalives' baseline, so
-            # a rebinding before their first answer is seen too.
-            started = self.owner.controller.refreshNATBinding(self.socket, self.observer, nextHop=hop,
-                                                              flowTimer=flowTimer, domain=self.owner.domain,
-                                                              publicAddress=self._registrarSaw)
+        started = self._startKeepalives(hop, flowTimer)
         self.keepalivesStarted += 1
         self._reboundAllowed = True
         self.up = True
         log.info("flow {flow}: keepalives toward {host}:{port}: {state}", host=hop[0], port=hop[1], flow=self.key,
                  state="started" if started else "not needed", sipnat_event="sipnat.client.keepalive.started")
         self.owner.flowUp(self)
+
+    def _startKeepalives(self, hop: HostPort, flowTimer: Optional[int]) -> bool:
+        """
+        (Re)start the flow's keepalives at ``flowTimer``: OPTIONS pings, or the controller's.  With outbound the
+        200's received/rport is the flow's public address: the controller's baseline, so a rebinding before the
+        first answer (or the first after a restart) is seen too.
+        """
+        if self.owner.keepalive == "options":
+            return self._startPings(hop, flowTimer)
+        return bool(self.owner.controller.refreshNATBinding(self.socket, self.observer, nextHop=hop,
+                                                            flowTimer=flowTimer, domain=self.owner.domain,
+                                                            publicAddress=self._registrarSaw))
 
     def _startPings(self, hop: HostPort, flowTimer: Optional[int]) -> bool:
         self._stopPings()
@@ -335,11 +340,7 @@ class ClientFlow:
         interval = registrarKeepalive(response)
         if interval != self.flowTimer:
             self.flowTimer = interval
-            if self.owner.keepalive == "options":
-                self._startPings(hop, interval)
-            else:
-                self.owner.controller.refreshNATBinding(self.socket, self.observer, nextHop=hop,
-                                                        flowTimer=interval)
+            self._startKeepalives(hop, interval)
         self._scheduleRefresh(self._granted(response), hop)
 
     def _refreshFailed(self, reason: Failure) -> None:
