@@ -371,8 +371,8 @@ class ClientFlow:
             return
         self._scheduleRetry(reason)
 
-    def _halt(self) -> None:
-        """Stop the refresh, the REGISTER in flight (its 200 would revive the failed flow), the keepalives."""
+    def _quiet(self) -> None:
+        """Stop the refresh, the pings and the REGISTER in flight (its 200 would revive a stopped flow)."""
         self._cancelRefresh()
         self._stopPings()
         pending, self._pending = self._pending, None
@@ -380,11 +380,15 @@ class ClientFlow:
             pending.cancel()
         if self.registerClient is not None:
             self.registerClient.stop()
-            dropFlow = getattr(self.registerClient, "dropFlow", None)
-            if dropFlow is not None:
-                dropFlow()  # a stream flow's connection goes: the next attempt makes a new flow (RFC 5626 §4.4.1)
-        self.owner.controller.freeResources(self.observer)
         self.up = False
+
+    def _halt(self) -> None:
+        """A failed flow: quiet, its connection dropped and its keepalives freed."""
+        self._quiet()
+        dropFlow = getattr(self.registerClient, "dropFlow", None)
+        if dropFlow is not None:
+            dropFlow()  # a stream flow's connection goes: the next attempt makes a new flow (RFC 5626 §4.4.1)
+        self.owner.controller.freeResources(self.observer)
 
     def _rebound(self, reason: object) -> bool:
         """
@@ -421,14 +425,7 @@ class ClientFlow:
 
     def stop(self) -> None:
         """The role is stopping: no timer, no transaction, no keepalive of this flow is left."""
-        self._cancelRefresh()
-        self._stopPings()
         if self._retry is not None and self._retry.active():
             self._retry.cancel()
         self._retry = None
-        pending, self._pending = self._pending, None
-        if pending is not None and not pending.called:
-            pending.cancel()
-        if self.registerClient is not None:
-            self.registerClient.stop()
-        self.up = False
+        self._quiet()
