@@ -18,7 +18,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from .core import stun
-from .core.addresses import isIPLiteral
+from .core.addresses import hostPortOf, isIPLiteral
 from .core.engine import Engine, checkNextHop
 from .core.histogram import Histogram
 from .core.keepalive import PONG_BYTES
@@ -229,11 +229,10 @@ class NATTraversalController(EngineDriver):
         else:
             raise NATTraversalError("refreshNATBinding needs a nextHop (none was given at resolve either)")
         base = float(flowTimer) if flowTimer is not None else configured
-        known: Optional[HostPort] = None
-        if publicAddress is not None:
-            host, port = ((publicAddress.host, publicAddress.port) if hasattr(publicAddress, "host")
-                          else publicAddress)
-            known = checkNextHop((host, port))
+        given = hostPortOf(publicAddress)
+        if publicAddress is not None and given is None:
+            raise NATTraversalError(f"publicAddress must be (host, port) or an IAddress, not {publicAddress!r}")
+        known = checkNextHop(given) if given is not None else None
         try:
             engine.flows.refresh(self._record(state), observer, settings, base, hop, domain, now,
                                  named=hop is not None and not isIPLiteral(hop[0]), local=localHostPort(state.adapter),

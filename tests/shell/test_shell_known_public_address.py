@@ -77,6 +77,8 @@ def test_a_crlf_flow_has_no_baseline_and_a_bad_address_is_one_error() -> None:
     assert controller.baselineOf(observer) is None
     with pytest.raises(NATTraversalError):
         controller.refreshNATBinding(shared, observer, HOP, publicAddress=("203.0.113.1", 0))
+    with pytest.raises(NATTraversalError):
+        controller.refreshNATBinding(shared, observer, HOP, publicAddress="203.0.113.1:40000")
     controller.freeResources()
 
 
