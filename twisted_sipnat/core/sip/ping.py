@@ -26,10 +26,6 @@ __all__ = ["buildOptions", "pingAnswered"]
 HostPort = Tuple[str, int]
 
 
-def _host(host: str) -> str:
-    return f"[{host}]" if ":" in host else host
-
-
 def buildOptions(aor: SIPURI, hop: HostPort, sentBy: HostPort, *, callId: str, cseq: int, branch: str,
                  fromTag: str) -> Request:
     """One OPTIONS ping from ``aor`` to the next hop ``hop``; ``sentBy`` is the top Via's address (RFC 3581 rport)."""
